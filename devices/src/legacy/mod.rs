@@ -1,0 +1,46 @@
+//! Legacy PC devices: the 8250 UART, the i8042 reset line, the debug-exit
+//! port, a CMOS real-time clock, and quiet stand-ins for probed ports.
+
+mod cmos;
+mod debug_exit;
+mod i8042;
+mod quiet;
+mod serial;
+
+pub use cmos::Cmos;
+pub use debug_exit::DebugExit;
+pub use i8042::I8042;
+pub use quiet::{QuietPorts, QUIET_PORT_RANGES};
+pub use serial::{SerialDevice, SerialOutput};
+
+/// Why a device asks the VMM to end the VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestExitRequest {
+    /// The guest reset the machine (i8042 command 0xFE).
+    Reset,
+    /// The guest wrote this code to the debug-exit port.
+    DebugExit(u8),
+}
+
+/// The line a device pulls to end the VM. The VMM implements it; the device
+/// knows nothing else about the VMM.
+pub trait ExitLine: Send + Sync {
+    /// Asks for the VM to end. The first request wins.
+    fn request_exit(&self, request: GuestExitRequest);
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Records exit requests.
+    #[derive(Default)]
+    pub struct RecordingExit(pub Mutex<Vec<GuestExitRequest>>);
+
+    impl ExitLine for RecordingExit {
+        fn request_exit(&self, request: GuestExitRequest) {
+            self.0.lock().unwrap().push(request);
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! Device models for the ember virtual machine monitor.
+//!
+//! A device in this crate never sees the VMM. It is given guest memory, an
+//! interrupt line ([`interrupt::IrqLine`]) and its configuration, and it is
+//! reached through [`bus::BusDevice`] register accesses (port I/O or MMIO)
+//! and, for devices with an I/O path, through file descriptors served by an
+//! [`event_manager`] loop.
+//!
+//! * [`legacy`]: the 8250 UART, the i8042 reset line, the debug-exit port and
+//!   the quiet stand-ins for probed-but-absent PC ports.
+//! * [`virtio`]: the virtio-mmio transport and the virtio-blk and virtio-net
+//!   devices.
+#![deny(missing_docs)]
+
+pub mod bus;
+pub mod interrupt;
+pub mod legacy;
+pub mod virtio;
+
+/// The guest memory type every device in this crate works on.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;

@@ -1,0 +1,93 @@
+//! Every guest-physical address ember uses, in one place.
+//!
+//! `docs/boot.md` draws this map; a unit test there checks the two agree.
+//!
+//! ```text
+//! 0x0000_0000 ..0x0000_0500   real-mode IVT and BIOS data area (left zero)
+//! 0x0000_0500 ..0x0000_0530   boot GDT (6 entries)
+//! 0x0000_0530 ..0x0000_0538   boot IDT (empty, limit 0)
+//! 0x0000_6000 ..0x0000_7000   PVH hvm_start_info, module list and memory map
+//! 0x0000_7000 ..0x0000_8000   Linux zero page (struct boot_params)
+//! 0x0000_8000 ..0x0000_9000   boot stack (RSP starts at 0x8ff0)
+//! 0x0000_9000 ..0x0000_f000   identity page tables: PML4, PDPT, 4 PDs (4 GiB, 2 MiB pages)
+//! 0x0002_0000 ..0x0003_0000   kernel command line (NUL-terminated)
+//! 0x0009_fc00 ..0x000a_0000   MP table (in the EBDA, where Linux scans for it)
+//! 0x0010_0000 ..              kernel, then the initrd at the top of low RAM
+//! 0xc000_0000 ..0x1_0000_0000 32-bit MMIO hole (no RAM):
+//!     0xd000_0000 ..          virtio-mmio devices, 4 KiB apart, IRQ 5 upwards
+//!     0xfec0_0000             IOAPIC (in-kernel)
+//!     0xfee0_0000             local APICs (in-kernel)
+//!     0xfffb_c000             EPT identity map page (KVM)
+//!     0xfffb_d000 ..+3 pages  TSS (KVM)
+//! 0x1_0000_0000 ..            RAM beyond 3 GiB continues here
+//! ```
+
+/// Where the boot GDT is written.
+pub const GDT_START: u64 = 0x500;
+/// Where the (empty) boot IDT lives.
+pub const IDT_START: u64 = 0x530;
+/// PVH `hvm_start_info`.
+pub const PVH_INFO_START: u64 = 0x6000;
+/// PVH module list (one entry: the initrd).
+pub const PVH_MODLIST_START: u64 = 0x6040;
+/// PVH memory map entries.
+pub const PVH_MEMMAP_START: u64 = 0x6100;
+/// Most PVH memory map entries that fit before the zero page.
+pub const PVH_MEMMAP_MAX_ENTRIES: usize = ((ZERO_PAGE_START - PVH_MEMMAP_START) / 24) as usize;
+/// The Linux zero page (`struct boot_params`).
+pub const ZERO_PAGE_START: u64 = 0x7000;
+/// Initial stack pointer of the boot vCPU.
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+/// Level-4 page table of the identity map.
+pub const PML4_START: u64 = 0x9000;
+/// Page-directory-pointer table of the identity map.
+pub const PDPTE_START: u64 = 0xa000;
+/// First of the four page directories (2 MiB pages) of the identity map.
+pub const PDE_START: u64 = 0xb000;
+/// How much the boot identity map covers: the first 4 GiB.
+pub const IDENTITY_MAP_SIZE: u64 = 4 << 30;
+/// The kernel command line.
+pub const CMDLINE_START: u64 = 0x20000;
+/// Room reserved for the command line, including its NUL.
+pub const CMDLINE_MAX_SIZE: usize = 0x10000;
+/// Start of the EBDA, where the MP table goes.
+pub const EBDA_START: u64 = 0x9fc00;
+/// End of conventional memory (start of the VGA/ROM hole).
+pub const LOW_RAM_END: u64 = 0xa0000;
+/// Start of high memory: kernels load at or above it.
+pub const HIMEM_START: u64 = 0x10_0000;
+/// Start of the 32-bit MMIO hole; guest RAM stops here and resumes at 4 GiB.
+pub const MMIO32_START: u64 = 0xc000_0000;
+/// Size of the 32-bit MMIO hole.
+pub const MMIO32_SIZE: u64 = FIRST_ADDR_PAST_32BITS - MMIO32_START;
+/// 4 GiB.
+pub const FIRST_ADDR_PAST_32BITS: u64 = 1 << 32;
+/// First virtio-mmio device.
+pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
+/// Space given to each virtio-mmio device.
+pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+/// IRQ (IOAPIC pin / GSI) of the first virtio-mmio device.
+pub const VIRTIO_IRQ_BASE: u32 = 5;
+/// Last IRQ usable for virtio-mmio devices (the IOAPIC has 24 pins).
+pub const VIRTIO_IRQ_LAST: u32 = 23;
+/// IRQ of the COM1 UART.
+pub const SERIAL_IRQ: u32 = 4;
+/// IOAPIC base (served in the kernel).
+pub const IOAPIC_START: u64 = 0xfec0_0000;
+/// Local APIC base (served in the kernel).
+pub const APIC_START: u64 = 0xfee0_0000;
+/// KVM's EPT identity-map page.
+pub const KVM_IDENTITY_MAP_START: u64 = 0xfffb_c000;
+/// KVM's three-page TSS area.
+pub const KVM_TSS_START: u64 = 0xfffb_d000;
+
+/// How many virtio-mmio devices fit: one IRQ each from
+/// [`VIRTIO_IRQ_BASE`] to [`VIRTIO_IRQ_LAST`].
+pub const fn max_virtio_devices() -> usize {
+    (VIRTIO_IRQ_LAST - VIRTIO_IRQ_BASE + 1) as usize
+}
+
+/// Address and IRQ of virtio-mmio device number `index`.
+pub const fn virtio_slot(index: usize) -> (u64, u32) {
+    (VIRTIO_MMIO_START + index as u64 * VIRTIO_MMIO_SIZE, VIRTIO_IRQ_BASE + index as u32)
+}

@@ -1,0 +1,159 @@
+//! The CPUID each vCPU sees: what KVM supports, with this vCPU's APIC ID and
+//! the VM's topology filled in. The hypervisor leaves (0x40000000…) pass
+//! through exactly as KVM reports them.
+
+use kvm_bindings::{kvm_cpuid_entry2, CpuId};
+
+const LEAF_FEATURES: u32 = 1;
+const LEAF_CACHE_PARAMS: u32 = 4;
+const LEAF_TOPOLOGY: u32 = 0xb;
+const LEAF_TOPOLOGY_V2: u32 = 0x1f;
+const LEAF_EXT_FEATURES: u32 = 0x8000_0001;
+const LEAF_EXT_SIZES: u32 = 0x8000_0008;
+const LEAF_AMD_EXT_APIC: u32 = 0x8000_001e;
+
+const ECX_CX16: u32 = 1 << 13;
+const ECX_HYPERVISOR: u32 = 1 << 31;
+const EDX_HTT: u32 = 1 << 28;
+const EXT_ECX_CMP_LEGACY: u32 = 1 << 1;
+
+/// Per-VM CPUID choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuidOptions {
+    /// Number of vCPUs (one core each, one package).
+    pub vcpus: u8,
+    /// Hide CMPXCHG16B. Set on hosts whose KVM emulates guest code
+    /// instruction by instruction (PVM) and lacks that instruction.
+    pub hide_cx16: bool,
+}
+
+/// Bits needed to number `n` items.
+fn id_bits(n: u8) -> u32 {
+    if n <= 1 {
+        0
+    } else {
+        32 - (n as u32 - 1).leading_zeros()
+    }
+}
+
+fn topology_entry(e: &mut kvm_cpuid_entry2, apic_id: u8, vcpus: u8) {
+    e.edx = apic_id as u32;
+    match e.index {
+        // SMT level: one thread per core.
+        0 => {
+            e.eax = 0;
+            e.ebx = 1;
+            e.ecx = 1 << 8;
+        }
+        // Core level: every vCPU is a core of the one package.
+        1 => {
+            e.eax = id_bits(vcpus);
+            e.ebx = vcpus as u32;
+            e.ecx = 1 | (2 << 8);
+        }
+        n => {
+            e.eax = 0;
+            e.ebx = 0;
+            e.ecx = n;
+        }
+    }
+}
+
+/// Returns the CPUID for the vCPU with `apic_id`, derived from KVM's
+/// supported list.
+pub fn for_vcpu(supported: &CpuId, apic_id: u8, opts: CpuidOptions) -> CpuId {
+    let mut cpuid = supported.clone();
+    for e in cpuid.as_mut_slice() {
+        match e.function {
+            LEAF_FEATURES => {
+                e.ebx = (e.ebx & 0xff) | (8 << 8) | ((opts.vcpus as u32) << 16) | ((apic_id as u32) << 24);
+                e.ecx |= ECX_HYPERVISOR;
+                if opts.hide_cx16 {
+                    e.ecx &= !ECX_CX16;
+                }
+                if opts.vcpus > 1 {
+                    e.edx |= EDX_HTT;
+                } else {
+                    e.edx &= !EDX_HTT;
+                }
+            }
+            LEAF_CACHE_PARAMS => {
+                e.eax = (e.eax & 0x03ff_ffff) | (((opts.vcpus as u32).saturating_sub(1) & 0x3f) << 26);
+            }
+            LEAF_TOPOLOGY | LEAF_TOPOLOGY_V2 => topology_entry(e, apic_id, opts.vcpus),
+            LEAF_EXT_FEATURES => {
+                if opts.vcpus > 1 {
+                    e.ecx |= EXT_ECX_CMP_LEGACY;
+                } else {
+                    e.ecx &= !EXT_ECX_CMP_LEGACY;
+                }
+            }
+            LEAF_EXT_SIZES => {
+                e.ecx = (e.ecx & !0xf0ff) | (id_bits(opts.vcpus) << 12) | (opts.vcpus as u32 - 1);
+            }
+            LEAF_AMD_EXT_APIC => {
+                e.eax = apic_id as u32;
+                e.ebx = apic_id as u32;
+                e.ecx = 0;
+            }
+            _ => {}
+        }
+    }
+    cpuid
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(function: u32, index: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 { function, index, ecx: ECX_CX16, ..Default::default() }
+    }
+
+    fn sample() -> CpuId {
+        CpuId::from_entries(&[
+            entry(0, 0),
+            entry(1, 0),
+            entry(0xb, 0),
+            entry(0xb, 1),
+            entry(0xb, 2),
+            kvm_cpuid_entry2 { function: 0x4000_0000, ebx: 0x4b4d_564b, ..Default::default() },
+            entry(0x8000_0008, 0),
+        ])
+        .unwrap()
+    }
+
+    fn find(c: &CpuId, f: u32, i: u32) -> kvm_cpuid_entry2 {
+        *c.as_slice().iter().find(|e| e.function == f && e.index == i).unwrap()
+    }
+
+    #[test]
+    fn apic_ids_and_topology() {
+        let opts = CpuidOptions { vcpus: 4, hide_cx16: true };
+        for id in 0..4u8 {
+            let c = for_vcpu(&sample(), id, opts);
+            let l1 = find(&c, 1, 0);
+            assert_eq!(l1.ebx >> 24, id as u32);
+            assert_eq!((l1.ebx >> 16) & 0xff, 4);
+            assert_eq!(l1.ecx & ECX_CX16, 0);
+            assert_ne!(l1.ecx & ECX_HYPERVISOR, 0);
+            assert_ne!(l1.edx & EDX_HTT, 0);
+            let core = find(&c, 0xb, 1);
+            assert_eq!((core.eax, core.ebx, core.edx), (2, 4, id as u32));
+            assert_eq!(find(&c, 0xb, 2).ecx, 2);
+            assert_eq!(find(&c, 0x8000_0008, 0).ecx & 0xff, 3);
+        }
+    }
+
+    #[test]
+    fn hypervisor_leaves_pass_through() {
+        let c = for_vcpu(&sample(), 0, CpuidOptions { vcpus: 1, hide_cx16: false });
+        assert_eq!(find(&c, 0x4000_0000, 0).ebx, 0x4b4d_564b);
+        assert_ne!(find(&c, 1, 0).ecx & ECX_CX16, 0);
+    }
+
+    #[test]
+    fn id_bits_values() {
+        assert_eq!([id_bits(1), id_bits(2), id_bits(3), id_bits(4), id_bits(5), id_bits(254)], [0, 1, 2, 2, 3, 8]);
+    }
+}

@@ -1,0 +1,81 @@
+//! The crate's top-level error.
+
+use std::path::PathBuf;
+
+use crate::boot::BootError;
+use crate::bus::BusError;
+use crate::config::ConfigError;
+use crate::event_loop::EventLoopError;
+use crate::memory::MemoryError;
+use crate::vcpu::VcpuError;
+
+/// Everything that can stop a VM from being built or started.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration value is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// `/dev/kvm` could not be opened.
+    #[error("cannot open /dev/kvm: {0} (ember needs KVM: is the kvm module loaded and /dev/kvm readable and writable by this user?)")]
+    KvmOpen(kvm_ioctls::Error),
+    /// A VM-level KVM ioctl failed.
+    #[error("{what} failed: {source}")]
+    Kvm {
+        /// The ioctl.
+        what: &'static str,
+        /// The error.
+        source: kvm_ioctls::Error,
+    },
+    /// More vCPUs than KVM allows here.
+    #[error("invalid vCPU count {requested}: KVM on this host allows at most {max}")]
+    TooManyVcpus {
+        /// Asked for.
+        requested: u8,
+        /// KVM's limit.
+        max: usize,
+    },
+    /// Guest memory could not be created.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// The kernel or initrd could not be loaded.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// A vCPU could not be set up.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// Devices overlap.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// The serial output file could not be opened.
+    #[error("cannot open serial output file {path}: {source}")]
+    SerialFile {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    // VIRTIO-ERRORS
+    /// The event loop could not be set up.
+    #[error(transparent)]
+    EventLoop(#[from] EventLoopError),
+    /// A host resource (eventfd, thread, signal handler) failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Whether the error comes from a value the user gave (exit status 2)
+    /// rather than from the host at run time (exit status 1).
+    pub fn is_usage(&self) -> bool {
+        match self {
+            Error::Config(_) | Error::TooManyVcpus { .. } | Error::SerialFile { .. } => true,
+            Error::Boot(b) => !matches!(b, BootError::Memory(_)),
+            _ => false,
+        }
+    }
+}

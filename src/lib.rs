@@ -1,0 +1,43 @@
+//! ember: a small, fast virtual machine monitor on Linux KVM.
+//!
+//! Build a [`VmConfig`], turn it into a [`Vm`], start it and wait for its
+//! [`VmExit`]:
+//!
+//! ```no_run
+//! use ember::{SerialCapture, SerialConfig, Vm, VmConfig};
+//! use std::time::Duration;
+//!
+//! let serial = SerialCapture::new();
+//! let mut config = VmConfig::new("vmlinux");
+//! config.cmdline = "console=ttyS0 earlyprintk=serial".into();
+//! config.memory = 256 << 20;
+//! config.serial = SerialConfig::Capture(serial.clone());
+//! let vm = Vm::new(config)?.start()?;
+//! if serial.wait_for("Linux version", Duration::from_secs(60)) {
+//!     vm.handle().stop();
+//! }
+//! println!("{}", vm.wait());
+//! # Ok::<(), ember::Error>(())
+//! ```
+#![deny(missing_docs)]
+
+pub mod boot;
+pub mod bus;
+pub mod cli;
+pub mod config;
+pub mod console;
+pub mod cpuid;
+pub mod error;
+pub mod event_loop;
+pub mod exit;
+pub mod memory;
+pub mod serial_capture;
+pub mod terminal;
+pub mod vcpu;
+pub mod vm;
+
+pub use config::{BootProtocol, DiskConfig, NetConfig, SerialConfig, VmConfig};
+pub use error::Error;
+pub use exit::VmExit;
+pub use serial_capture::SerialCapture;
+pub use vm::{RunningVm, Vm, VmHandle};

@@ -1,0 +1,282 @@
+//! One vCPU: its initial state, and the thread that runs it and turns its
+//! exits into bus accesses or a reason for the VM to end.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_run, CpuId, Msrs, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+
+use crate::boot::{cpu_state, Entry};
+use crate::bus::Bus;
+use crate::exit::{ExitSignal, VmExit};
+
+/// Errors setting up a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// A KVM ioctl failed.
+    #[error("vCPU {vcpu}: {what} failed: {source}")]
+    Kvm {
+        /// Which vCPU.
+        vcpu: u8,
+        /// The ioctl.
+        what: &'static str,
+        /// The error.
+        source: kvm_ioctls::Error,
+    },
+}
+
+const APIC_LVT0: usize = 0x350;
+const APIC_LVT1: usize = 0x360;
+const APIC_MODE_NMI: u32 = 0x4;
+const APIC_MODE_EXTINT: u32 = 0x7;
+
+const MSR_IA32_SYSENTER_CS: u32 = 0x174;
+const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
+const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
+const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
+const MSR_STAR: u32 = 0xc000_0081;
+const MSR_LSTAR: u32 = 0xc000_0082;
+const MSR_CSTAR: u32 = 0xc000_0083;
+const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
+const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+
+/// A created, configured vCPU that has not started running.
+pub struct Vcpu {
+    fd: VcpuFd,
+    id: u8,
+}
+
+fn kvm_err(vcpu: u8, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
+    move |source| VcpuError::Kvm { vcpu, what, source }
+}
+
+fn set_lapic_lvt(lapic: &mut kvm_bindings::kvm_lapic_state, reg: usize, mode: u32) {
+    let mut b = [0u8; 4];
+    for (i, x) in b.iter_mut().enumerate() {
+        *x = lapic.regs[reg + i] as u8;
+    }
+    let v = (u32::from_le_bytes(b) & !0x700) | (mode << 8);
+    for (i, x) in v.to_le_bytes().iter().enumerate() {
+        lapic.regs[reg + i] = *x as _;
+    }
+}
+
+impl Vcpu {
+    /// Creates vCPU `id` and gives it what every vCPU needs: CPUID, boot
+    /// MSRs, an initialised FPU and LINT0/LINT1 wired as on a PC.
+    pub fn new(vm: &VmFd, id: u8, cpuid: &CpuId) -> Result<Self, VcpuError> {
+        let fd = vm.create_vcpu(id as u64).map_err(kvm_err(id, "KVM_CREATE_VCPU"))?;
+        fd.set_cpuid2(cpuid).map_err(kvm_err(id, "KVM_SET_CPUID2"))?;
+
+        let entries: Vec<kvm_msr_entry> = [
+            (MSR_IA32_SYSENTER_CS, 0),
+            (MSR_IA32_SYSENTER_ESP, 0),
+            (MSR_IA32_SYSENTER_EIP, 0),
+            (MSR_STAR, 0),
+            (MSR_CSTAR, 0),
+            (MSR_KERNEL_GS_BASE, 0),
+            (MSR_SYSCALL_MASK, 0),
+            (MSR_LSTAR, 0),
+            (MSR_IA32_MISC_ENABLE, 1), // fast string operations
+            (MSR_MTRR_DEF_TYPE, (1 << 11) | 6), // MTRRs on, default write-back
+        ]
+        .iter()
+        .map(|&(index, data)| kvm_msr_entry { index, data, ..Default::default() })
+        .collect();
+        let msrs = Msrs::from_entries(&entries).expect("a handful of MSRs fits");
+        let set = fd.set_msrs(&msrs).map_err(kvm_err(id, "KVM_SET_MSRS"))?;
+        if set != entries.len() {
+            log::debug!(
+                "vCPU {id}: KVM took {set} of {} boot MSRs (stopped at {:#x})",
+                entries.len(),
+                entries[set].index
+            );
+        }
+
+        let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
+        fd.set_fpu(&fpu).map_err(kvm_err(id, "KVM_SET_FPU"))?;
+
+        let mut lapic = fd.get_lapic().map_err(kvm_err(id, "KVM_GET_LAPIC"))?;
+        set_lapic_lvt(&mut lapic, APIC_LVT0, APIC_MODE_EXTINT);
+        set_lapic_lvt(&mut lapic, APIC_LVT1, APIC_MODE_NMI);
+        fd.set_lapic(&lapic).map_err(kvm_err(id, "KVM_SET_LAPIC"))?;
+        Ok(Vcpu { fd, id })
+    }
+
+    /// Puts the boot vCPU at the kernel's entry. Application processors are
+    /// left in their reset state: with the in-kernel LAPIC they wait for
+    /// INIT/SIPI from the guest.
+    pub fn set_boot_entry(&self, entry: Entry) -> Result<(), VcpuError> {
+        let id = self.id;
+        let mut sregs = self.fd.get_sregs().map_err(kvm_err(id, "KVM_GET_SREGS"))?;
+        let regs = match entry {
+            Entry::Linux64(rip) => {
+                cpu_state::linux64_sregs(&mut sregs);
+                cpu_state::linux64_regs(rip)
+            }
+            Entry::Pvh(rip) => {
+                cpu_state::pvh_sregs(&mut sregs);
+                cpu_state::pvh_regs(rip)
+            }
+        };
+        self.fd.set_sregs(&sregs).map_err(kvm_err(id, "KVM_SET_SREGS"))?;
+        self.fd.set_regs(&regs).map_err(kvm_err(id, "KVM_SET_REGS"))?;
+        Ok(())
+    }
+
+    /// This vCPU's index (and APIC ID).
+    pub fn id(&self) -> u8 {
+        self.id
+    }
+}
+
+thread_local! {
+    /// The running vCPU's `kvm_run`, so the kick signal handler can set
+    /// `immediate_exit` on the thread it interrupted.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// The signal used to kick a vCPU thread out of `KVM_RUN`.
+pub fn kick_signal() -> libc::c_int {
+    libc::SIGRTMIN()
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Only touches a thread-local pointer set before KVM_RUN: async-signal safe.
+    let p = KVM_RUN.with(|c| c.get());
+    if !p.is_null() {
+        // SAFETY: p points at this thread's mapped kvm_run while it is set.
+        unsafe { (*p).immediate_exit = 1 };
+    }
+}
+
+/// Installs the kick signal handler (idempotent).
+pub fn install_kick_handler() -> std::io::Result<()> {
+    static INSTALLED: std::sync::OnceLock<Result<(), i32>> = std::sync::OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler).map_err(|e| e.errno())
+        })
+        .map_err(std::io::Error::from_raw_os_error)
+}
+
+/// What a vCPU thread needs while it runs.
+pub struct VcpuRunner {
+    vcpu: Vcpu,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    exit: Arc<ExitSignal>,
+    stop: Arc<AtomicBool>,
+}
+
+impl VcpuRunner {
+    /// Binds a vCPU to the buses it dispatches to and the VM's exit signal.
+    /// `stop` tells it to return after the current exit.
+    pub fn new(vcpu: Vcpu, pio: Arc<Bus>, mmio: Arc<Bus>, exit: Arc<ExitSignal>, stop: Arc<AtomicBool>) -> Self {
+        VcpuRunner { vcpu, pio, mmio, exit, stop }
+    }
+
+    fn rip(&self) -> u64 {
+        self.vcpu.fd.get_regs().map(|r| r.rip).unwrap_or(0)
+    }
+
+    fn end(&self, exit: VmExit) {
+        self.exit.request(exit);
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Handles a port-I/O exit straight from `kvm_run`, so string
+    /// instructions (`rep outsb`) are split into their single accesses.
+    fn handle_io(&mut self) {
+        let run = self.vcpu.fd.get_kvm_run();
+        // SAFETY: exit_reason is KVM_EXIT_IO, so `io` is the active union field.
+        let io = unsafe { run.__bindgen_anon_1.io };
+        let (size, count) = (io.size as usize, io.count as usize);
+        let base = run as *mut kvm_run as *mut u8;
+        // SAFETY: KVM places size*count data bytes at data_offset inside the
+        // kvm_run mapping (at least one page).
+        let data = unsafe { std::slice::from_raw_parts_mut(base.add(io.data_offset as usize), size * count) };
+        if size == 0 {
+            return;
+        }
+        for chunk in data.chunks_exact_mut(size) {
+            if io.direction as u32 == kvm_bindings::KVM_EXIT_IO_IN {
+                self.pio.read(io.port as u64, chunk);
+            } else {
+                self.pio.write(io.port as u64, chunk);
+            }
+        }
+    }
+
+    /// Runs the vCPU until the VM ends.
+    pub fn run(mut self) {
+        let id = self.vcpu.id;
+        KVM_RUN.with(|c| c.set(self.vcpu.fd.get_kvm_run() as *mut kvm_run));
+        while !self.stop.load(Ordering::SeqCst) && !self.exit.is_set() {
+            let mut io_exit = false;
+            let mut unhandled = None;
+            match self.vcpu.fd.run() {
+                Ok(VcpuExit::IoIn(..)) | Ok(VcpuExit::IoOut(..)) => io_exit = true,
+                Ok(VcpuExit::MmioRead(addr, data)) => self.mmio.read(addr, data),
+                Ok(VcpuExit::MmioWrite(addr, data)) => self.mmio.write(addr, data),
+                Ok(VcpuExit::Shutdown) => {
+                    let rip = self.rip();
+                    self.end(VmExit::TripleFault { vcpu: id, rip })
+                }
+                Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
+                    KVM_SYSTEM_EVENT_RESET | KVM_SYSTEM_EVENT_SHUTDOWN => self.end(VmExit::Reset),
+                    other => log::warn!("vCPU {id}: ignoring KVM system event {other}"),
+                },
+                Ok(VcpuExit::InternalError) => {
+                    let run = self.vcpu.fd.get_kvm_run();
+                    // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR.
+                    let ie = unsafe { run.__bindgen_anon_1.internal };
+                    let n = (ie.ndata as usize).min(ie.data.len());
+                    let data = ie.data[..n].to_vec();
+                    let rip = self.rip();
+                    self.end(VmExit::InternalError { vcpu: id, suberror: ie.suberror, rip, data })
+                }
+                Ok(VcpuExit::FailEntry(reason, _)) => self.end(VmExit::FailEntry { vcpu: id, reason }),
+                Ok(VcpuExit::Hlt) => {
+                    // Only without an in-kernel irqchip; ember always has one.
+                    let rip = self.rip();
+                    self.end(VmExit::VcpuError { vcpu: id, message: format!("unexpected HLT exit at RIP {rip:#x}") })
+                }
+                Ok(VcpuExit::Intr) => {}
+                Ok(other) => unhandled = Some(format!("{other:?}")),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    self.vcpu.fd.set_kvm_immediate_exit(0);
+                }
+                Err(e) => self.end(VmExit::VcpuError { vcpu: id, message: format!("KVM_RUN failed: {e}") }),
+            }
+            if io_exit {
+                self.handle_io();
+            }
+            if let Some(what) = unhandled {
+                let rip = self.rip();
+                let message = format!("unhandled KVM exit {what} at RIP {rip:#x}");
+                self.end(VmExit::VcpuError { vcpu: id, message });
+            }
+        }
+        KVM_RUN.with(|c| c.set(std::ptr::null_mut()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lvt_mode_bits() {
+        let mut l = kvm_bindings::kvm_lapic_state::default();
+        l.regs[APIC_LVT0] = 0x10_u8 as _;
+        l.regs[APIC_LVT0 + 2] = 0x01 as _; // mask bit 16
+        set_lapic_lvt(&mut l, APIC_LVT0, APIC_MODE_EXTINT);
+        assert_eq!(l.regs[APIC_LVT0] as u8, 0x10);
+        assert_eq!(l.regs[APIC_LVT0 + 1] as u8, 0x07);
+        assert_eq!(l.regs[APIC_LVT0 + 2] as u8, 0x01);
+    }
+}

@@ -1,0 +1,407 @@
+//! Building a VM from its configuration, running it, and stopping it.
+//!
+//! Data flows one way: [`VmConfig`] → [`Vm::new`] (memory, KVM objects,
+//! kernel, devices, vCPUs) → [`Vm::start`] ([`RunningVm`]: vCPU threads and
+//! the event loop) → [`RunningVm::wait`] ([`VmExit`]).
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ember_devices::bus::BusDevice;
+use ember_devices::interrupt::IrqLine;
+use ember_devices::legacy::{Cmos, DebugExit, ExitLine, QuietPorts, SerialDevice, SerialOutput, I8042, QUIET_PORT_RANGES};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::boot::{self, layout, mptable, Entry};
+use crate::bus::Bus;
+use crate::config::{SerialConfig, VmConfig};
+use crate::console::ConsoleInput;
+use crate::cpuid::{self, CpuidOptions};
+use crate::error::Error;
+use crate::event_loop::{EventLoop, Subscriber};
+use crate::exit::{ExitSignal, VmExit};
+use crate::memory;
+use crate::terminal::RawTerminal;
+use crate::vcpu::{self, Vcpu, VcpuRunner};
+
+const COM1_PORT: u64 = 0x3f8;
+const I8042_PORT: u64 = 0x60;
+const CMOS_PORT: u64 = 0x70;
+/// The debug-exit device's I/O port.
+pub const DEBUG_EXIT_PORT: u64 = 0xf4;
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+    move |source| Error::Kvm { what, source }
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> Error {
+    move |source| Error::Io { what, source }
+}
+
+/// Whether this host's KVM runs guest code by emulating it (PVM), which
+/// lacks some instructions a VMM can hide (CMPXCHG16B).
+pub fn host_emulates_guests() -> bool {
+    std::path::Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// Writes to stdout with no buffering in between.
+struct Stdout;
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // SAFETY: writes from a valid buffer to fd 1.
+        let n = unsafe { libc::write(1, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Forwards to a writer shared with the caller.
+struct Shared(crate::config::SharedWriter);
+
+impl Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).flush()
+    }
+}
+
+/// Discards everything.
+struct Sink;
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A VM that has been built and not yet started.
+pub struct Vm {
+    config: VmConfig,
+    _kvm: Kvm,
+    vm_fd: Arc<VmFd>,
+    mem: GuestMemoryMmap,
+    vcpus: Vec<Vcpu>,
+    pio: Bus,
+    mmio: Bus,
+    exit: Arc<ExitSignal>,
+    subscribers: Vec<Subscriber>,
+    console_input: Option<ConsoleInput>,
+    cmdline: String,
+    entry: Entry,
+}
+
+impl Vm {
+    /// Builds everything the VM needs, in the order that is cheapest on
+    /// KVM: guest RAM is registered before the irqchip exists (registering
+    /// it after costs milliseconds on some hosts).
+    pub fn new(config: VmConfig) -> Result<Vm, Error> {
+        config.validate()?;
+        let kvm = Kvm::new().map_err(Error::KvmOpen)?;
+        let max = kvm.get_max_vcpus();
+        if config.vcpus as usize > max {
+            return Err(Error::TooManyVcpus { requested: config.vcpus, max });
+        }
+        vcpu::install_kick_handler().map_err(io_err("installing the vCPU kick signal handler"))?;
+        let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
+
+        let mem = memory::create_guest_memory(config.memory)?;
+        for (slot, region) in mem.iter().enumerate() {
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+                flags: 0,
+            };
+            // SAFETY: the region is a live mapping owned by `mem`, which the
+            // Vm keeps for as long as the VM fd exists.
+            unsafe { vm_fd.set_user_memory_region(r) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+        vm_fd
+            .set_tss_address(layout::KVM_TSS_START as usize)
+            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        vm_fd
+            .set_identity_map_address(layout::KVM_IDENTITY_MAP_START)
+            .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        vm_fd.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+        vm_fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+
+        // The kernel, its command line, initrd and the machine description.
+        let kernel = boot::load_kernel(&mem, config.memory, &config.kernel, config.boot)?;
+        let initrd = boot::load_initrd(
+            &mem,
+            config.memory,
+            &kernel,
+            config.initrd.as_deref(),
+            config.initrd_bytes.as_deref().map(|v| v.as_slice()),
+        )?;
+
+        let exit = Arc::new(ExitSignal::new().map_err(io_err("creating the exit eventfd"))?);
+        let mut pio = Bus::new("port I/O");
+        let mmio = Bus::new("MMIO");
+        let subscribers: Vec<Subscriber> = Vec::new();
+
+        // COM1.
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(io_err("creating an eventfd"))?;
+        vm_fd.register_irqfd(&serial_irq, layout::SERIAL_IRQ).map_err(kvm_err("KVM_IRQFD (COM1)"))?;
+        let (out, input): (SerialOutput, bool) = match &config.serial {
+            SerialConfig::Stdio => (Box::new(Stdout), true),
+            SerialConfig::File(p) => {
+                let f = File::create(p).map_err(|source| Error::SerialFile { path: p.clone(), source })?;
+                (Box::new(f), false)
+            }
+            SerialConfig::Capture(c) => (Box::new(c.clone()), false),
+            SerialConfig::Writer(w) => (Box::new(Shared(w.clone())), false),
+            SerialConfig::None => (Box::new(Sink), false),
+        };
+        let input_ready = if input {
+            Some(EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(io_err("creating an eventfd"))?)
+        } else {
+            None
+        };
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            Arc::new(serial_irq) as Arc<dyn IrqLine>,
+            out,
+            input_ready.as_ref().map(|e| e.try_clone()).transpose().map_err(io_err("duplicating an eventfd"))?,
+        )));
+        pio.insert(COM1_PORT, 8, serial.clone())?;
+        let console_input = input_ready.map(|evt| {
+            // SAFETY: isatty only inspects fd 0.
+            let tty = unsafe { libc::isatty(0) } == 1;
+            ConsoleInput::new(0, tty, serial.clone(), evt, exit.clone())
+        });
+
+        let exit_line: Arc<dyn ExitLine> = exit.clone();
+        pio.insert(I8042_PORT, 5, Arc::new(Mutex::new(I8042::new(exit_line.clone()))))?;
+        pio.insert(CMOS_PORT, 2, Arc::new(Mutex::new(Cmos::new())))?;
+        if config.debug_exit {
+            pio.insert(DEBUG_EXIT_PORT, 4, Arc::new(Mutex::new(DebugExit::new(exit_line))))?;
+        }
+        let quiet: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(QuietPorts));
+        for &(base, len) in QUIET_PORT_RANGES {
+            pio.insert(base as u64, len as u64, quiet.clone())?;
+        }
+
+        // VIRTIO-DEVICES
+
+        let cmdline = config.cmdline.clone();
+        boot::write_cmdline(&mem, &kernel, &cmdline)?;
+        boot::cpu_state::write_tables(&mem).map_err(boot::BootError::Memory)?;
+        mptable::write(&mem, config.vcpus).map_err(boot::BootError::Mptable)?;
+        match kernel.entry {
+            Entry::Linux64(_) => boot::write_zero_page(&mem, config.memory, &kernel, cmdline.len(), initrd)?,
+            Entry::Pvh(_) => boot::write_pvh_info(&mem, config.memory, initrd)?,
+        }
+
+        // vCPUs last: the irqchip must exist before them.
+        let supported = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let opts = CpuidOptions { vcpus: config.vcpus, hide_cx16: host_emulates_guests() };
+        let mut vcpus = Vec::with_capacity(config.vcpus as usize);
+        for id in 0..config.vcpus {
+            let v = Vcpu::new(&vm_fd, id, &cpuid::for_vcpu(&supported, id, opts))?;
+            if id == 0 {
+                v.set_boot_entry(kernel.entry)?;
+            }
+            vcpus.push(v);
+        }
+        log::info!("kernel command line: {cmdline}");
+        log::debug!("entry: {:?}, initrd: {:?}", kernel.entry, initrd);
+
+        Ok(Vm {
+            config,
+            _kvm: kvm,
+            vm_fd,
+            mem,
+            vcpus,
+            pio,
+            mmio,
+            exit,
+            subscribers,
+            console_input,
+            cmdline,
+            entry: kernel.entry,
+        })
+    }
+
+    /// The kernel command line exactly as the guest receives it.
+    pub fn cmdline(&self) -> &str {
+        &self.cmdline
+    }
+
+    /// Whether the kernel is entered through PVH (else the Linux 64-bit
+    /// boot protocol).
+    pub fn uses_pvh(&self) -> bool {
+        matches!(self.entry, Entry::Pvh(_))
+    }
+
+    /// The guest's memory (for inspection by embedders and tests).
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// The configuration this VM was built from.
+    pub fn config(&self) -> &VmConfig {
+        &self.config
+    }
+
+    /// Starts the event loop and one thread per vCPU.
+    pub fn start(self) -> Result<RunningVm, Error> {
+        let Vm { vm_fd, mem, vcpus, pio, mmio, exit, mut subscribers, console_input, config, .. } = self;
+        let raw_terminal = match (&config.serial, &console_input) {
+            (SerialConfig::Stdio, Some(_)) => RawTerminal::enter(0).map_err(io_err("setting the terminal to raw mode"))?,
+            _ => None,
+        };
+        if let Some(ci) = console_input {
+            subscribers.push(Arc::new(Mutex::new(ci)));
+        }
+        let event_loop = EventLoop::new(exit.eventfd(), subscribers)?;
+        let event_thread = std::thread::Builder::new()
+            .name("ember-events".into())
+            .spawn(move || event_loop.run())
+            .map_err(io_err("spawning the event loop thread"))?;
+
+        let pio = Arc::new(pio);
+        let mmio = Arc::new(mmio);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut vcpu_threads = Vec::with_capacity(vcpus.len());
+        for v in vcpus {
+            let runner = VcpuRunner::new(v, pio.clone(), mmio.clone(), exit.clone(), stop.clone());
+            let t = std::thread::Builder::new()
+                .name(format!("ember-vcpu{}", vcpu_threads.len()))
+                .stack_size(256 << 10)
+                .spawn(move || runner.run());
+            match t {
+                Ok(t) => vcpu_threads.push(t),
+                Err(e) => {
+                    exit.request(VmExit::VcpuError { vcpu: vcpu_threads.len() as u8, message: format!("cannot spawn thread: {e}") });
+                    break;
+                }
+            }
+        }
+        Ok(RunningVm {
+            exit,
+            stop,
+            vcpu_threads,
+            event_thread: Some(event_thread),
+            raw_terminal,
+            serial: config.serial,
+            _vm_fd: vm_fd,
+            _mem: mem,
+            finished: None,
+        })
+    }
+
+    /// Starts the VM and waits for it to end.
+    pub fn run(self) -> Result<VmExit, Error> {
+        Ok(self.start()?.wait())
+    }
+}
+
+/// A running VM.
+pub struct RunningVm {
+    exit: Arc<ExitSignal>,
+    stop: Arc<AtomicBool>,
+    vcpu_threads: Vec<JoinHandle<()>>,
+    event_thread: Option<JoinHandle<()>>,
+    raw_terminal: Option<RawTerminal>,
+    serial: SerialConfig,
+    _vm_fd: Arc<VmFd>,
+    _mem: GuestMemoryMmap,
+    finished: Option<VmExit>,
+}
+
+/// Stops a VM from any thread.
+#[derive(Clone)]
+pub struct VmHandle {
+    exit: Arc<ExitSignal>,
+}
+
+impl VmHandle {
+    /// Asks the VM to stop; [`RunningVm::wait`] then returns
+    /// [`VmExit::Stopped`] (unless the VM had already ended otherwise).
+    pub fn stop(&self) {
+        self.exit.request(VmExit::Stopped);
+    }
+
+    /// How the VM ended, if it has.
+    pub fn exit(&self) -> Option<VmExit> {
+        self.exit.get()
+    }
+}
+
+impl RunningVm {
+    /// A handle another thread can use to stop the VM.
+    pub fn handle(&self) -> VmHandle {
+        VmHandle { exit: self.exit.clone() }
+    }
+
+    /// Waits up to `timeout` for the VM to end; `None` if it is still
+    /// running.
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<VmExit> {
+        self.exit.wait_timeout(Some(timeout))
+    }
+
+    /// Waits for the VM to end, then stops every thread and restores the
+    /// terminal.
+    pub fn wait(mut self) -> VmExit {
+        let exit = self.exit.wait_timeout(None).expect("wait without timeout returns an exit");
+        self.shutdown();
+        exit
+    }
+
+    fn shutdown(&mut self) {
+        if self.finished.is_some() {
+            return;
+        }
+        self.exit.request(VmExit::Stopped);
+        self.stop.store(true, Ordering::SeqCst);
+        // Kick every vCPU out of KVM_RUN until its thread has finished.
+        for t in self.vcpu_threads.drain(..) {
+            while !t.is_finished() {
+                // SAFETY: the thread is alive (not finished), so its pthread_t is valid.
+                unsafe { libc::pthread_kill(std::os::unix::thread::JoinHandleExt::as_pthread_t(&t), vcpu::kick_signal()) };
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let _ = t.join();
+        }
+        if let Some(t) = self.event_thread.take() {
+            let _ = t.join();
+        }
+        self.raw_terminal.take();
+        if let SerialConfig::Capture(c) = &self.serial {
+            c.close();
+        }
+        self.finished = self.exit.get();
+    }
+}
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
