@@ -91,3 +91,58 @@ pub const fn max_virtio_devices() -> usize {
 pub const fn virtio_slot(index: usize) -> (u64, u32) {
     (VIRTIO_MMIO_START + index as u64 * VIRTIO_MMIO_SIZE, VIRTIO_IRQ_BASE + index as u32)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/boot.md's memory-map table must agree with these constants.
+    #[test]
+    fn docs_table_matches_constants() {
+        let doc = include_str!("../../docs/boot.md");
+        let consts: &[(&str, u64)] = &[
+            ("GDT_START", GDT_START),
+            ("IDT_START", IDT_START),
+            ("PVH_INFO_START", PVH_INFO_START),
+            ("PVH_MODLIST_START", PVH_MODLIST_START),
+            ("PVH_MEMMAP_START", PVH_MEMMAP_START),
+            ("ZERO_PAGE_START", ZERO_PAGE_START),
+            ("BOOT_STACK_POINTER", BOOT_STACK_POINTER),
+            ("PML4_START", PML4_START),
+            ("PDPTE_START", PDPTE_START),
+            ("PDE_START", PDE_START),
+            ("CMDLINE_START", CMDLINE_START),
+            ("EBDA_START", EBDA_START),
+            ("LOW_RAM_END", LOW_RAM_END),
+            ("HIMEM_START", HIMEM_START),
+            ("MMIO32_START", MMIO32_START),
+            ("VIRTIO_MMIO_START", VIRTIO_MMIO_START),
+            ("IOAPIC_START", IOAPIC_START),
+            ("APIC_START", APIC_START),
+            ("KVM_IDENTITY_MAP_START", KVM_IDENTITY_MAP_START),
+            ("KVM_TSS_START", KVM_TSS_START),
+            ("FIRST_ADDR_PAST_32BITS", FIRST_ADDR_PAST_32BITS),
+        ];
+        for (name, value) in consts {
+            let row = doc
+                .lines()
+                .find(|l| l.starts_with("| `0x") && l.contains(&format!("`{name}`")))
+                .unwrap_or_else(|| panic!("docs/boot.md has no row for {name}"));
+            let addr = row.split('`').nth(1).unwrap();
+            let parsed = u64::from_str_radix(addr.trim_start_matches("0x"), 16).unwrap();
+            assert_eq!(parsed, *value, "docs/boot.md says {name} = {addr}, layout.rs says {value:#x}");
+        }
+    }
+
+    #[test]
+    fn regions_do_not_overlap() {
+        assert!(GDT_START + 48 <= IDT_START);
+        assert!(PVH_MEMMAP_START + 24 * PVH_MEMMAP_MAX_ENTRIES as u64 <= ZERO_PAGE_START);
+        assert!(ZERO_PAGE_START + 4096 <= BOOT_STACK_POINTER);
+        assert!(PDE_START + 4 * 4096 <= CMDLINE_START);
+        assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+        let (last, irq) = virtio_slot(max_virtio_devices() - 1);
+        assert!(last + VIRTIO_MMIO_SIZE <= IOAPIC_START);
+        assert_eq!(irq, VIRTIO_IRQ_LAST);
+    }
+}

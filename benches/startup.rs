@@ -1,0 +1,222 @@
+//! Start-up and footprint bench: ember beside QEMU's `microvm` machine (the
+//! peer that runs on this host), measured in the same run.
+//!
+//! ```text
+//! cargo bench --bench startup                 # 30 runs each
+//! EMBER_BENCH_RUNS=50 EMBER_BENCH_MANY=500 cargo bench --bench startup
+//! ```
+//!
+//! Reports, as medians over the runs:
+//! * exec → first guest serial byte, for the smallest test guest (`hello`);
+//! * the VMM's RSS beyond guest memory for an idle 1-vCPU / 128 MiB guest
+//!   (total RSS minus the RSS of the guest-RAM mapping, from
+//!   /proc/PID/smaps);
+//! * host memory per idle VM with EMBER_BENCH_MANY of them running
+//!   (the drop of MemAvailable, divided by the count).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const GUEST_MIB: u64 = 128;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn guest(name: &str) -> PathBuf {
+    let out = repo().join("target/guests");
+    let st = Command::new("make")
+        .args(["-s", "-C"])
+        .arg(repo().join("tests/guests"))
+        .arg(format!("O={}", out.display()))
+        .arg(format!("{name}.elf"))
+        .status()
+        .expect("make");
+    assert!(st.success(), "building guest {name}");
+    out.join(format!("{name}.elf"))
+}
+
+/// A VMM under test: how to start it on a guest.
+struct Vmm {
+    name: &'static str,
+    cmd: Box<dyn Fn(&Path) -> Command>,
+}
+
+fn ember_vmm() -> Vmm {
+    Vmm {
+        name: "ember",
+        cmd: Box::new(|g: &Path| {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_ember"));
+            c.args(["run", "--memory", "128M", "--debug-exit", "--serial", "stdio", "--cmdline", "console=ttyS0", "--kernel"])
+                .arg(g);
+            c
+        }),
+    }
+}
+
+fn qemu_vmm() -> Option<Vmm> {
+    let ok = Command::new("qemu-system-x86_64").arg("--version").stdout(Stdio::null()).status().map(|s| s.success());
+    if !matches!(ok, Ok(true)) {
+        return None;
+    }
+    Some(Vmm {
+        name: "qemu -M microvm (TCG)",
+        cmd: Box::new(|g: &Path| {
+            let mut c = Command::new("qemu-system-x86_64");
+            c.args([
+                "-M", "microvm", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio",
+                "-m", "128M", "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-append", "console=ttyS0", "-kernel",
+            ])
+            .arg(g);
+            c
+        }),
+    })
+}
+
+fn spawn(vmm: &Vmm, g: &Path) -> Child {
+    (vmm.cmd)(g).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn VMM")
+}
+
+fn first_byte(vmm: &Vmm, g: &Path) -> Duration {
+    let t0 = Instant::now();
+    let mut child = spawn(vmm, g);
+    let mut b = [0u8; 1];
+    let n = child.stdout.as_mut().unwrap().read(&mut b).unwrap();
+    let dt = t0.elapsed();
+    assert_eq!(n, 1, "{} printed nothing", vmm.name);
+    let _ = child.kill();
+    let _ = child.wait();
+    dt
+}
+
+/// (RSS beyond guest RAM, total RSS) in KiB, read from smaps.
+fn rss_beyond_guest(pid: u32) -> (u64, u64) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let (mut total, mut guest) = (0u64, 0u64);
+    let mut cur_size_kib = 0u64;
+    for line in smaps.lines() {
+        if let Some(v) = line.strip_prefix("Size:") {
+            cur_size_kib = v.trim().trim_end_matches("kB").trim().parse().unwrap();
+        } else if let Some(v) = line.strip_prefix("Rss:") {
+            let rss: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap();
+            total += rss;
+            // The guest-RAM mapping is the one of the guest's size (QEMU
+            // may round its RAM block up a little).
+            if cur_size_kib >= GUEST_MIB * 1024 && cur_size_kib < GUEST_MIB * 1024 + 4096 {
+                guest += rss;
+            }
+        }
+    }
+    (total - guest, total)
+}
+
+fn wait_for_output(child: &mut Child, needle: &[u8]) {
+    let mut seen = Vec::new();
+    let mut b = [0u8; 256];
+    let out = child.stdout.as_mut().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen.windows(needle.len()).any(|w| w == needle) {
+        assert!(Instant::now() < deadline, "guest never printed {:?}", String::from_utf8_lossy(needle));
+        let n = out.read(&mut b).unwrap();
+        assert!(n > 0, "VMM exited early");
+        seen.extend_from_slice(&b[..n]);
+    }
+}
+
+fn idle_rss(vmm: &Vmm, g: &Path) -> (u64, u64) {
+    let mut child = spawn(vmm, g);
+    wait_for_output(&mut child, b"HANG");
+    std::thread::sleep(Duration::from_millis(300));
+    let r = rss_beyond_guest(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    r
+}
+
+fn mem_available_kib() -> u64 {
+    let m = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let line = m.lines().find(|l| l.starts_with("MemAvailable:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn per_vm_host_memory(vmm: &Vmm, g: &Path, count: usize) -> f64 {
+    let before = mem_available_kib();
+    let mut children = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut c = spawn(vmm, g);
+        wait_for_output(&mut c, b"HANG");
+        children.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = mem_available_kib();
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    (before.saturating_sub(after)) as f64 / count as f64
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let runs: usize = std::env::var("EMBER_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let many: usize = std::env::var("EMBER_BENCH_MANY").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let hello = guest("hello");
+    let hang = guest("hang");
+    let mut vmms = vec![ember_vmm()];
+    match qemu_vmm() {
+        Some(q) => vmms.push(q),
+        None => println!("qemu-system-x86_64 not installed: ember figures only (scripts/setup installs it)"),
+    }
+    println!("startup bench: {runs} runs each, guest {GUEST_MIB} MiB / 1 vCPU, host {} CPUs", num_cpus());
+    let mut first = Vec::new();
+    let mut rss = Vec::new();
+    for vmm in &vmms {
+        // One warm-up run so page cache and binary are hot for both.
+        first_byte(vmm, &hello);
+        let t: Vec<f64> = (0..runs).map(|_| first_byte(vmm, &hello).as_secs_f64() * 1e3).collect();
+        let r: Vec<(u64, u64)> = (0..runs.min(10)).map(|_| idle_rss(vmm, &hang)).collect();
+        let beyond = median(r.iter().map(|x| x.0 as f64).collect());
+        let total = median(r.iter().map(|x| x.1 as f64).collect());
+        let mut sorted = t.clone();
+        sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!(
+            "{:<24} exec->first serial byte: median {:.2} ms (p10 {:.2}, p90 {:.2}); idle RSS beyond guest RAM {:.2} MiB (total {:.2} MiB)",
+            vmm.name,
+            median(t),
+            sorted[sorted.len() / 10],
+            sorted[sorted.len() * 9 / 10],
+            beyond / 1024.0,
+            total / 1024.0
+        );
+        first.push(sorted[sorted.len() / 2]);
+        rss.push(beyond);
+    }
+    if vmms.len() == 2 {
+        println!(
+            "ratio ember/qemu: first byte {:.3}x, RSS beyond guest {:.3}x",
+            first[0] / first[1],
+            rss[0] / rss[1]
+        );
+    }
+    println!("targets: first byte <= 3 ms (Firecracker here: 10 ms), RSS beyond guest <= 2 MiB (Firecracker: 4.1 MiB)");
+    if many > 0 {
+        let per = per_vm_host_memory(&vmms[0], &hang, many);
+        println!(
+            "ember: host memory per idle VM with {many} running: {:.2} MiB (target <= 0.8 MiB; Firecracker 1.56 MiB with 1,000)",
+            per / 1024.0
+        );
+    }
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}

@@ -1,0 +1,1 @@
+//! Virtio devices (placeholder; see the virtio-mmio work).

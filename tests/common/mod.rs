@@ -1,0 +1,207 @@
+//! Shared support for ember's integration tests: building test guests,
+//! running the `ember` binary with a deadline, and the KVM gate.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Where built guests go.
+pub fn guest_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("target"));
+    target.join("guests")
+}
+
+/// Whether a test that needs /dev/kvm can run. Without KVM it prints a
+/// skip line and returns false, unless EMBER_REQUIRE_KVM=1, where it fails.
+pub fn kvm_available() -> bool {
+    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        Ok(_) => true,
+        Err(e) => {
+            if std::env::var("EMBER_REQUIRE_KVM").as_deref() == Ok("1") {
+                panic!("EMBER_REQUIRE_KVM=1 but /dev/kvm cannot be opened: {e}");
+            }
+            eprintln!("skipped: /dev/kvm not usable ({e})");
+            false
+        }
+    }
+}
+
+/// Whether the host has hardware virtualisation (vmx/svm), as opposed to an
+/// emulating KVM such as PVM.
+pub fn hardware_kvm() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|s| s.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "vmx" || f == "svm")))
+        .unwrap_or(false)
+}
+
+/// Builds test guest `name` (e.g. "boot_state") from tests/guests with the
+/// system gcc and returns the ELF's path. Concurrent callers (test threads
+/// and test binaries) serialise on a lock file.
+pub fn guest(name: &str) -> PathBuf {
+    let out = guest_dir();
+    std::fs::create_dir_all(&out).unwrap();
+    let lock = File::create(out.join(".build.lock")).unwrap();
+    // SAFETY: flock on a valid fd.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let target = format!("{name}.elf");
+    let r = Command::new("make")
+        .arg("-s")
+        .arg("-C")
+        .arg(repo().join("tests/guests"))
+        .arg(format!("O={}", out.display()))
+        .arg(&target)
+        .output()
+        .expect("run make (is make installed?)");
+    // SAFETY: unlock the fd we locked.
+    unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_UN) };
+    assert!(
+        r.status.success(),
+        "building guest {name} failed:\n{}{}",
+        String::from_utf8_lossy(&r.stdout),
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let p = out.join(target);
+    assert!(p.exists(), "make did not produce {}", p.display());
+    p
+}
+
+/// The ember binary under test.
+pub fn ember() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ember"))
+}
+
+/// What a finished run printed and how it ended.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Exit status (None if killed at the deadline).
+    pub status: Option<ExitStatus>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    /// The exit code, panicking with the output if there is none.
+    pub fn code(&self) -> i32 {
+        match self.status.and_then(|s| s.code()) {
+            Some(c) => c,
+            None => panic!("process did not exit normally: {self:#?}"),
+        }
+    }
+}
+
+fn drain(mut r: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let b = buf.clone();
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = r.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            b.lock().unwrap().extend_from_slice(&chunk[..n]);
+        }
+    });
+    buf
+}
+
+/// Waits for `child` up to `deadline`, killing it after.
+pub fn finish(mut child: Child, deadline: Duration) -> Outcome {
+    let start = Instant::now();
+    let out = drain(child.stdout.take().unwrap());
+    let err = drain(child.stderr.take().unwrap());
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Let the drain threads see EOF.
+    std::thread::sleep(Duration::from_millis(50));
+    let stdout = String::from_utf8_lossy(&out.lock().unwrap()).into_owned();
+    let stderr = String::from_utf8_lossy(&err.lock().unwrap()).into_owned();
+    Outcome { status, stdout, stderr, elapsed: start.elapsed() }
+}
+
+/// Runs `ember` with `args` and stdin from `input` (empty: /dev/null),
+/// killing it after `deadline`.
+pub fn run_ember(args: &[&str], input: Option<&[u8]>, deadline: Duration) -> Outcome {
+    let mut cmd = Command::new(ember());
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
+    let mut child = cmd.spawn().expect("spawn ember");
+    if let Some(data) = input {
+        let mut stdin = child.stdin.take().unwrap();
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+            // Keep stdin open until the VM ends, like a terminal would.
+            std::thread::sleep(Duration::from_secs(600));
+        });
+    }
+    finish(child, deadline)
+}
+
+/// Runs a test guest under ember with `--debug-exit` and returns the outcome.
+pub fn run_guest(guest_name: &str, extra: &[&str], cmdline: &str, deadline: Duration) -> Outcome {
+    let g = guest(guest_name);
+    let mut args = vec!["run", "--kernel", g.to_str().unwrap(), "--debug-exit", "--cmdline", cmdline];
+    args.extend_from_slice(extra);
+    run_ember(&args, None, deadline)
+}
+
+/// CRC-32 (IEEE 802.3), as zlib and the guests compute it.
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+/// A scratch directory unique to this test process and `name`.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ember-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Whether `path` exists as a file.
+pub fn exists(path: &Path) -> bool {
+    path.is_file()
+}
