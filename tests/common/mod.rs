@@ -205,3 +205,55 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 pub fn exists(path: &Path) -> bool {
     path.is_file()
 }
+
+/// Whether `qemu-system-x86_64` is installed. Without it a cross-check test
+/// prints a skip line and returns false, unless EMBER_REQUIRE_QEMU=1 (set
+/// by `.ci/run`, which installs QEMU), where it fails.
+pub fn qemu_available() -> bool {
+    let ok = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        if std::env::var("EMBER_REQUIRE_QEMU").as_deref() == Ok("1") {
+            panic!("EMBER_REQUIRE_QEMU=1 but qemu-system-x86_64 is not installed (scripts/setup installs it)");
+        }
+        eprintln!("skipped: qemu-system-x86_64 not installed");
+    }
+    ok
+}
+
+/// Runs a test guest under `qemu-system-x86_64 -M microvm` (TCG, PVH entry)
+/// with isa-debug-exit at 0xf4 and modern virtio-mmio transports.
+pub fn run_qemu(guest_name: &str, cmdline: &str, extra: &[&str], deadline: Duration) -> Outcome {
+    let g = guest(guest_name);
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-M", "microvm", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio", "-m", "128M"])
+        .args(["-global", "virtio-mmio.force-legacy=false"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
+        .arg("-kernel")
+        .arg(&g)
+        .args(["-append", cmdline])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    finish(cmd.spawn().expect("spawn qemu-system-x86_64"), deadline)
+}
+
+/// The guest's exit code from a QEMU run: isa-debug-exit ends QEMU with
+/// `(code << 1) | 1`.
+pub fn qemu_guest_code(o: &Outcome) -> i32 {
+    let c = o.code();
+    assert_eq!(c & 1, 1, "QEMU did not end through isa-debug-exit: {o:#?}");
+    c >> 1
+}
+
+/// Asserts a guest run ended with `code`, showing everything if not.
+pub fn assert_code(o: &Outcome, code: i32) {
+    let got = o.status.and_then(|s| s.code());
+    assert_eq!(got, Some(code), "stdout:\n{}\nstderr:\n{}", o.stdout, o.stderr);
+}
