@@ -257,3 +257,48 @@ pub fn assert_code(o: &Outcome, code: i32) {
     let got = o.status.and_then(|s| s.code());
     assert_eq!(got, Some(code), "stdout:\n{}\nstderr:\n{}", o.stdout, o.stderr);
 }
+
+/// Runs a `scripts/` helper that prints `key=value` lines and returns them.
+/// A failing script fails the test: fetching is part of what is tested.
+pub fn script_outputs(script: &str, args: &[&str]) -> Vec<(String, String)> {
+    let r = Command::new(repo().join("scripts").join(script))
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("run scripts/{script}: {e}"));
+    assert!(r.status.success(), "scripts/{script} failed: {}", String::from_utf8_lossy(&r.stdout));
+    String::from_utf8_lossy(&r.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect()
+}
+
+/// Debian's stock kernel: (vmlinuz, vmlinux, has a PVH note), fetched by
+/// scripts/fetch-debian-kernel into the cache outside the repo (once).
+pub fn debian_kernel() -> (PathBuf, PathBuf, bool) {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let kv = script_outputs("fetch-debian-kernel", &[]);
+    let get = |k: &str| kv.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    (
+        PathBuf::from(get("vmlinuz").expect("vmlinuz= line")),
+        PathBuf::from(get("vmlinux").expect("vmlinux= line")),
+        get("pvh").as_deref() == Some("yes"),
+    )
+}
+
+/// The e820 lines Linux prints ("BIOS-e820: [mem A-B] type") for ember's
+/// memory map with `mem` bytes of RAM (docs/boot.md).
+pub fn expected_linux_e820(mem: u64) -> Vec<String> {
+    let hole = 0xc000_0000u64;
+    let low = mem.min(hole);
+    let mut v = vec![
+        (0u64, 0x9fc00u64, "usable"),
+        (0x9fc00, 0xa0000, "reserved"),
+        (0x10_0000, low, "usable"),
+    ];
+    if mem > hole {
+        v.push((1 << 32, (1 << 32) + mem - hole, "usable"));
+    }
+    v.into_iter().map(|(a, b, t)| format!("BIOS-e820: [mem {a:#018x}-{:#018x}] {t}", b - 1)).collect()
+}

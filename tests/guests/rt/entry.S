@@ -50,7 +50,10 @@ pvh_start:
     movw %ax, %es
     movw %ax, %ss
 
-    /* PML4[0] -> PDPT; PDPT[0..3] -> PD pages; PD: 2048 x 2 MiB = 4 GiB. */
+    /* PML4[0] -> PDPT; PDPT[0..3] -> four PD pages covering 4 GiB. Only
+     * the first 64 MiB (32 x 2 MiB) is mapped here: filling all 2048 PD
+     * entries costs ~10k emulated instructions (~5 ms on PVM hosts), so the
+     * rest is mapped on first touch by the page-fault handler (rt.c). */
     movl $pdpt, %eax
     orl $3, %eax
     movl %eax, pml4
@@ -66,19 +69,20 @@ pvh_start:
     loop 1b
     movl $pd, %edi
     movl $0x83, %eax
-    movl $2048, %ecx
+    movl $32, %ecx
 2:  movl %eax, (%edi)
     movl $0, 4(%edi)
     addl $0x200000, %eax
     addl $8, %edi
     loop 2b
-
+9:  movl $pml4, %eax
+    movl %eax, ap_cr3
     call enter_long_mode32
     ljmp $SEL_CODE64, $common64
 
-/* CR3 = pml4, CR4.PAE, EFER.LME, CR0.PG|PE. Used by the BSP and the APs. */
+/* CR3 = ap_cr3, CR4.PAE, EFER.LME, CR0.PG|PE. Used by the BSP and the APs. */
 enter_long_mode32:
-    movl $pml4, %eax
+    movl ap_cr3, %eax
     movl %eax, %cr3
     movl %cr4, %eax
     orl $0x20, %eax
@@ -108,28 +112,10 @@ _start64:
     movl $MSR_EFER, %ecx
     rdmsr
     movl %eax, rt_boot_efer
-    /* The VMM's tables map 4 GiB; build and switch to the runtime's own
-     * (the APs use them too), so both paths run on the same tables. */
-    leaq pdpt(%rip), %rax
-    orq $3, %rax
-    movq %rax, pml4(%rip)
-    leaq pd(%rip), %rax
-    orq $3, %rax
-    leaq pdpt(%rip), %rdi
-    movl $4, %ecx
-5:  movq %rax, (%rdi)
-    addq $0x1000, %rax
-    addq $8, %rdi
-    loop 5b
-    leaq pd(%rip), %rdi
-    movq $0x83, %rax
-    movl $2048, %ecx
-6:  movq %rax, (%rdi)
-    addq $0x200000, %rax
-    addq $8, %rdi
-    loop 6b
-    leaq pml4(%rip), %rax
-    movq %rax, %cr3
+    /* Keep the VMM's page tables (they identity-map 4 GiB; docs/boot.md);
+     * the APs will use them too. */
+    movq %cr3, %rax
+    movl %eax, ap_cr3
     lgdt gdt_desc
     pushq $SEL_CODE64
     leaq common64(%rip), %rax
@@ -320,12 +306,15 @@ rt_boot_cr4: .quad 0
 rt_boot_efer: .quad 0
 rt_boot_rflags: .quad 0
 ap_next: .long 0
+ap_cr3: .long 0
 
 .bss
 .align 4096
 .globl pml4
 pml4: .skip 4096
 pdpt: .skip 4096
+.globl rt_pd
+rt_pd:
 pd: .skip 4 * 4096
 .align 16
 bsp_stack: .skip 32768

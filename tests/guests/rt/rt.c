@@ -9,6 +9,7 @@ extern u64 rt_boot_kind, rt_boot_start_info, rt_boot_zero_page, rt_boot_cr0, rt_
 extern const u64 rt_isr_table[48];
 extern const u64 rt_isr_spurious;
 extern const u8 ap_tramp_start[], ap_tramp_end[];
+extern volatile u64 rt_pd[2048];
 
 /* ---- library ---- */
 
@@ -299,6 +300,11 @@ void rt_isr(struct frame *f)
     if (f->vector < 32) {
         u64 cr2;
         __asm__ volatile("mov %%cr2, %0" : "=r"(cr2));
+        /* Demand mapping of the first 4 GiB (PVH entry, see entry.S). */
+        if (f->vector == 14 && !(f->err & 1) && cr2 < (4ul << 30) && !rt_pd[cr2 >> 21]) {
+            rt_pd[cr2 >> 21] = (cr2 & ~0x1ffffful) | 0x83;
+            return;
+        }
         rt_printf("EXCEPTION vector=%lu err=0x%lx rip=0x%lx cr2=0x%lx\n", f->vector, f->err, f->rip, cr2);
         rt_exit(99);
     }
