@@ -27,6 +27,80 @@ pub struct Cli {
 pub enum Command {
     /// Boot a kernel and run it until the guest resets, exits or is stopped.
     Run(RunArgs),
+    /// Smoke-test a kernel: boot it, run a command in a generated initramfs
+    /// and/or wait for console patterns; exit with the result.
+    Smoke(SmokeArgs),
+}
+
+/// Flags of `ember smoke`.
+#[derive(Args, Debug, Clone)]
+#[command(after_help = "Exit status: the command's own status in command mode (0 = pass); \
+124 timeout; 120 kernel panic/oops; 121 guest crash (triple fault, KVM error); \
+122 the VM ended before the command or every expectation finished; 125 ember failed; \
+2 bad flags. See docs/ci.md.")]
+pub struct SmokeArgs {
+    /// Kernel image: ELF vmlinux or bzImage.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+    /// Guest memory: a number of MiB, or with a suffix (512M, 2G).
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = size_arg)]
+    pub memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=254))]
+    pub cpus: u8,
+    /// Extra kernel command line, appended to ember's
+    /// (console=ttyS0 reboot=k panic=-1 [rdinit=/init]).
+    #[arg(long, value_name = "EXTRA", default_value = "")]
+    pub cmdline: String,
+    /// Stop the VM and exit 124 after this long (e.g. 90s, 3m, 500ms).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration_arg)]
+    pub timeout: std::time::Duration,
+    /// A regular expression that must match a console line, after the
+    /// previous --expect matched. Repeatable.
+    #[arg(long, value_name = "REGEX")]
+    pub expect: Vec<String>,
+    /// Write a JUnit XML report here.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Show only the command's output, not the kernel's.
+    #[arg(long)]
+    pub quiet: bool,
+    /// The static busybox for the initramfs (default: Debian's
+    /// busybox-static at /bin/busybox).
+    #[arg(long, value_name = "PATH")]
+    pub busybox: Option<PathBuf>,
+    /// A cpio archive appended to ember's initramfs (modules, test files).
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Log level for ember's own messages on stderr.
+    #[arg(long, value_name = "LEVEL", default_value = "warn")]
+    pub log_level: log::LevelFilter,
+    /// The command to run in the guest (after `--`).
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+impl SmokeArgs {
+    /// The smoke test these flags describe.
+    pub fn to_smoke(&self) -> crate::Smoke {
+        let mut s = crate::Smoke::new(&self.kernel)
+            .memory(self.memory)
+            .cpus(self.cpus)
+            .cmdline(self.cmdline.clone())
+            .timeout(self.timeout)
+            .quiet(self.quiet)
+            .command(self.command.clone());
+        for e in &self.expect {
+            s = s.expect(e.clone());
+        }
+        if let Some(b) = &self.busybox {
+            s = s.busybox(b);
+        }
+        if let Some(i) = &self.initrd {
+            s = s.initrd(i);
+        }
+        s
+    }
 }
 
 /// Flags of `ember run`.
@@ -74,6 +148,9 @@ pub struct RunArgs {
 
 fn size_arg(s: &str) -> Result<u64, ConfigError> {
     parse_size(s)
+}
+fn duration_arg(s: &str) -> Result<std::time::Duration, ConfigError> {
+    crate::config::parse_duration(s)
 }
 fn serial_arg(s: &str) -> Result<SerialConfig, ConfigError> {
     SerialConfig::parse(s)
@@ -174,7 +251,36 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run(a) => run(a),
+        Command::Smoke(a) => smoke(a),
     }
+}
+
+/// `ember smoke`.
+pub fn smoke(args: SmokeArgs) -> ExitCode {
+    use crate::smoke::EXIT_EMBER;
+    init_logging(args.log_level);
+    let out: crate::config::SharedWriter = std::sync::Arc::new(std::sync::Mutex::new(std::io::stdout()));
+    let report = match args.to_smoke().output(out).run() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ember smoke: error: {e}");
+            return ExitCode::from(EXIT_EMBER as u8);
+        }
+    };
+    if matches!(report.verdict, crate::smoke::Verdict::Timeout) {
+        eprintln!("ember smoke: last console lines:");
+        for l in report.last_lines(20) {
+            eprintln!("  | {l}");
+        }
+    }
+    if let Some(j) = &args.junit {
+        if let Err(e) = std::fs::write(j, report.junit_xml()) {
+            eprintln!("ember smoke: error: cannot write {}: {e}", j.display());
+            return ExitCode::from(EXIT_EMBER as u8);
+        }
+    }
+    eprintln!("{}", report.summary());
+    ExitCode::from(report.exit_status() as u8)
 }
 
 #[cfg(test)]
@@ -190,7 +296,7 @@ mod tests {
     #[test]
     fn run_defaults() {
         let cli = Cli::try_parse_from(["ember", "run", "--kernel", "/k"]).unwrap();
-        let Command::Run(a) = cli.command;
+        let Command::Run(a) = cli.command else { panic!() };
         let c = a.to_config();
         assert_eq!(c.memory, 256 << 20);
         assert_eq!(c.vcpus, 1);
@@ -206,11 +312,25 @@ mod tests {
             "--disk", "path=/a.img", "--disk", "path=/b.img,readonly=on", "--boot", "pvh",
         ])
         .unwrap();
-        let Command::Run(a) = cli.command;
+        let Command::Run(a) = cli.command else { panic!() };
         let c = a.to_config();
         assert_eq!((c.memory, c.vcpus, c.debug_exit, c.boot), (2 << 30, 2, true, BootProtocol::Pvh));
         assert_eq!(c.disks.len(), 2);
         assert!(c.disks[1].read_only);
+    }
+
+    #[test]
+    fn smoke_flags() {
+        let cli = Cli::try_parse_from([
+            "ember", "smoke", "--kernel", "/k", "--timeout", "90s", "--expect", "a", "--expect", "b", "--quiet", "--", "sh",
+            "-c", "exit 7",
+        ])
+        .unwrap();
+        let Command::Smoke(a) = cli.command else { panic!() };
+        assert_eq!(a.timeout, std::time::Duration::from_secs(90));
+        assert_eq!(a.expect, ["a", "b"]);
+        assert_eq!(a.command, ["sh", "-c", "exit 7"]);
+        assert!(a.quiet);
     }
 
     #[test]
@@ -221,6 +341,8 @@ mod tests {
             vec!["ember", "run", "--kernel", "/k", "--serial", "tcp"],
             vec!["ember", "run", "--kernel", "/k", "--frobnicate"],
             vec!["ember", "run"],
+            vec!["ember", "smoke", "--kernel", "/k", "--timeout", "soon"],
+            vec!["ember", "smoke"],
         ] {
             let e = Cli::try_parse_from(&args).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{args:?}");

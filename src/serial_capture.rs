@@ -55,6 +55,26 @@ impl SerialCapture {
         }
     }
 
+    /// Waits until more than `seen` bytes have been captured, the capture is
+    /// closed, or `timeout` passes. Returns the bytes past `seen` (possibly
+    /// none) and whether the capture is closed.
+    pub fn wait_beyond(&self, seen: usize, timeout: Duration) -> (Vec<u8>, bool) {
+        let deadline = Instant::now() + timeout;
+        let (lock, cv) = &*self.inner;
+        let mut g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let now = Instant::now();
+            if g.bytes.len() > seen || g.closed || now >= deadline {
+                let new = g.bytes.get(seen..).map(<[u8]>::to_vec).unwrap_or_default();
+                return (new, g.closed);
+            }
+            g = cv
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
     /// Marks the capture as finished: waiters stop waiting.
     pub fn close(&self) {
         self.lock().closed = true;
