@@ -64,7 +64,7 @@ fn boot(boot: BootProtocol) {
         .lines()
         .filter_map(|l| l.find("BIOS-e820:").map(|i| l[i..].trim_end_matches('\r').to_string()))
         .collect();
-    assert_eq!(e820, expected_linux_e820(MEM), "\n{text}");
+    assert_eq!(e820, expected_linux_e820(MEM, boot == BootProtocol::Pvh), "\n{text}");
 }
 
 #[test]

@@ -288,17 +288,78 @@ pub fn debian_kernel() -> (PathBuf, PathBuf, bool) {
 }
 
 /// The e820 lines Linux prints ("BIOS-e820: [mem A-B] type") for ember's
-/// memory map with `mem` bytes of RAM (docs/boot.md).
-pub fn expected_linux_e820(mem: u64) -> Vec<String> {
+/// memory map with `mem` bytes of RAM (docs/boot.md). Through the PVH entry
+/// Linux itself reserves the ISA range 640 KiB–1 MiB
+/// (arch/x86/platform/pvh/enlighten.c), which merges with ember's reserved
+/// EBDA entry.
+pub fn expected_linux_e820(mem: u64, pvh: bool) -> Vec<String> {
     let hole = 0xc000_0000u64;
     let low = mem.min(hole);
     let mut v = vec![
         (0u64, 0x9fc00u64, "usable"),
-        (0x9fc00, 0xa0000, "reserved"),
+        (0x9fc00, if pvh { 0x10_0000 } else { 0xa0000 }, "reserved"),
         (0x10_0000, low, "usable"),
     ];
     if mem > hole {
         v.push((1 << 32, (1 << 32) + mem - hole, "usable"));
     }
     v.into_iter().map(|(a, b, t)| format!("BIOS-e820: [mem {a:#018x}-{:#018x}] {t}", b - 1)).collect()
+}
+
+/// Kernel command-line flags a Linux guest needs on hosts where guest code
+/// is emulated (PVM), with why. The guest's CPUID shows most of the host's
+/// features whatever the VMM sets, so features the emulator cannot execute
+/// are turned off on the kernel's side (../shared/LINUX-UNDER-EMULATION.md).
+pub fn linux_emulation_flags() -> String {
+    [
+        "noxsave",   // xsave/xrstor are not emulated: FPU state via fxsave
+        "nofsgsbase", // rd/wrfsbase are not emulated
+        // Each was found by the emulator stopping on it: clac/stac (SMAP),
+        // popcnt, rdpid, BMI/AVX/FMA encodings, movbe, cache-line flushes,
+        // rdseed/rdrand, adx.
+        "clearcpuid=smap,popcnt,rdpid,bmi1,bmi2,avx,avx2,fma,movbe,clflushopt,clwb,rdseed,rdrand,adx",
+        "lpj=1000000", // skip delay-loop calibration: millions of emulated instructions
+    ]
+    .join(" ")
+}
+
+fn last_line_of(script: &str) -> PathBuf {
+    let r = Command::new(repo().join("scripts").join(script))
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("run scripts/{script}: {e}"));
+    assert!(r.status.success(), "scripts/{script} failed");
+    let out = String::from_utf8_lossy(&r.stdout);
+    let p = PathBuf::from(out.lines().last().expect("a path on the last line").trim());
+    assert!(p.is_file(), "scripts/{script} printed {}, which is not a file", p.display());
+    p
+}
+
+/// The project's Linux test kernel (scripts/build-test-kernel: cached, or
+/// built once, serialised across test processes by the script's lock).
+pub fn test_kernel() -> PathBuf {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    last_line_of("build-test-kernel")
+}
+
+/// The no-syscall /init for the test kernel (scripts/build-test-init).
+pub fn test_init() -> PathBuf {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    last_line_of("build-test-init")
+}
+
+/// An initramfs holding only /dev/console and the no-syscall /init.
+pub fn init_cpio() -> Vec<u8> {
+    let mut w = ember::cpio::CpioWriter::new();
+    w.dir("dev", 0o755).unwrap();
+    w.char_dev("dev/console", 0o600, 5, 1).unwrap();
+    w.file("init", 0o755, &std::fs::read(test_init()).unwrap()).unwrap();
+    w.finish()
+}
+
+/// The console lines of a Linux boot, without the trailing `\r`.
+pub fn console_lines(text: &str) -> Vec<String> {
+    text.lines().map(|l| l.trim_end_matches('\r').to_string()).collect()
 }
