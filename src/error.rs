@@ -54,7 +54,28 @@ pub enum Error {
         /// The error.
         source: std::io::Error,
     },
-    // VIRTIO-ERRORS
+    /// A `--disk` image cannot be used.
+    #[error(transparent)]
+    Disk(#[from] ember_devices::virtio::block::BlockError),
+    /// A `--net` TAP device cannot be used.
+    #[error("{0}")]
+    Net(String),
+    /// More virtio devices than the MMIO window has slots for.
+    #[error("{count} virtio devices requested; at most {max} fit (docs/boot.md)")]
+    TooManyDevices {
+        /// How many were asked for.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A virtio transport could not be set up.
+    #[error("setting up virtio device {index}: {source}")]
+    Virtio {
+        /// Which device (in --disk, then --net order).
+        index: usize,
+        /// The error.
+        source: std::io::Error,
+    },
     /// The event loop could not be set up.
     #[error(transparent)]
     EventLoop(#[from] EventLoopError),
@@ -73,7 +94,12 @@ impl Error {
     /// rather than from the host at run time (exit status 1).
     pub fn is_usage(&self) -> bool {
         match self {
-            Error::Config(_) | Error::TooManyVcpus { .. } | Error::SerialFile { .. } => true,
+            Error::Config(_)
+            | Error::TooManyVcpus { .. }
+            | Error::SerialFile { .. }
+            | Error::Disk(_)
+            | Error::Net(_)
+            | Error::TooManyDevices { .. } => true,
             Error::Boot(b) => !matches!(b, BootError::Memory(_)),
             _ => false,
         }

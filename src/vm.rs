@@ -13,9 +13,12 @@ use std::time::Duration;
 
 use ember_devices::bus::BusDevice;
 use ember_devices::interrupt::IrqLine;
+use ember_devices::virtio::block::{Block, BlockConfig};
+use ember_devices::virtio::mmio::{MmioTransport, MMIO_SIZE};
+use ember_devices::virtio::VirtioDevice;
 use ember_devices::legacy::{Cmos, DebugExit, ExitLine, QuietPorts, SerialDevice, SerialOutput, I8042, QUIET_PORT_RANGES};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -44,6 +47,32 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
 fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> Error {
     move |source| Error::Io { what, source }
 }
+
+/// Puts `device` behind a virtio-mmio transport at `base`: its interrupt is
+/// an irqfd on `irq`, and each queue's notification (a write of the queue
+/// index to QueueNotify) is an ioeventfd, so the data path never exits to
+/// a vCPU thread in user space.
+fn attach_virtio(
+    vm_fd: &VmFd,
+    mem: &GuestMemoryMmap,
+    index: usize,
+    device: Box<dyn VirtioDevice>,
+    base: u64,
+    irq: u32,
+) -> Result<Arc<Mutex<MmioTransport>>, Error> {
+    let verr = |source: io::Error| Error::Virtio { index, source };
+    let irq_evt = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(verr)?;
+    vm_fd.register_irqfd(&irq_evt, irq).map_err(kvm_err("KVM_IRQFD (virtio)"))?;
+    let transport = MmioTransport::new(device, mem.clone(), Arc::new(irq_evt)).map_err(verr)?;
+    for (q, evt) in transport.queue_events().iter().enumerate() {
+        let addr = IoEventAddress::Mmio(base + u64::from(QUEUE_NOTIFY_OFFSET));
+        vm_fd.register_ioevent(evt, &addr, q as u32).map_err(kvm_err("KVM_IOEVENTFD (virtio)"))?;
+    }
+    Ok(Arc::new(Mutex::new(transport)))
+}
+
+/// The virtio-mmio QueueNotify register.
+const QUEUE_NOTIFY_OFFSET: u32 = 0x50;
 
 /// Whether this host's KVM runs guest code by emulating it (PVM), which
 /// lacks some instructions a VMM can hide (CMPXCHG16B).
@@ -161,7 +190,7 @@ impl Vm {
 
         let exit = Arc::new(ExitSignal::new().map_err(io_err("creating the exit eventfd"))?);
         let mut pio = Bus::new("port I/O");
-        let mmio = Bus::new("MMIO");
+        let mut mmio = Bus::new("MMIO");
         let subscribers: Vec<Subscriber> = Vec::new();
 
         // COM1.
@@ -205,9 +234,27 @@ impl Vm {
             pio.insert(base as u64, len as u64, quiet.clone())?;
         }
 
-        // VIRTIO-DEVICES
-
-        let cmdline = config.cmdline.clone();
+        // virtio devices: disks, then NICs, one MMIO slot and IRQ each.
+        let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+        for d in &config.disks {
+            let cfg = BlockConfig { path: d.path.clone(), readonly: d.read_only, id: d.id.clone() };
+            devices.push(Box::new(Block::new(&cfg)?));
+        }
+        let max = layout::max_virtio_devices();
+        if devices.len() > max {
+            return Err(Error::TooManyDevices { count: devices.len(), max });
+        }
+        let mut cmdline = config.cmdline.clone();
+        let mut subscribers = subscribers;
+        for (index, device) in devices.into_iter().enumerate() {
+            let (base, irq) = layout::virtio_slot(index);
+            let transport = attach_virtio(&vm_fd, &mem, index, device, base, irq)?;
+            mmio.insert(base, MMIO_SIZE, transport.clone())?;
+            subscribers.push(transport);
+            // Linux (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES) finds devices here.
+            cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
+        }
+        let cmdline = cmdline.trim_start().to_string();
         boot::write_cmdline(&mem, &kernel, &cmdline)?;
         boot::cpu_state::write_tables(&mem).map_err(boot::BootError::Memory)?;
         mptable::write(&mem, config.vcpus).map_err(boot::BootError::Mptable)?;

@@ -363,3 +363,146 @@ pub fn init_cpio() -> Vec<u8> {
 pub fn console_lines(text: &str) -> Vec<String> {
     text.lines().map(|l| l.trim_end_matches('\r').to_string()).collect()
 }
+
+/// A child process whose output is collected while it runs, so a test can
+/// wait for a line and then act (ping the guest, stop it).
+pub struct Spawned {
+    /// The child.
+    pub child: Child,
+    out: Arc<Mutex<Vec<u8>>>,
+    err: Arc<Mutex<Vec<u8>>>,
+    /// When it was started.
+    pub start: Instant,
+}
+
+impl Spawned {
+    /// Starts `program args` with stdin from /dev/null.
+    pub fn new(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Spawned {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let out = drain(child.stdout.take().unwrap());
+        let err = drain(child.stderr.take().unwrap());
+        Spawned { child, out, err, start: Instant::now() }
+    }
+
+    /// Everything written to stdout so far.
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.out.lock().unwrap()).into_owned()
+    }
+
+    /// Everything written to stderr so far.
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.err.lock().unwrap()).into_owned()
+    }
+
+    /// Waits until stdout contains `needle` (true), the child exits or
+    /// `timeout` passes (false).
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.stdout().contains(needle) {
+                return true;
+            }
+            if Instant::now() > deadline || self.child.try_wait().ok().flatten().is_some() {
+                std::thread::sleep(Duration::from_millis(100));
+                return self.stdout().contains(needle);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the child (SIGTERM, then SIGKILL) and returns its status.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        for _ in 0..50 {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        self.child.wait().ok()
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A network namespace with a TAP device in it, removed on drop. The host
+/// side of the TAP gets `host_ip/24`.
+pub struct NetNs {
+    /// Namespace name.
+    pub name: String,
+    /// TAP name inside it.
+    pub tap: String,
+}
+
+impl NetNs {
+    /// Creates namespace `ember-<tag>-<pid>` with TAP `tap0` at `host_ip`.
+    /// Returns None (after a skip line) when not root, unless
+    /// EMBER_REQUIRE_KVM=1, where it fails.
+    pub fn new(tag: &str, host_ip: &str) -> Option<NetNs> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            if std::env::var("EMBER_REQUIRE_KVM").as_deref() == Ok("1") {
+                panic!("network namespace tests need root");
+            }
+            eprintln!("skipped: network namespace tests need root");
+            return None;
+        }
+        let name = format!("ember-{tag}-{}", std::process::id());
+        let ns = NetNs { name: name.clone(), tap: "tap0".into() };
+        let run = |args: &[&str]| {
+            let o = Command::new("ip").args(args).output().expect("ip (iproute2)");
+            assert!(o.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        };
+        run(&["netns", "add", &name]);
+        run(&["-n", &name, "link", "set", "lo", "up"]);
+        run(&["-n", &name, "tuntap", "add", "dev", "tap0", "mode", "tap"]);
+        run(&["-n", &name, "addr", "add", &format!("{host_ip}/24"), "dev", "tap0"]);
+        run(&["-n", &name, "link", "set", "tap0", "up"]);
+        Some(ns)
+    }
+
+    /// Runs `args` inside the namespace and returns its output.
+    pub fn exec(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ip").args(["netns", "exec", &self.name]).args(args).output().expect("ip netns exec")
+    }
+
+    /// `ip netns exec NAME` as an argument prefix.
+    pub fn prefix(&self) -> Vec<String> {
+        vec!["netns".into(), "exec".into(), self.name.clone()]
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Builds an ext2 image with scripts/mkext2 holding `files` (name, host path).
+pub fn mkext2(out: &Path, size_mib: u32, files: &[(&str, &Path)]) {
+    let mut args = vec![out.display().to_string(), size_mib.to_string()];
+    for (n, p) in files {
+        args.push(format!("{n}={}", p.display()));
+    }
+    let o = Command::new(repo().join("scripts/mkext2")).args(&args).output().expect("scripts/mkext2");
+    assert!(o.status.success(), "mkext2: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// The ext2 superblock's mount count (s_mnt_count, at byte 1024 + 52).
+pub fn ext2_mount_count(img: &Path) -> u16 {
+    let d = std::fs::read(img).unwrap();
+    u16::from_le_bytes([d[1024 + 52], d[1024 + 53]])
+}

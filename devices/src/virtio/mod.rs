@@ -1,1 +1,244 @@
-//! Virtio devices (placeholder; see the virtio-mmio work).
+//! Virtio devices and the virtio-mmio transport.
+//!
+//! * [`mmio`]: the virtio-mmio transport (virtio 1.x, register layout
+//!   version 2). It owns the register file, feature negotiation, the device
+//!   status state machine and the queue configuration, and hands a device its
+//!   queues once the driver sets `DRIVER_OK`.
+//! * [`block`]: the virtio-blk device model on a raw image file.
+//!
+//! A device model implements [`VirtioDevice`] and never sees registers; the
+//! transport implements [`crate::bus::BusDevice`] for the vCPU threads and
+//! [`event_manager::MutEventSubscriber`] for the queue notifications.
+
+use std::io;
+use std::os::unix::io::RawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use virtio_bindings::bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
+use virtio_queue::Queue;
+
+use crate::interrupt::IrqLine;
+use crate::GuestMemoryMmap;
+
+pub mod block;
+mod chain;
+mod disk;
+mod host_view;
+pub mod mmio;
+#[cfg(test)]
+mod test_utils;
+
+/// Why a device refused to start when the driver set `DRIVER_OK`.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The transport handed over a different number of queues than the
+    /// device declared in [`VirtioDevice::queue_max_sizes`].
+    #[error("expected {expected} virtqueues, got {got}")]
+    QueueCount {
+        /// Queues the device declared.
+        expected: usize,
+        /// Queues it was given.
+        got: usize,
+    },
+    /// The driver did not make a queue the device needs ready.
+    #[error("virtqueue {0} was not made ready by the driver")]
+    QueueNotReady(usize),
+    /// The device is already running; it must be reset first.
+    #[error("device is already activated")]
+    AlreadyActivated,
+    /// The backend could not be started.
+    #[error("device backend failed to start: {0}")]
+    Backend(#[source] io::Error),
+}
+
+/// The interrupt state a virtio device shares with its transport.
+///
+/// It holds the transport's `InterruptStatus` register (bit 0: used buffer
+/// notification, bit 1: configuration change) and the line into the guest.
+/// The guest clears bits through `InterruptACK`.
+pub struct VirtioInterrupt {
+    status: AtomicU32,
+    irq: Arc<dyn IrqLine>,
+}
+
+impl std::fmt::Debug for VirtioInterrupt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtioInterrupt")
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
+}
+
+impl VirtioInterrupt {
+    /// An interrupt with a clear status raising `irq`.
+    pub fn new(irq: Arc<dyn IrqLine>) -> Self {
+        VirtioInterrupt {
+            status: AtomicU32::new(0),
+            irq,
+        }
+    }
+
+    /// Tells the driver that buffers were placed in a used ring.
+    pub fn signal_used_queue(&self) -> io::Result<()> {
+        self.status
+            .fetch_or(VIRTIO_MMIO_INT_VRING, Ordering::SeqCst);
+        self.irq.trigger()
+    }
+
+    /// Tells the driver that the configuration space or the device status
+    /// changed (for example `DEVICE_NEEDS_RESET`).
+    pub fn signal_config_change(&self) -> io::Result<()> {
+        self.status
+            .fetch_or(VIRTIO_MMIO_INT_CONFIG, Ordering::SeqCst);
+        self.irq.trigger()
+    }
+
+    /// The current `InterruptStatus` register value.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// Clears the `bits` the driver acknowledged.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// Clears every pending bit (device reset).
+    pub(crate) fn clear(&self) {
+        self.status.store(0, Ordering::SeqCst);
+    }
+}
+
+/// A virtio device model, driven by a transport such as
+/// [`mmio::MmioTransport`].
+///
+/// The transport calls the configuration methods from vCPU threads and
+/// [`process_queue`](VirtioDevice::process_queue) from the event loop thread,
+/// always with the transport's lock held, so calls never overlap.
+pub trait VirtioDevice: Send {
+    /// The virtio device ID (`VIRTIO_ID_*`, e.g. 2 for a block device).
+    fn device_type(&self) -> u32;
+
+    /// The maximum size of each queue; the length is the number of queues.
+    /// Each size must be a power of two no larger than 32768.
+    fn queue_max_sizes(&self) -> &[u16];
+
+    /// The device-specific feature bits offered to the driver. The transport
+    /// adds the transport features (`VIRTIO_F_VERSION_1`,
+    /// `VIRTIO_RING_F_EVENT_IDX`, `VIRTIO_RING_F_INDIRECT_DESC`).
+    fn avail_features(&self) -> u64;
+
+    /// The feature bits the driver accepted, once they are known to be a
+    /// subset of the offered ones (at `FEATURES_OK`).
+    fn ack_features(&mut self, _features: u64) {}
+
+    /// Reads the device configuration space at `offset`. Bytes past the end
+    /// of the configuration space read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+
+    /// The driver writes the configuration space at `offset`.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+
+    /// Starts the device once the driver set `DRIVER_OK`.
+    ///
+    /// `queues` has one entry per element of
+    /// [`queue_max_sizes`](VirtioDevice::queue_max_sizes), in order; a queue
+    /// the driver did not make ready has `ready() == false`. Event index
+    /// suppression is already set on the queues when it was negotiated.
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<VirtioInterrupt>,
+        queues: Vec<Queue>,
+    ) -> Result<(), ActivateError>;
+
+    /// Serves the available buffers of queue `idx` after a driver
+    /// notification. Returns whether the driver must be interrupted (buffers
+    /// were used and the driver did not suppress the notification).
+    fn process_queue(&mut self, idx: usize) -> bool;
+
+    /// Returns the device to its pre-activation state (driver wrote 0 to
+    /// `Status`): drops the queues and the guest memory.
+    fn reset(&mut self);
+
+    /// Extra file descriptors (a tap device, a socket) the event loop polls
+    /// for readability on behalf of this device. Event `i` of this list is
+    /// delivered to [`process_backend`](VirtioDevice::process_backend)`(i)`.
+    fn backend_fds(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
+
+    /// A backend file descriptor from
+    /// [`backend_fds`](VirtioDevice::backend_fds) is readable. Returns
+    /// whether the driver must be interrupted for used buffers.
+    fn process_backend(&mut self, _idx: usize) -> bool {
+        false
+    }
+
+    /// Whether the event loop should poll backend file descriptor `idx` now.
+    /// A device that has nowhere to put input (a network device whose
+    /// driver posted no receive buffers) returns false, so the loop does not
+    /// spin on a readable fd; the transport asks again after every queue
+    /// notification and backend event. Only asked while the device is
+    /// active.
+    fn backend_wants_input(&self, _idx: usize) -> bool {
+        true
+    }
+}
+
+/// A bounded budget of log lines for guest-triggered conditions, so a
+/// hostile guest cannot flood the host log.
+#[derive(Debug)]
+pub(crate) struct LogBudget(u32);
+
+impl LogBudget {
+    pub(crate) const fn new(lines: u32) -> Self {
+        LogBudget(lines)
+    }
+
+    /// Whether one more line may be logged; says so when the budget runs
+    /// out.
+    pub(crate) fn take(&mut self, what: &str) -> bool {
+        match self.0 {
+            0 => false,
+            1 => {
+                self.0 = 0;
+                log::warn!("{what}: further messages of this kind are suppressed");
+                true
+            }
+            _ => {
+                self.0 -= 1;
+                true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::interrupt::CountingIrq;
+
+    #[test]
+    fn interrupt_status_and_ack() {
+        let irq = Arc::new(CountingIrq::default());
+        let intr = VirtioInterrupt::new(irq.clone());
+        intr.signal_used_queue().unwrap();
+        intr.signal_config_change().unwrap();
+        assert_eq!(intr.status(), 3);
+        assert_eq!(irq.count(), 2);
+        intr.ack(1);
+        assert_eq!(intr.status(), 2);
+        intr.clear();
+        assert_eq!(intr.status(), 0);
+    }
+
+    #[test]
+    fn log_budget_runs_out() {
+        let mut b = LogBudget::new(2);
+        assert!(b.take("x"));
+        assert!(b.take("x"));
+        assert!(!b.take("x"));
+    }
+}

@@ -193,6 +193,20 @@ const char *rt_param(const char *name)
     return NULL;
 }
 
+const char *rt_param_find_next(const char *s, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    while (*s) {
+        while (*s == ' ')
+            s++;
+        if (!strncmp(s, prefix, n))
+            return s + n;
+        while (*s && *s != ' ')
+            s++;
+    }
+    return NULL;
+}
+
 size_t rt_param_len(const char *v)
 {
     size_t n = 0;

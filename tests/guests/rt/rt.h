@@ -112,6 +112,9 @@ size_t rt_param_len(const char *value);
 u64 rt_param_u64(const char *name, u64 dflt);
 /* Whether parameter `name` equals `s`. */
 bool rt_param_is(const char *name, const char *s);
+/* Finds the next command-line word starting with `prefix` at or after `s`;
+ * returns a pointer just past the prefix, or NULL. */
+const char *rt_param_find_next(const char *s, const char *prefix);
 
 /* CRC-32 (IEEE 802.3, as zlib). */
 u32 rt_crc32(const void *data, size_t len);
