@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{parse_size, BootProtocol, ConfigError, DiskConfig, NetConfig, SerialConfig, VmConfig, DEFAULT_CMDLINE};
+use crate::seccomp::SeccompMode;
 use crate::{Vm, VmExit};
 
 /// Exit status for a usage error (a bad flag or value).
@@ -75,6 +76,9 @@ pub struct SmokeArgs {
     /// Log level for ember's own messages on stderr.
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
     pub log_level: log::LevelFilter,
+    /// seccomp filters on every ember thread: kill, log or off.
+    #[arg(long, value_name = "kill|log|off", default_value = "kill", value_parser = seccomp_arg)]
+    pub seccomp: SeccompMode,
     /// The command to run in the guest (after `--`).
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -89,6 +93,7 @@ impl SmokeArgs {
             .cmdline(self.cmdline.clone())
             .timeout(self.timeout)
             .quiet(self.quiet)
+            .seccomp(self.seccomp)
             .command(self.command.clone());
         for e in &self.expect {
             s = s.expect(e.clone());
@@ -144,8 +149,26 @@ pub struct RunArgs {
     /// debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
     pub log_level: log::LevelFilter,
+    /// seccomp filters on every ember thread: kill (a call outside the
+    /// allow-list kills ember with SIGSYS), log (the kernel logs it), off.
+    #[arg(long, value_name = "kill|log|off", default_value = "kill", value_parser = seccomp_arg)]
+    pub seccomp: SeccompMode,
+    /// After opening everything, drop to this uid (and gid; default: the
+    /// uid), with no supplementary groups and no_new_privs.
+    #[arg(long, value_name = "UID[:GID]", value_parser = user_arg)]
+    pub user: Option<(u32, u32)>,
+    /// Before dropping privileges, chroot into this (preferably empty)
+    /// directory. Requires --user.
+    #[arg(long, value_name = "DIR", requires = "user")]
+    pub chroot: Option<PathBuf>,
 }
 
+fn seccomp_arg(s: &str) -> Result<SeccompMode, String> {
+    SeccompMode::parse(s).ok_or_else(|| format!("invalid seccomp mode '{s}': expected kill, log or off"))
+}
+fn user_arg(s: &str) -> Result<(u32, u32), String> {
+    crate::jail::parse_user(s).ok_or_else(|| format!("invalid user '{s}': expected a numeric UID or UID:GID"))
+}
 fn size_arg(s: &str) -> Result<u64, ConfigError> {
     parse_size(s)
 }
@@ -180,6 +203,8 @@ impl RunArgs {
             boot: self.boot,
             disks: self.disk.clone(),
             nets: self.net.clone(),
+            seccomp: self.seccomp,
+            jail: self.user.map(|(uid, gid)| crate::jail::Jail { uid, gid, chroot: self.chroot.clone() }),
         }
     }
 }
@@ -259,6 +284,18 @@ pub fn main() -> ExitCode {
 pub fn smoke(args: SmokeArgs) -> ExitCode {
     use crate::smoke::EXIT_EMBER;
     init_logging(args.log_level);
+    // The JUnit file is opened before the VM starts: with seccomp on, this
+    // thread cannot open files later.
+    let mut junit = match &args.junit {
+        Some(j) => match std::fs::File::create(j) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!("ember smoke: error: cannot write {}: {e}", j.display());
+                return ExitCode::from(EXIT_EMBER as u8);
+            }
+        },
+        None => None,
+    };
     let out: crate::config::SharedWriter = std::sync::Arc::new(std::sync::Mutex::new(std::io::stdout()));
     let report = match args.to_smoke().output(out).run() {
         Ok(r) => r,
@@ -273,8 +310,9 @@ pub fn smoke(args: SmokeArgs) -> ExitCode {
             eprintln!("  | {l}");
         }
     }
-    if let Some(j) = &args.junit {
-        if let Err(e) = std::fs::write(j, report.junit_xml()) {
+    if let (Some(f), Some(j)) = (junit.as_mut(), &args.junit) {
+        use std::io::Write;
+        if let Err(e) = f.write_all(report.junit_xml().as_bytes()) {
             eprintln!("ember smoke: error: cannot write {}: {e}", j.display());
             return ExitCode::from(EXIT_EMBER as u8);
         }

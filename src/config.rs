@@ -54,6 +54,9 @@ pub enum ConfigError {
     /// Too many devices for the IRQ/MMIO window.
     #[error("too many virtio devices ({0}); at most {1} fit")]
     TooManyDevices(usize, usize),
+    /// The `--chroot` directory does not exist.
+    #[error("--chroot directory {} does not exist or is not a directory", .0.display())]
+    BadChroot(PathBuf),
 }
 
 /// Parses a memory size: a plain number is MiB; `K`, `M`, `G`, `T` suffixes
@@ -302,6 +305,12 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// virtio-net NICs.
     pub nets: Vec<NetConfig>,
+    /// seccomp filters on ember's threads (the CLI's default is `Kill`; the
+    /// library's is `Off`: with a filter, the thread that calls
+    /// [`crate::Vm::start`] is filtered too).
+    pub seccomp: crate::seccomp::SeccompMode,
+    /// Drop privileges (and optionally chroot) once everything is open.
+    pub jail: Option<crate::jail::Jail>,
 }
 
 impl VmConfig {
@@ -319,6 +328,8 @@ impl VmConfig {
             boot: BootProtocol::Auto,
             disks: Vec::new(),
             nets: Vec::new(),
+            seccomp: crate::seccomp::SeccompMode::Off,
+            jail: None,
         }
     }
 
@@ -333,6 +344,11 @@ impl VmConfig {
         }
         if self.cmdline.contains('\0') {
             return Err(ConfigError::CmdlineNul);
+        }
+        if let Some(dir) = self.jail.as_ref().and_then(|j| j.chroot.as_ref()) {
+            if !dir.is_dir() {
+                return Err(ConfigError::BadChroot(dir.clone()));
+            }
         }
         let devices = self.disks.len() + self.nets.len();
         let max = crate::boot::layout::max_virtio_devices();

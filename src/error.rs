@@ -76,6 +76,12 @@ pub enum Error {
         /// The error.
         source: std::io::Error,
     },
+    /// A seccomp filter could not be built or installed.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
+    /// Privileges could not be dropped.
+    #[error(transparent)]
+    Jail(#[from] crate::jail::JailError),
     /// The event loop could not be set up.
     #[error(transparent)]
     EventLoop(#[from] EventLoopError),

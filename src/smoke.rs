@@ -98,6 +98,7 @@ pub struct Smoke {
     initrd: Option<PathBuf>,
     command: Vec<String>,
     output: Option<SharedWriter>,
+    seccomp: crate::seccomp::SeccompMode,
 }
 
 impl std::fmt::Debug for Smoke {
@@ -177,7 +178,14 @@ impl Smoke {
             initrd: None,
             command: Vec::new(),
             output: None,
+            seccomp: crate::seccomp::SeccompMode::Off,
         }
+    }
+    /// seccomp filters on the VM's threads and the calling thread (see
+    /// [`crate::seccomp`]; default off for library use).
+    pub fn seccomp(mut self, mode: crate::seccomp::SeccompMode) -> Self {
+        self.seccomp = mode;
+        self
     }
     /// Guest memory in bytes.
     pub fn memory(mut self, bytes: u64) -> Self {
@@ -281,6 +289,7 @@ impl Smoke {
         config.vcpus = self.vcpus;
         config.cmdline = self.kernel_cmdline();
         config.initrd_bytes = self.initramfs()?.map(std::sync::Arc::new);
+        config.seccomp = self.seccomp;
         let console = SerialCapture::new();
         config.serial = SerialConfig::Capture(console.clone());
         let vm = Vm::new(config)?;

@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Barrier, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -31,6 +31,7 @@ use crate::error::Error;
 use crate::event_loop::{EventLoop, Subscriber};
 use crate::exit::{ExitSignal, VmExit};
 use crate::memory;
+use crate::seccomp::{self, ThreadKind};
 use crate::terminal::RawTerminal;
 use crate::vcpu::{self, Vcpu, VcpuRunner};
 
@@ -69,6 +70,30 @@ fn attach_virtio(
         vm_fd.register_ioevent(evt, &addr, q as u32).map_err(kvm_err("KVM_IOEVENTFD (virtio)"))?;
     }
     Ok(Arc::new(Mutex::new(transport)))
+}
+
+/// Test-only (feature `seccomp-probe`): the port whose write of 0x5e makes
+/// the vCPU thread call sysinfo(2), outside the seccomp allow-list.
+#[cfg(feature = "seccomp-probe")]
+pub const SECCOMP_PROBE_PORT: u64 = 0x5ec;
+
+#[cfg(feature = "seccomp-probe")]
+struct SeccompProbe;
+
+#[cfg(feature = "seccomp-probe")]
+impl BusDevice for SeccompProbe {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn write(&mut self, _offset: u64, data: &[u8]) {
+        if data.first() == Some(&0x5e) {
+            let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+            // SAFETY: sysinfo fills the struct we pass.
+            let r = unsafe { libc::syscall(libc::SYS_sysinfo, &mut info) };
+            eprintln!("ember: seccomp-probe: sysinfo returned {r}");
+        }
+    }
 }
 
 /// The virtio-mmio QueueNotify register.
@@ -229,6 +254,8 @@ impl Vm {
         if config.debug_exit {
             pio.insert(DEBUG_EXIT_PORT, 4, Arc::new(Mutex::new(DebugExit::new(exit_line))))?;
         }
+        #[cfg(feature = "seccomp-probe")]
+        pio.insert(SECCOMP_PROBE_PORT, 1, Arc::new(Mutex::new(SeccompProbe)))?;
         let quiet: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(QuietPorts));
         for &(base, len) in QUIET_PORT_RANGES {
             pio.insert(base as u64, len as u64, quiet.clone())?;
@@ -326,28 +353,79 @@ impl Vm {
         if let Some(ci) = console_input {
             subscribers.push(Arc::new(Mutex::new(ci)));
         }
+        // seccomp filters are built now and installed by each thread; with
+        // filters on, no vCPU enters the guest until every thread (this one
+        // included) has its filter.
+        let vcpu_bpf = seccomp::filter(ThreadKind::Vcpu, config.seccomp)?.map(Arc::new);
+        let vmm_bpf = seccomp::filter(ThreadKind::Vmm, config.seccomp)?.map(Arc::new);
+        let gate = vmm_bpf.as_ref().map(|_| Arc::new(Barrier::new(vcpus.len() + 2)));
+        // Everything is open: drop privileges before any thread exists.
+        if let Some(j) = &config.jail {
+            j.enter()?;
+        }
+
         let event_loop = EventLoop::new(exit.eventfd(), subscribers)?;
+        let (ev_bpf, ev_gate, ev_exit) = (vmm_bpf.clone(), gate.clone(), exit.clone());
         let event_thread = std::thread::Builder::new()
             .name("ember-events".into())
-            .spawn(move || event_loop.run())
+            .spawn(move || {
+                if let (Some(bpf), Some(gate)) = (ev_bpf, ev_gate) {
+                    let r = seccomp::install(ThreadKind::Vmm, &bpf);
+                    gate.wait();
+                    if let Err(e) = r {
+                        ev_exit.request(VmExit::VcpuError { vcpu: 0, message: e.to_string() });
+                        return;
+                    }
+                }
+                event_loop.run()
+            })
             .map_err(io_err("spawning the event loop thread"))?;
 
         let pio = Arc::new(pio);
         let mmio = Arc::new(mmio);
         let stop = Arc::new(AtomicBool::new(false));
-        let mut vcpu_threads = Vec::with_capacity(vcpus.len());
+        let count = vcpus.len();
+        let mut vcpu_threads = Vec::with_capacity(count);
         for v in vcpus {
             let runner = VcpuRunner::new(v, pio.clone(), mmio.clone(), exit.clone(), stop.clone());
+            let (bpf, vgate, vexit, id) = (vcpu_bpf.clone(), gate.clone(), exit.clone(), vcpu_threads.len() as u8);
             let t = std::thread::Builder::new()
                 .name(format!("ember-vcpu{}", vcpu_threads.len()))
                 .stack_size(256 << 10)
-                .spawn(move || runner.run());
+                .spawn(move || {
+                    if let (Some(bpf), Some(vgate)) = (bpf, vgate) {
+                        let r = seccomp::install(ThreadKind::Vcpu, &bpf);
+                        vgate.wait();
+                        if let Err(e) = r {
+                            vexit.request(VmExit::VcpuError { vcpu: id, message: e.to_string() });
+                            return;
+                        }
+                    }
+                    runner.run()
+                });
             match t {
                 Ok(t) => vcpu_threads.push(t),
                 Err(e) => {
                     exit.request(VmExit::VcpuError { vcpu: vcpu_threads.len() as u8, message: format!("cannot spawn thread: {e}") });
+                    // The gate counts every vCPU: stand in for the missing ones.
+                    if let Some(g) = &gate {
+                        let g = g.clone();
+                        let missing = count - vcpu_threads.len() - 1;
+                        for _ in 0..missing {
+                            let g = g.clone();
+                            std::thread::spawn(move || g.wait());
+                        }
+                        std::thread::spawn(move || g.wait());
+                    }
                     break;
                 }
+            }
+        }
+        if let (Some(bpf), Some(gate)) = (&vmm_bpf, &gate) {
+            let r = seccomp::install(ThreadKind::Vmm, bpf);
+            gate.wait();
+            if let Err(e) = r {
+                exit.request(VmExit::VcpuError { vcpu: 0, message: e.to_string() });
             }
         }
         Ok(RunningVm {

@@ -6,7 +6,8 @@
  * as the test wrote it), id=STRING (expected GET_ID), ro=1 (the disk must be
  * read-only: writes must fail), irq=1 (wait for interrupts instead of
  * polling), event_idx=1 (negotiate VIRTIO_RING_F_EVENT_IDX), nth=N (use the
- * N-th block device, 0-based).
+ * N-th block device, 0-based), hang_after=1 (halt after the checks instead
+ * of exiting, so the host can inspect the running VMM).
  *
  * Writes (read-write disks): 8 sectors at sector 1 (one descriptor), at
  * capacity/2 (two descriptors), and the last 8 sectors; byte at offset o is
@@ -217,5 +218,11 @@ int main(void)
     rt_printf("BLK OK irqs=%u\n", dev.irqs);
     if (dev.irq_mode)
         CHECK(dev.irqs > 0, 89);
+    if (rt_param_is("hang_after", "1")) {
+        /* Stay up so the host can inspect ember (tests/hardening.rs). */
+        rt_puts("BLK HANG\n");
+        for (;;)
+            __asm__ volatile("cli; hlt");
+    }
     return 0;
 }
