@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use ember::{BootProtocol, SerialCapture, SerialConfig, Vm, VmConfig, VmExit};
 
-const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
+const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
 const RUN_INIT: &str = "Run /init as init process";
 
 /// A booted test kernel: its console and the running VM.
@@ -214,8 +214,8 @@ fn smoke_expect_mode_on_the_test_kernel() {
         .map(|s| s.to_string())
         .collect()
     };
-    let a = args(RUN_INIT, "400s");
-    let o = run_ember(&a.iter().map(String::as_str).collect::<Vec<_>>(), None, Duration::from_secs(460));
+    let a = args(RUN_INIT, "900s");
+    let o = run_ember(&a.iter().map(String::as_str).collect::<Vec<_>>(), None, Duration::from_secs(960));
     assert_code(&o, 0);
     eprintln!("smoke: {}", o.stderr.lines().last().unwrap_or(""));
     let a = args("a line the kernel never prints", "20s");
