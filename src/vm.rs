@@ -15,6 +15,7 @@ use ember_devices::bus::BusDevice;
 use ember_devices::interrupt::IrqLine;
 use ember_devices::virtio::block::{Block, BlockConfig};
 use ember_devices::virtio::mmio::{MmioTransport, MMIO_SIZE};
+use ember_devices::virtio::net::{format_mac, Net, NetConfig as NetDeviceConfig, NetCounters, NetStats};
 use ember_devices::virtio::VirtioDevice;
 use ember_devices::legacy::{Cmos, DebugExit, ExitLine, QuietPorts, SerialDevice, SerialOutput, I8042, QUIET_PORT_RANGES};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
@@ -164,6 +165,7 @@ pub struct Vm {
     console_input: Option<ConsoleInput>,
     cmdline: String,
     entry: Entry,
+    net_stats: Vec<(String, Arc<NetCounters>)>,
 }
 
 impl Vm {
@@ -267,6 +269,13 @@ impl Vm {
             let cfg = BlockConfig { path: d.path.clone(), readonly: d.read_only, id: d.id.clone() };
             devices.push(Box::new(Block::new(&cfg)?));
         }
+        let mut net_stats = Vec::new();
+        for (i, n) in config.nets.iter().enumerate() {
+            let net = Net::new(&NetDeviceConfig { tap: n.tap.clone(), mac: n.mac }).map_err(|e| Error::Net(e.to_string()))?;
+            log::info!("net{i}: tap {} mac {}", n.tap, format_mac(&net.mac()));
+            net_stats.push((format!("net{i} ({})", n.tap), net.stats_handle()));
+            devices.push(Box::new(net));
+        }
         let max = layout::max_virtio_devices();
         if devices.len() > max {
             return Err(Error::TooManyDevices { count: devices.len(), max });
@@ -319,6 +328,7 @@ impl Vm {
             console_input,
             cmdline,
             entry: kernel.entry,
+            net_stats,
         })
     }
 
@@ -345,7 +355,7 @@ impl Vm {
 
     /// Starts the event loop and one thread per vCPU.
     pub fn start(self) -> Result<RunningVm, Error> {
-        let Vm { vm_fd, mem, vcpus, pio, mmio, exit, mut subscribers, console_input, config, .. } = self;
+        let Vm { vm_fd, mem, vcpus, pio, mmio, exit, mut subscribers, console_input, config, net_stats, .. } = self;
         let raw_terminal = match (&config.serial, &console_input) {
             (SerialConfig::Stdio, Some(_)) => RawTerminal::enter(0).map_err(io_err("setting the terminal to raw mode"))?,
             _ => None,
@@ -438,6 +448,7 @@ impl Vm {
             _vm_fd: vm_fd,
             _mem: mem,
             finished: None,
+            net_stats,
         })
     }
 
@@ -458,6 +469,7 @@ pub struct RunningVm {
     _vm_fd: Arc<VmFd>,
     _mem: GuestMemoryMmap,
     finished: Option<VmExit>,
+    net_stats: Vec<(String, Arc<NetCounters>)>,
 }
 
 /// Stops a VM from any thread.
@@ -483,6 +495,12 @@ impl RunningVm {
     /// A handle another thread can use to stop the VM.
     pub fn handle(&self) -> VmHandle {
         VmHandle { exit: self.exit.clone() }
+    }
+
+    /// The counters of each virtio-net device (name, counters), readable
+    /// while the VM runs.
+    pub fn net_stats(&self) -> Vec<(String, NetStats)> {
+        self.net_stats.iter().map(|(n, c)| (n.clone(), c.snapshot())).collect()
     }
 
     /// Waits up to `timeout` for the VM to end; `None` if it is still
@@ -518,6 +536,9 @@ impl RunningVm {
             let _ = t.join();
         }
         self.raw_terminal.take();
+        for (name, c) in &self.net_stats {
+            log::info!("{name}: {:?}", c.snapshot());
+        }
         if let SerialConfig::Capture(c) = &self.serial {
             c.close();
         }

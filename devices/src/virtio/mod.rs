@@ -26,6 +26,7 @@ mod chain;
 mod disk;
 mod host_view;
 pub mod mmio;
+pub mod net; pub mod tap;
 #[cfg(test)]
 mod test_utils;
 
