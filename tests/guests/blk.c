@@ -18,8 +18,8 @@
  * which step failed.
  */
 #include "virtio.h"
+#include "blk.h"
 
-#define VIRTIO_ID_BLOCK 2
 #define VIRTIO_BLK_F_SEG_MAX 2
 #define VIRTIO_BLK_F_RO 5
 #define VIRTIO_BLK_F_BLK_SIZE 6
@@ -27,22 +27,8 @@
 #define VIRTIO_BLK_F_DISCARD 13
 #define VIRTIO_BLK_F_WRITE_ZEROES 14
 
-#define T_IN 0
-#define T_OUT 1
-#define T_FLUSH 4
-#define T_GET_ID 8
-#define T_DISCARD 11
-#define T_WRITE_ZEROES 13
 
-#define S_OK 0
-#define S_IOERR 1
-#define S_UNSUPP 2
 
-struct blk_req {
-    u32 type;
-    u32 reserved;
-    u64 sector;
-};
 
 struct seg {
     u64 sector;

@@ -12,17 +12,9 @@
  * the bad input; 102 no answer; 103 the device did not recover.
  */
 #include "virtio.h"
+#include "blk.h"
 
-#define VIRTIO_ID_BLOCK 2
-#define T_IN 0
-#define T_OUT 1
-#define S_IOERR 1
 
-struct blk_req {
-    u32 type;
-    u32 reserved;
-    u64 sector;
-};
 
 static struct vdev dev;
 static struct vq q;

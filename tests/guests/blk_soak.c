@@ -9,16 +9,12 @@
  * check the image afterwards. Interrupt-driven with irq=1.
  */
 #include "virtio.h"
+#include "blk.h"
 
 #define REGIONS 64
 #define REGION_SECTORS 128 /* 64 KiB */
 #define FIRST_SECTOR 2048
 
-struct blk_req {
-    u32 type;
-    u32 reserved;
-    u64 sector;
-};
 
 static struct vdev dev;
 static struct vq q;

@@ -19,6 +19,7 @@
  * or bad guest_ip; 72 the device never completed a transmit.
  */
 #include "virtio.h"
+#include "inet.h"
 
 #define VIRTIO_ID_NET 1
 #define VIRTIO_NET_F_MAC 5
@@ -42,45 +43,8 @@ static bool quit;
 
 static u8 *buf(u16 b) { return bufs + (u64)b * BUF_LEN; }
 
-static u16 get16(const u8 *p) { return (u16)((p[0] << 8) | p[1]); }
-static void put16(u8 *p, u16 v)
-{
-    p[0] = (u8)(v >> 8);
-    p[1] = (u8)v;
-}
 
-/* Internet checksum of `len` bytes (RFC 1071). */
-static u16 csum(const u8 *p, u32 len)
-{
-    u32 s = 0;
-    for (; len > 1; len -= 2, p += 2)
-        s += (u32)((p[0] << 8) | p[1]);
-    if (len)
-        s += (u32)(p[0] << 8);
-    while (s >> 16)
-        s = (s & 0xffff) + (s >> 16);
-    return (u16)~s;
-}
 
-static bool parse_ip(const char *s, u8 out[4])
-{
-    if (!s)
-        return false;
-    for (int i = 0; i < 4; i++) {
-        u32 v = 0;
-        int digits = 0;
-        while (*s >= '0' && *s <= '9' && digits < 3) {
-            v = v * 10 + (u32)(*s++ - '0');
-            digits++;
-        }
-        if (!digits || v > 255)
-            return false;
-        out[i] = (u8)v;
-        if (i < 3 && *s++ != '.')
-            return false;
-    }
-    return *s == 0 || *s == ' ';
-}
 
 static void hex2(u8 v, char *o)
 {

@@ -24,6 +24,7 @@
  * answer; 103 the device did not recover.
  */
 #include "virtio.h"
+#include "inet.h"
 
 #define VIRTIO_ID_NET 1
 #define VIRTIO_NET_F_MAC 5
@@ -40,25 +41,6 @@ static u8 *frame; /* 2 KiB */
 static u8 *big;   /* 4 KiB */
 static u8 *rxbufs;
 
-static bool parse_ip(const char *s, u8 out[4])
-{
-    if (!s)
-        return false;
-    for (int i = 0; i < 4; i++) {
-        u32 v = 0;
-        int digits = 0;
-        while (*s >= '0' && *s <= '9' && digits < 3) {
-            v = v * 10 + (u32)(*s++ - '0');
-            digits++;
-        }
-        if (!digits || v > 255)
-            return false;
-        out[i] = (u8)v;
-        if (i < 3 && *s++ != '.')
-            return false;
-    }
-    return *s == 0 || *s == ' ';
-}
 
 static int hexval(char c)
 {
@@ -85,23 +67,7 @@ static bool parse_mac(const char *s, u8 out[6])
     return true;
 }
 
-static u16 csum(const u8 *p, u32 len)
-{
-    u32 s = 0;
-    for (; len > 1; len -= 2, p += 2)
-        s += (u32)((p[0] << 8) | p[1]);
-    if (len)
-        s += (u32)(p[0] << 8);
-    while (s >> 16)
-        s = (s & 0xffff) + (s >> 16);
-    return (u16)~s;
-}
 
-static void put16(u8 *p, u16 v)
-{
-    p[0] = (u8)(v >> 8);
-    p[1] = (u8)v;
-}
 
 /* Writes the virtio-net header and a UDP datagram with `msg` (and the case
  * name) to `port` at `p`; returns the length, header included. */
