@@ -50,7 +50,16 @@ struct Vmm {
 fn static_ember() -> Option<PathBuf> {
     let dir = repo().join("target/static");
     let st = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--quiet", "--bin", "ember", "--target", "x86_64-unknown-linux-gnu", "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--bin",
+            "ember",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+            "--target-dir",
+        ])
         .arg(&dir)
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         .current_dir(repo())
@@ -64,8 +73,18 @@ fn ember_at(name: &'static str, bin: PathBuf) -> Vmm {
         name,
         cmd: Box::new(move |g: &Path| {
             let mut c = Command::new(&bin);
-            c.args(["run", "--memory", "128M", "--debug-exit", "--serial", "stdio", "--cmdline", "console=ttyS0", "--kernel"])
-                .arg(g);
+            c.args([
+                "run",
+                "--memory",
+                "128M",
+                "--debug-exit",
+                "--serial",
+                "stdio",
+                "--cmdline",
+                "console=ttyS0",
+                "--kernel",
+            ])
+            .arg(g);
             c
         }),
     }
@@ -76,8 +95,18 @@ fn ember_vmm() -> Vmm {
         name: "ember (dynamic)",
         cmd: Box::new(|g: &Path| {
             let mut c = Command::new(env!("CARGO_BIN_EXE_ember"));
-            c.args(["run", "--memory", "128M", "--debug-exit", "--serial", "stdio", "--cmdline", "console=ttyS0", "--kernel"])
-                .arg(g);
+            c.args([
+                "run",
+                "--memory",
+                "128M",
+                "--debug-exit",
+                "--serial",
+                "stdio",
+                "--cmdline",
+                "console=ttyS0",
+                "--kernel",
+            ])
+            .arg(g);
             c
         }),
     }
@@ -93,8 +122,21 @@ fn qemu_vmm() -> Option<Vmm> {
         cmd: Box::new(|g: &Path| {
             let mut c = Command::new("qemu-system-x86_64");
             c.args([
-                "-M", "microvm", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio",
-                "-m", "128M", "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-append", "console=ttyS0", "-kernel",
+                "-M",
+                "microvm",
+                "-nodefaults",
+                "-no-user-config",
+                "-nographic",
+                "-no-reboot",
+                "-serial",
+                "stdio",
+                "-m",
+                "128M",
+                "-device",
+                "isa-debug-exit,iobase=0xf4,iosize=4",
+                "-append",
+                "console=ttyS0",
+                "-kernel",
             ])
             .arg(g);
             c
@@ -131,7 +173,7 @@ fn rss_beyond_guest(pid: u32) -> (u64, u64) {
             total += rss;
             // The guest-RAM mapping is the one of the guest's size (QEMU
             // may round its RAM block up a little).
-            if cur_size_kib >= GUEST_MIB * 1024 && cur_size_kib < GUEST_MIB * 1024 + 4096 {
+            if (GUEST_MIB * 1024..GUEST_MIB * 1024 + 4096).contains(&cur_size_kib) {
                 guest += rss;
             }
         }

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{parse_size, BootProtocol, ConfigError, DiskConfig, NetConfig, SerialConfig, VmConfig, DEFAULT_CMDLINE};
+use crate::config::{
+    parse_size, BootProtocol, ConfigError, DiskConfig, NetConfig, SerialConfig, VmConfig, DEFAULT_CMDLINE,
+};
 use crate::seccomp::SeccompMode;
 use crate::{Vm, VmExit};
 
@@ -346,8 +348,23 @@ mod tests {
     #[test]
     fn run_flags() {
         let cli = Cli::try_parse_from([
-            "ember", "run", "--kernel", "/k", "--memory", "2G", "--cpus", "2", "--serial", "file=/tmp/s", "--debug-exit",
-            "--disk", "path=/a.img", "--disk", "path=/b.img,readonly=on", "--boot", "pvh",
+            "ember",
+            "run",
+            "--kernel",
+            "/k",
+            "--memory",
+            "2G",
+            "--cpus",
+            "2",
+            "--serial",
+            "file=/tmp/s",
+            "--debug-exit",
+            "--disk",
+            "path=/a.img",
+            "--disk",
+            "path=/b.img,readonly=on",
+            "--boot",
+            "pvh",
         ])
         .unwrap();
         let Command::Run(a) = cli.command else { panic!() };
@@ -360,8 +377,21 @@ mod tests {
     #[test]
     fn smoke_flags() {
         let cli = Cli::try_parse_from([
-            "ember", "smoke", "--kernel", "/k", "--timeout", "90s", "--expect", "a", "--expect", "b", "--quiet", "--", "sh",
-            "-c", "exit 7",
+            "ember",
+            "smoke",
+            "--kernel",
+            "/k",
+            "--timeout",
+            "90s",
+            "--expect",
+            "a",
+            "--expect",
+            "b",
+            "--quiet",
+            "--",
+            "sh",
+            "-c",
+            "exit 7",
         ])
         .unwrap();
         let Command::Smoke(a) = cli.command else { panic!() };

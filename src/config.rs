@@ -85,9 +85,7 @@ pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
 pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
     let bad = || ConfigError::BadDuration(s.to_string());
     let t = s.trim();
-    let num_end = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let num_end = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     if num_end == 0 {
         return Err(bad());
     }
@@ -188,11 +186,8 @@ pub struct DiskConfig {
 impl DiskConfig {
     /// Parses the CLI form `path=IMG[,readonly=on|off][,id=STRING]`.
     pub fn parse(s: &str) -> Result<Self, ConfigError> {
-        let bad = |why: &str| ConfigError::BadDeviceOption {
-            what: "--disk",
-            value: s.to_string(),
-            why: why.to_string(),
-        };
+        let bad =
+            |why: &str| ConfigError::BadDeviceOption { what: "--disk", value: s.to_string(), why: why.to_string() };
         let mut path = None;
         let mut read_only = false;
         let mut id = None;
@@ -210,11 +205,7 @@ impl DiskConfig {
                 _ => return Err(bad(&format!("unknown key '{k}' (known: path, readonly, id)"))),
             }
         }
-        Ok(DiskConfig {
-            path: path.ok_or_else(|| bad("path=IMG is required"))?,
-            read_only,
-            id,
-        })
+        Ok(DiskConfig { path: path.ok_or_else(|| bad("path=IMG is required"))?, read_only, id })
     }
 }
 
@@ -230,11 +221,8 @@ pub struct NetConfig {
 impl NetConfig {
     /// Parses the CLI form `tap=NAME[,mac=AA:BB:CC:DD:EE:FF]`.
     pub fn parse(s: &str) -> Result<Self, ConfigError> {
-        let bad = |why: &str| ConfigError::BadDeviceOption {
-            what: "--net",
-            value: s.to_string(),
-            why: why.to_string(),
-        };
+        let bad =
+            |why: &str| ConfigError::BadDeviceOption { what: "--net", value: s.to_string(), why: why.to_string() };
         let mut tap = None;
         let mut mac = None;
         for kv in split_options(s) {
@@ -246,10 +234,7 @@ impl NetConfig {
                 _ => return Err(bad(&format!("unknown key '{k}' (known: tap, mac)"))),
             }
         }
-        Ok(NetConfig {
-            tap: tap.ok_or_else(|| bad("tap=NAME is required"))?,
-            mac,
-        })
+        Ok(NetConfig { tap: tap.ok_or_else(|| bad("tap=NAME is required"))?, mac })
     }
 }
 
@@ -392,7 +377,9 @@ mod tests {
     fn serial_options() {
         assert!(matches!(SerialConfig::parse("stdio"), Ok(SerialConfig::Stdio)));
         assert!(matches!(SerialConfig::parse("none"), Ok(SerialConfig::None)));
-        assert!(matches!(SerialConfig::parse("file=/tmp/x"), Ok(SerialConfig::File(p)) if p == PathBuf::from("/tmp/x")));
+        assert!(
+            matches!(SerialConfig::parse("file=/tmp/x"), Ok(SerialConfig::File(p)) if p == std::path::Path::new("/tmp/x"))
+        );
         assert!(SerialConfig::parse("file=").is_err());
         assert!(SerialConfig::parse("tcp").is_err());
     }

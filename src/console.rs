@@ -115,7 +115,9 @@ impl ConsoleInput {
     fn read_input(&mut self, ops: &mut EventOps) {
         let mut buf = [0u8; 64];
         // SAFETY: fd is owned by the process for its lifetime (stdin).
-        let mut f = std::mem::ManuallyDrop::new(unsafe { <std::fs::File as std::os::unix::io::FromRawFd>::from_raw_fd(self.input) });
+        let mut f = std::mem::ManuallyDrop::new(unsafe {
+            <std::fs::File as std::os::unix::io::FromRawFd>::from_raw_fd(self.input)
+        });
         match f.read(&mut buf) {
             Ok(0) => {
                 self.eof = true;

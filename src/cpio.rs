@@ -94,7 +94,8 @@ impl CpioWriter {
         if !self.names.insert(name.to_string()) {
             return Err(CpioError::Duplicate(name.to_string()));
         }
-        let size = u32::try_from(data.len()).map_err(|_| CpioError::TooLarge { name: name.into(), size: data.len() })?;
+        let size =
+            u32::try_from(data.len()).map_err(|_| CpioError::TooLarge { name: name.into(), size: data.len() })?;
         let ino = self.ino;
         self.ino += 1;
         self.header(name, ino, mode, nlink, rdev, size);
@@ -148,7 +149,8 @@ pub fn parse(mut buf: &[u8]) -> Option<Vec<CpioEntry>> {
             let s = std::str::from_utf8(&hdr[6 + i * 8..14 + i * 8]).ok()?;
             u32::from_str_radix(s, 16).ok()
         };
-        let (mode, size, rmaj, rmin, namesize) = (field(1)?, field(6)? as usize, field(9)?, field(10)?, field(11)? as usize);
+        let (mode, size, rmaj, rmin, namesize) =
+            (field(1)?, field(6)? as usize, field(9)?, field(10)?, field(11)? as usize);
         let name_end = 110 + namesize;
         let name = buf.get(110..name_end - 1)?;
         let name = String::from_utf8(name.to_vec()).ok()?;

@@ -69,7 +69,10 @@ impl VmExit {
     pub fn is_crash(&self) -> bool {
         matches!(
             self,
-            VmExit::TripleFault { .. } | VmExit::InternalError { .. } | VmExit::FailEntry { .. } | VmExit::VcpuError { .. }
+            VmExit::TripleFault { .. }
+                | VmExit::InternalError { .. }
+                | VmExit::FailEntry { .. }
+                | VmExit::VcpuError { .. }
         )
     }
 }

@@ -48,10 +48,7 @@ impl SerialCapture {
             if g.closed || now >= deadline {
                 return false;
             }
-            g = cv
-                .wait_timeout(g, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            g = cv.wait_timeout(g, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
         }
     }
 
@@ -68,10 +65,7 @@ impl SerialCapture {
                 let new = g.bytes.get(seen..).map(<[u8]>::to_vec).unwrap_or_default();
                 return (new, g.closed);
             }
-            g = cv
-                .wait_timeout(g, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            g = cv.wait_timeout(g, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
         }
     }
 

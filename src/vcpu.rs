@@ -80,7 +80,7 @@ impl Vcpu {
             (MSR_KERNEL_GS_BASE, 0),
             (MSR_SYSCALL_MASK, 0),
             (MSR_LSTAR, 0),
-            (MSR_IA32_MISC_ENABLE, 1), // fast string operations
+            (MSR_IA32_MISC_ENABLE, 1),          // fast string operations
             (MSR_MTRR_DEF_TYPE, (1 << 11) | 6), // MTRRs on, default write-back
         ]
         .iter()

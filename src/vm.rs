@@ -13,11 +13,13 @@ use std::time::Duration;
 
 use ember_devices::bus::BusDevice;
 use ember_devices::interrupt::IrqLine;
+use ember_devices::legacy::{
+    Cmos, DebugExit, ExitLine, QuietPorts, SerialDevice, SerialOutput, I8042, QUIET_PORT_RANGES,
+};
 use ember_devices::virtio::block::{Block, BlockConfig};
 use ember_devices::virtio::mmio::{MmioTransport, MMIO_SIZE};
 use ember_devices::virtio::net::{format_mac, Net, NetConfig as NetDeviceConfig, NetCounters, NetStats};
 use ember_devices::virtio::VirtioDevice;
-use ember_devices::legacy::{Cmos, DebugExit, ExitLine, QuietPorts, SerialDevice, SerialOutput, I8042, QUIET_PORT_RANGES};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -195,12 +197,8 @@ impl Vm {
             // Vm keeps for as long as the VM fd exists.
             unsafe { vm_fd.set_user_memory_region(r) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
-        vm_fd
-            .set_tss_address(layout::KVM_TSS_START as usize)
-            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        vm_fd
-            .set_identity_map_address(layout::KVM_IDENTITY_MAP_START)
-            .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        vm_fd.set_tss_address(layout::KVM_TSS_START as usize).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        vm_fd.set_identity_map_address(layout::KVM_IDENTITY_MAP_START).map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
         vm_fd.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
         let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
         vm_fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
@@ -271,7 +269,8 @@ impl Vm {
         }
         let mut net_stats = Vec::new();
         for (i, n) in config.nets.iter().enumerate() {
-            let net = Net::new(&NetDeviceConfig { tap: n.tap.clone(), mac: n.mac }).map_err(|e| Error::Net(e.to_string()))?;
+            let net =
+                Net::new(&NetDeviceConfig { tap: n.tap.clone(), mac: n.mac }).map_err(|e| Error::Net(e.to_string()))?;
             log::info!("net{i}: tap {} mac {}", n.tap, format_mac(&net.mac()));
             net_stats.push((format!("net{i} ({})", n.tap), net.stats_handle()));
             devices.push(Box::new(net));
@@ -300,9 +299,8 @@ impl Vm {
         }
 
         // vCPUs last: the irqchip must exist before them.
-        let supported = kvm
-            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let supported =
+            kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
         let opts = CpuidOptions { vcpus: config.vcpus, hide_cx16: host_emulates_guests() };
         let mut vcpus = Vec::with_capacity(config.vcpus as usize);
         for id in 0..config.vcpus {
@@ -357,7 +355,9 @@ impl Vm {
     pub fn start(self) -> Result<RunningVm, Error> {
         let Vm { vm_fd, mem, vcpus, pio, mmio, exit, mut subscribers, console_input, config, net_stats, .. } = self;
         let raw_terminal = match (&config.serial, &console_input) {
-            (SerialConfig::Stdio, Some(_)) => RawTerminal::enter(0).map_err(io_err("setting the terminal to raw mode"))?,
+            (SerialConfig::Stdio, Some(_)) => {
+                RawTerminal::enter(0).map_err(io_err("setting the terminal to raw mode"))?
+            }
             _ => None,
         };
         if let Some(ci) = console_input {
@@ -416,7 +416,10 @@ impl Vm {
             match t {
                 Ok(t) => vcpu_threads.push(t),
                 Err(e) => {
-                    exit.request(VmExit::VcpuError { vcpu: vcpu_threads.len() as u8, message: format!("cannot spawn thread: {e}") });
+                    exit.request(VmExit::VcpuError {
+                        vcpu: vcpu_threads.len() as u8,
+                        message: format!("cannot spawn thread: {e}"),
+                    });
                     // The gate counts every vCPU: stand in for the missing ones.
                     if let Some(g) = &gate {
                         let g = g.clone();
@@ -527,7 +530,9 @@ impl RunningVm {
         for t in self.vcpu_threads.drain(..) {
             while !t.is_finished() {
                 // SAFETY: the thread is alive (not finished), so its pthread_t is valid.
-                unsafe { libc::pthread_kill(std::os::unix::thread::JoinHandleExt::as_pthread_t(&t), vcpu::kick_signal()) };
+                unsafe {
+                    libc::pthread_kill(std::os::unix::thread::JoinHandleExt::as_pthread_t(&t), vcpu::kick_signal())
+                };
                 std::thread::sleep(Duration::from_micros(200));
             }
             let _ = t.join();

@@ -13,11 +13,10 @@ fn boot_state(boot: &str, memory_mib: u64, cpus: u32, extra_cmdline: &str) {
     if !kvm_available() {
         return;
     }
-    let cmdline = format!(
-        "expect_entry={boot} mem_mib={memory_mib} e820_exact=1 expect_kvm_sig=1 ncpus={cpus} {extra_cmdline}"
-    )
-    .trim()
-    .to_string();
+    let cmdline =
+        format!("expect_entry={boot} mem_mib={memory_mib} e820_exact=1 expect_kvm_sig=1 ncpus={cpus} {extra_cmdline}")
+            .trim()
+            .to_string();
     let mem = format!("{memory_mib}M");
     let cpus_s = cpus.to_string();
     let o = run_guest("boot_state", &["--boot", boot, "--memory", &mem, "--cpus", &cpus_s], &cmdline, T);
@@ -114,11 +113,7 @@ fn echo_case(irq: bool) {
     let text = b"Hello, ember! 0123456789 \xe2\x9c\x93 end";
     let mut input = text.to_vec();
     input.push(b'q');
-    let o = run_ember(
-        &["run", "--kernel", g.to_str().unwrap(), "--debug-exit", "--cmdline", cmdline],
-        Some(&input),
-        T,
-    );
+    let o = run_ember(&["run", "--kernel", g.to_str().unwrap(), "--debug-exit", "--cmdline", cmdline], Some(&input), T);
     assert_code(&o, 0);
     let want = String::from_utf8_lossy(text);
     assert!(o.stdout.contains(&format!("ECHO READY\r\n{want}")), "{:?}", o.stdout);

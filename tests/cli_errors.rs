@@ -94,7 +94,19 @@ fn bad_sizes_and_counts() {
 fn help_explains_every_flag() {
     let o = run_ember(&["run", "--help"], None, Duration::from_secs(10));
     assert_eq!(o.code(), 0);
-    for flag in ["--kernel", "--initrd", "--cmdline", "--memory", "--cpus", "--serial", "--debug-exit", "--log-level", "--disk", "--net", "--boot"] {
+    for flag in [
+        "--kernel",
+        "--initrd",
+        "--cmdline",
+        "--memory",
+        "--cpus",
+        "--serial",
+        "--debug-exit",
+        "--log-level",
+        "--disk",
+        "--net",
+        "--boot",
+    ] {
         assert!(o.stdout.contains(flag), "help lacks {flag}:\n{}", o.stdout);
     }
 }

@@ -60,10 +60,8 @@ fn boot(boot: BootProtocol) {
         text.lines().any(|l| l.trim_end_matches('\r').ends_with(&format!("Command line: {CMDLINE}"))),
         "the kernel's command line is not exactly ember's:\n{text}"
     );
-    let e820: Vec<String> = text
-        .lines()
-        .filter_map(|l| l.find("BIOS-e820:").map(|i| l[i..].trim_end_matches('\r').to_string()))
-        .collect();
+    let e820: Vec<String> =
+        text.lines().filter_map(|l| l.find("BIOS-e820:").map(|i| l[i..].trim_end_matches('\r').to_string())).collect();
     assert_eq!(e820, expected_linux_e820(MEM, boot == BootProtocol::Pvh), "\n{text}");
 }
 

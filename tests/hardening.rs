@@ -54,8 +54,21 @@ fn every_thread_is_filtered_and_unprivileged() {
     let mut vm = Spawned::new(
         ember(),
         &[
-            "run", "--kernel", g.to_str().unwrap(), "--cpus", "2", "--memory", "64M", "--disk", &disk, "--cmdline",
-            &cmdline, "--user", "65534", "--chroot", jail.to_str().unwrap(),
+            "run",
+            "--kernel",
+            g.to_str().unwrap(),
+            "--cpus",
+            "2",
+            "--memory",
+            "64M",
+            "--disk",
+            &disk,
+            "--cmdline",
+            &cmdline,
+            "--user",
+            "65534",
+            "--chroot",
+            jail.to_str().unwrap(),
         ],
     );
     assert!(vm.wait_for("BLK HANG", T), "{}\n{}", vm.stdout(), vm.stderr());
@@ -63,7 +76,10 @@ fn every_thread_is_filtered_and_unprivileged() {
     let pid = vm.child.id();
     let ts = threads(pid);
     let names: Vec<&str> = ts.iter().map(|(n, _)| n.as_str()).collect();
-    assert!(names.contains(&"ember-events") && names.contains(&"ember-vcpu0") && names.contains(&"ember-vcpu1"), "{names:?}");
+    assert!(
+        names.contains(&"ember-events") && names.contains(&"ember-vcpu0") && names.contains(&"ember-vcpu1"),
+        "{names:?}"
+    );
     for (name, st) in &ts {
         if name.starts_with("kvm-") {
             continue; // KVM's own kernel worker, listed in the thread group

@@ -149,8 +149,22 @@ fn linux_drivers_against_ember_virtio_blk_and_net() {
     let mut args: Vec<String> = ns.prefix();
     args.extend(
         [
-            ember_path.to_str().unwrap(), "run", "--kernel", k.to_str().unwrap(), "--memory", "128M", "--boot", "pvh",
-            "--cmdline", &cmdline, "--disk", &disk0, "--disk", &disk1, "--net", &net,
+            ember_path.to_str().unwrap(),
+            "run",
+            "--kernel",
+            k.to_str().unwrap(),
+            "--memory",
+            "128M",
+            "--boot",
+            "pvh",
+            "--cmdline",
+            &cmdline,
+            "--disk",
+            &disk0,
+            "--disk",
+            &disk1,
+            "--net",
+            &net,
         ]
         .iter()
         .map(|s| s.to_string()),
@@ -190,7 +204,12 @@ fn linux_drivers_against_ember_virtio_blk_and_net() {
 
     // Linux's writes landed: a clean file system, mounted once more.
     let fsck = std::process::Command::new("e2fsck").args(["-fn"]).arg(&root).output().unwrap();
-    assert!(fsck.status.success(), "e2fsck: {}{}", String::from_utf8_lossy(&fsck.stdout), String::from_utf8_lossy(&fsck.stderr));
+    assert!(
+        fsck.status.success(),
+        "e2fsck: {}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
     assert_eq!(ext2_mount_count(&root), mounts_before + 1);
 }
 
@@ -207,8 +226,19 @@ fn smoke_expect_mode_on_the_test_kernel() {
     let extra = format!("{} rdinit=/init", linux_emulation_flags());
     let args = |expect: &str, timeout: &str| -> Vec<String> {
         [
-            "smoke", "--kernel", k.to_str().unwrap(), "--memory", "128M", "--initrd", initrd.to_str().unwrap(),
-            "--cmdline", &extra, "--expect", expect, "--timeout", timeout,
+            "smoke",
+            "--kernel",
+            k.to_str().unwrap(),
+            "--memory",
+            "128M",
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--cmdline",
+            &extra,
+            "--expect",
+            expect,
+            "--timeout",
+            timeout,
         ]
         .iter()
         .map(|s| s.to_string())
@@ -222,4 +252,100 @@ fn smoke_expect_mode_on_the_test_kernel() {
     let o = run_ember(&a.iter().map(String::as_str).collect::<Vec<_>>(), None, Duration::from_secs(120));
     assert_code(&o, 124);
     assert!(o.elapsed >= Duration::from_secs(20) && o.elapsed < Duration::from_secs(60), "{:?}", o.elapsed);
+}
+
+/// Runs `command` as init's payload on the test kernel (ember's smoke
+/// initramfs, written by the library) with `extra` ember flags; returns the
+/// console and ember's exit status. Hardware KVM only: user space makes
+/// system calls, which the emulating hosts cannot run.
+fn hardware_user_space(name: &str, command: &[&str], extra: &[String], prefix: Vec<String>) -> Option<(String, i32)> {
+    if !kvm_available() {
+        return None;
+    }
+    if !hardware_kvm() {
+        eprintln!("skipped: {name}: no vmx/svm in /proc/cpuinfo (user space needs hardware KVM)");
+        return None;
+    }
+    let busybox = ember::smoke::find_busybox(None).expect("busybox-static");
+    let d = scratch(name);
+    let initrd = d.join("initramfs.cpio");
+    let archive =
+        ember::Smoke::new("unused").busybox(&busybox).command(command.iter().copied()).initramfs().unwrap().unwrap();
+    std::fs::write(&initrd, archive).unwrap();
+    let k = test_kernel();
+    let e = ember();
+    let mut args = prefix;
+    args.extend(
+        [
+            e.to_str().unwrap(),
+            "run",
+            "--kernel",
+            k.to_str().unwrap(),
+            "--memory",
+            "256M",
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--cmdline",
+            "console=ttyS0 reboot=k panic=-1 rdinit=/init",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    args.extend(extra.iter().cloned());
+    let (prog, rest) = args.split_first().unwrap();
+    let child = std::process::Command::new(prog)
+        .args(rest)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let o = finish(child, Duration::from_secs(300));
+    Some((o.stdout.clone(), o.code()))
+}
+
+/// Hardware KVM only: Linux mounts an ext4 image from --disk, writes a
+/// file, syncs and reboots; the host reads the file back.
+#[test]
+fn hardware_kvm_linux_writes_a_file_on_ext4() {
+    let d = scratch("hw-ext4");
+    let img = d.join("ext4.img");
+    let mk = std::process::Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img).arg("64M").output();
+    let Ok(mk) = mk else { return };
+    if !mk.status.success() {
+        return;
+    }
+    let disk = format!("path={}", img.display());
+    let cmd =
+        "mount -t ext4 /dev/vda /mnt && echo ember-hw-marker > /mnt/marker.txt && sync && umount /mnt && echo WROTE";
+    let Some((console, code)) =
+        hardware_user_space("hw-ext4", &["sh", "-c", cmd], &["--disk".into(), disk], Vec::new())
+    else {
+        return;
+    };
+    assert!(console.contains("WROTE"), "{console}");
+    assert_eq!(code, 0, "{console}");
+    let cat = std::process::Command::new("debugfs").args(["-R", "cat /marker.txt"]).arg(&img).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&cat.stdout).trim(), "ember-hw-marker");
+}
+
+/// Hardware KVM only: Linux brings eth0 up with an address and pings the
+/// host through ember's virtio-net.
+#[test]
+fn hardware_kvm_linux_pings_the_host() {
+    if !hardware_kvm() {
+        eprintln!("skipped: no vmx/svm in /proc/cpuinfo (user space needs hardware KVM)");
+        return;
+    }
+    let Some(ns) = NetNs::new("hwnet", "10.0.5.1") else { return };
+    let cmd = "ip link set eth0 up && ip addr add 10.0.5.2/24 dev eth0 && ping -c 3 -W 5 10.0.5.1";
+    let net = format!("tap={}", ns.tap);
+    let mut prefix = vec!["ip".to_string()];
+    prefix.extend(ns.prefix());
+    let Some((console, code)) = hardware_user_space("hw-net", &["sh", "-c", cmd], &["--net".into(), net], prefix)
+    else {
+        return;
+    };
+    assert!(console.contains("3 packets received") || console.contains("3 received"), "{console}");
+    assert_eq!(code, 0, "{console}");
 }

@@ -145,7 +145,11 @@ fn user_initrd_is_appended() {
     w.file("lib/extra.ko", 0o644, b"module").unwrap();
     let p = d.join("extra.cpio");
     std::fs::write(&p, w.finish()).unwrap();
-    let o = smoke("smoke_proto", &["--initrd", p.to_str().unwrap(), "--cmdline", "extra_file=lib/extra.ko", "--", "true"], None);
+    let o = smoke(
+        "smoke_proto",
+        &["--initrd", p.to_str().unwrap(), "--cmdline", "extra_file=lib/extra.ko", "--", "true"],
+        None,
+    );
     assert_code(&o, 0);
     assert!(o.stdout.contains("in 2 archive(s)"), "{}", o.stdout);
     let o = smoke("smoke_proto", &["--cmdline", "extra_file=lib/extra.ko", "--", "true"], None);
@@ -209,7 +213,8 @@ fn bad_input() {
     let o = run_ember(&["smoke", "--kernel", g.to_str().unwrap(), "--expect", "(unclosed"], None, T);
     assert_code(&o, 125);
     assert!(o.stderr.contains("(unclosed"), "{}", o.stderr);
-    let o = run_ember(&["smoke", "--kernel", g.to_str().unwrap(), "--busybox", "/nonexistent/bb", "--", "true"], None, T);
+    let o =
+        run_ember(&["smoke", "--kernel", g.to_str().unwrap(), "--busybox", "/nonexistent/bb", "--", "true"], None, T);
     assert_code(&o, 125);
     assert!(o.stderr.contains("busybox-static"), "{}", o.stderr);
 }
@@ -224,16 +229,38 @@ fn debian_kernel_expect_mode() {
     let (_, vmlinux, _) = debian_kernel();
     let k = vmlinux.to_str().unwrap();
     let o = run_ember(
-        &["smoke", "--kernel", k, "--cmdline", "earlyprintk=serial noxsave", "--expect", "Linux version", "--expect",
-          "Command line:", "--timeout", "180s"],
+        &[
+            "smoke",
+            "--kernel",
+            k,
+            "--cmdline",
+            "earlyprintk=serial noxsave",
+            "--expect",
+            "Linux version",
+            "--expect",
+            "Command line:",
+            "--timeout",
+            "180s",
+        ],
         None,
         Duration::from_secs(240),
     );
     assert_code(&o, 0);
     eprintln!("{}", o.stderr.lines().last().unwrap_or(""));
     let o = run_ember(
-        &["smoke", "--kernel", k, "--cmdline", "earlyprintk=serial noxsave", "--expect", "Linux version", "--expect",
-          "this line never comes", "--timeout", "45s"],
+        &[
+            "smoke",
+            "--kernel",
+            k,
+            "--cmdline",
+            "earlyprintk=serial noxsave",
+            "--expect",
+            "Linux version",
+            "--expect",
+            "this line never comes",
+            "--timeout",
+            "45s",
+        ],
         None,
         Duration::from_secs(240),
     );

@@ -184,10 +184,23 @@ print("NETSOAK sent=%d ok=%d" % (sent, ok), flush=True)
         let net = format!("tap={},mac=02:00:00:00:04:02", ns.tap);
         let mut args = ns.prefix();
         args.extend(
-            [e.to_str().unwrap(), "run", "--kernel", g.to_str().unwrap(), "--debug-exit", "--memory", "64M", "--net", &net,
-             "--cmdline", "guest_ip=10.0.4.2 irq=1", "--log-level", "info"]
-                .iter()
-                .map(|s| s.to_string()),
+            [
+                e.to_str().unwrap(),
+                "run",
+                "--kernel",
+                g.to_str().unwrap(),
+                "--debug-exit",
+                "--memory",
+                "64M",
+                "--net",
+                &net,
+                "--cmdline",
+                "guest_ip=10.0.4.2 irq=1",
+                "--log-level",
+                "info",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
         );
         let mut vm = Spawned::new("ip", &args.iter().map(String::as_str).collect::<Vec<_>>());
         assert!(vm.wait_for("net: mac", Duration::from_secs(60)), "{}", vm.stdout());

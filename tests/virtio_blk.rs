@@ -103,7 +103,11 @@ fn two_disks_in_order() {
         let o = run_guest("blk", &["--disk", &da, "--disk", &db], &cmdline, T);
         assert_code(&o, 0);
         // The devices are in --disk order in the MMIO window.
-        assert!(o.stdout.contains(&format!("at 0x{:x} irq {}", 0xd000_0000u64 + nth * 0x1000, 5 + nth)), "{}", o.stdout);
+        assert!(
+            o.stdout.contains(&format!("at 0x{:x} irq {}", 0xd000_0000u64 + nth * 0x1000, 5 + nth)),
+            "{}",
+            o.stdout
+        );
     }
     assert_image(&b, &b0);
 }

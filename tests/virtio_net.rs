@@ -76,10 +76,23 @@ fn net_case(tag: &str, cmdline_extra: &str) {
     let e = ember();
     let mut args = ns.prefix();
     args.extend(
-        [e.to_str().unwrap(), "run", "--kernel", g.to_str().unwrap(), "--debug-exit", "--memory", "64M", "--net", &net,
-         "--cmdline", &cmdline, "--log-level", "info"]
-            .iter()
-            .map(|s| s.to_string()),
+        [
+            e.to_str().unwrap(),
+            "run",
+            "--kernel",
+            g.to_str().unwrap(),
+            "--debug-exit",
+            "--memory",
+            "64M",
+            "--net",
+            &net,
+            "--cmdline",
+            &cmdline,
+            "--log-level",
+            "info",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
     );
     let mut vm = Spawned::new("ip", &args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(vm.wait_for("net: mac", T), "{}\n{}", vm.stdout(), vm.stderr());
@@ -92,7 +105,12 @@ fn net_case(tag: &str, cmdline_extra: &str) {
 
     let udp = ns.exec(&["python3", "-c", UDP_CLIENT, GUEST_IP]);
     let udp_out = String::from_utf8_lossy(&udp.stdout).into_owned();
-    assert!(udp.status.success() && udp_out.starts_with("OK sent=1003"), "{udp_out}{}\n{}", String::from_utf8_lossy(&udp.stderr), vm.stdout());
+    assert!(
+        udp.status.success() && udp_out.starts_with("OK sent=1003"),
+        "{udp_out}{}\n{}",
+        String::from_utf8_lossy(&udp.stderr),
+        vm.stdout()
+    );
     assert!(udp_out.contains("BYE"), "{udp_out}");
 
     let st = vm.child.wait().unwrap();
@@ -126,21 +144,30 @@ fn hostile(case: &str) {
     assert!(cap.status.success());
     let g = guest("net_hostile");
     let net = format!("tap={},mac=02:00:00:00:03:09", ns.tap);
-    let listener = Spawned::new(
-        "ip",
-        &["netns", "exec", &ns.name, "python3", "-c",
-          LISTENER],
-    );
+    let listener = Spawned::new("ip", &["netns", "exec", &ns.name, "python3", "-c", LISTENER]);
     std::thread::sleep(Duration::from_millis(300));
     let e = ember();
     let cmdline = format!("case={case} guest_ip={GUEST_IP} peer_ip={HOST_IP} peer_port=9999");
     let o = {
         let mut args = ns.prefix();
         args.extend(
-            [e.to_str().unwrap(), "run", "--kernel", g.to_str().unwrap(), "--debug-exit", "--memory", "64M", "--net", &net,
-             "--cmdline", &cmdline, "--log-level", "info"]
-                .iter()
-                .map(|s| s.to_string()),
+            [
+                e.to_str().unwrap(),
+                "run",
+                "--kernel",
+                g.to_str().unwrap(),
+                "--debug-exit",
+                "--memory",
+                "64M",
+                "--net",
+                &net,
+                "--cmdline",
+                &cmdline,
+                "--log-level",
+                "info",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
         );
         let child = std::process::Command::new("ip")
             .args(&args)
@@ -154,7 +181,12 @@ fn hostile(case: &str) {
     assert_code(&o, 0);
     assert!(!o.stderr.contains("panicked"), "{}", o.stderr);
     let mut listener = listener;
-    assert!(listener.wait_for("GOT", Duration::from_secs(30)), "the device sent nothing after recovering: {}\n{}", o.stdout, o.stderr);
+    assert!(
+        listener.wait_for("GOT", Duration::from_secs(30)),
+        "the device sent nothing after recovering: {}\n{}",
+        o.stdout,
+        o.stderr
+    );
     let stats = o.stderr.lines().find(|l| l.contains("NetStats")).unwrap_or("").to_string();
     eprintln!("hostile {case}: {stats}");
     std::thread::sleep(Duration::from_secs(3));
@@ -202,12 +234,32 @@ fn net_under_qemu() {
     let g = guest("net");
     let mut args = ns.prefix();
     args.extend(
-        ["qemu-system-x86_64", "-M", "microvm", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio", "-m", "128M",
-         "-global", "virtio-mmio.force-legacy=false", "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-kernel",
-         g.to_str().unwrap(), "-append", &format!("guest_ip={GUEST_IP}"), "-netdev",
-         "tap,id=n0,ifname=tap0,script=no,downscript=no,vhost=off", "-device", "virtio-net-device,netdev=n0,mac=02:00:00:00:03:07"]
-            .iter()
-            .map(|s| s.to_string()),
+        [
+            "qemu-system-x86_64",
+            "-M",
+            "microvm",
+            "-nographic",
+            "-no-reboot",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+            "-m",
+            "128M",
+            "-global",
+            "virtio-mmio.force-legacy=false",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=4",
+            "-kernel",
+            g.to_str().unwrap(),
+            "-append",
+            &format!("guest_ip={GUEST_IP}"),
+            "-netdev",
+            "tap,id=n0,ifname=tap0,script=no,downscript=no,vhost=off",
+            "-device",
+            "virtio-net-device,netdev=n0,mac=02:00:00:00:03:07",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
     );
     let mut vm = Spawned::new("ip", &args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(vm.wait_for("net: mac 02:00:00:00:03:07", T), "{}\n{}", vm.stdout(), vm.stderr());
@@ -217,5 +269,6 @@ fn net_under_qemu() {
     let udp_out = String::from_utf8_lossy(&udp.stdout).into_owned();
     assert!(udp_out.starts_with("OK sent=1003"), "{udp_out}{}", String::from_utf8_lossy(&udp.stderr));
     let st = vm.child.wait().unwrap();
-    assert_eq!(st.code(), Some(1), "QEMU's isa-debug-exit status for guest code 0"); // (0 << 1) | 1
+    assert_eq!(st.code(), Some(1), "QEMU's isa-debug-exit status for guest code 0");
+    // (0 << 1) | 1
 }

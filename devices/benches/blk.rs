@@ -49,9 +49,7 @@ use virtio_bindings::bindings::virtio_blk::{VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::bitmap::BitmapSlice;
-use vm_memory::{
-    Bytes, GuestAddress, GuestMemoryBackend, ReadVolatile, VolatileMemoryError, VolatileSlice,
-};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, ReadVolatile, VolatileMemoryError, VolatileSlice};
 
 const IMAGE_SIZE: u64 = 256 << 20;
 const QSIZE: u16 = 256;
@@ -82,10 +80,7 @@ struct Workload {
 }
 
 fn cpu_now() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid out pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
@@ -168,8 +163,7 @@ impl Guest {
 
     fn queue(&self) -> Queue {
         let mut q = Queue::new(QSIZE).unwrap();
-        q.try_set_desc_table_address(GuestAddress(DESC_TABLE))
-            .unwrap();
+        q.try_set_desc_table_address(GuestAddress(DESC_TABLE)).unwrap();
         q.try_set_avail_ring_address(GuestAddress(AVAIL)).unwrap();
         q.try_set_used_ring_address(GuestAddress(USED)).unwrap();
         q.set_event_idx(true);
@@ -184,9 +178,7 @@ impl Guest {
         d[8..12].copy_from_slice(&len.to_le_bytes());
         d[12..14].copy_from_slice(&flags.to_le_bytes());
         d[14..16].copy_from_slice(&next.to_le_bytes());
-        self.mem
-            .write_slice(&d, GuestAddress(DESC_TABLE + 16 * idx))
-            .unwrap();
+        self.mem.write_slice(&d, GuestAddress(DESC_TABLE + 16 * idx)).unwrap();
     }
 
     /// Lays out `DEPTH` fixed chains: header, data, status.
@@ -197,13 +189,7 @@ impl Guest {
             let d = 3 * slot;
             let data_flags = if op == Op::Read { next | write } else { next };
             self.desc(d, HEADERS + 16 * slot, 16, next, (d + 1) as u16);
-            self.desc(
-                d + 1,
-                DATA + slot * block,
-                block as u32,
-                data_flags,
-                (d + 2) as u16,
-            );
+            self.desc(d + 1, DATA + slot * block, block as u32, data_flags, (d + 2) as u16);
             self.desc(d + 2, STATUS + slot, 1, write, 0);
         }
     }
@@ -214,43 +200,23 @@ impl Guest {
             let mut h = [0u8; 16];
             h[0..4].copy_from_slice(&req_type.to_le_bytes());
             h[8..16].copy_from_slice(&(off / 512).to_le_bytes());
-            self.mem
-                .write_slice(&h, GuestAddress(HEADERS + 16 * slot as u64))
-                .unwrap();
+            self.mem.write_slice(&h, GuestAddress(HEADERS + 16 * slot as u64)).unwrap();
             let ring = AVAIL + 4 + 2 * u64::from(self.avail_idx.wrapping_add(slot as u16) % QSIZE);
-            self.mem
-                .write_obj((3 * slot) as u16, GuestAddress(ring))
-                .unwrap();
+            self.mem.write_obj((3 * slot) as u16, GuestAddress(ring)).unwrap();
         }
         self.avail_idx = self.avail_idx.wrapping_add(offs.len() as u16);
         // Interrupt after the last request of the batch (EVENT_IDX).
-        self.mem
-            .write_obj(
-                self.avail_idx.wrapping_sub(1),
-                GuestAddress(AVAIL + 4 + 2 * u64::from(QSIZE)),
-            )
-            .unwrap();
-        self.mem
-            .store(self.avail_idx, GuestAddress(AVAIL + 2), Ordering::Release)
-            .unwrap();
+        self.mem.write_obj(self.avail_idx.wrapping_sub(1), GuestAddress(AVAIL + 4 + 2 * u64::from(QSIZE))).unwrap();
+        self.mem.store(self.avail_idx, GuestAddress(AVAIL + 2), Ordering::Release).unwrap();
     }
 
     fn used_idx(&self) -> u16 {
-        self.mem
-            .load(GuestAddress(USED + 2), Ordering::Acquire)
-            .unwrap()
+        self.mem.load(GuestAddress(USED + 2), Ordering::Acquire).unwrap()
     }
 }
 
 /// One batch through the device: post, `process_queue` (timed), check.
-fn device_batch(
-    blk: &mut Block,
-    guest: &mut Guest,
-    batch: &[u64],
-    req_type: u32,
-    status: u8,
-    s: &mut Sample,
-) {
+fn device_batch(blk: &mut Block, guest: &mut Guest, batch: &[u64], req_type: u32, status: u8, s: &mut Sample) {
     guest.post(req_type, batch);
     let want = guest.avail_idx;
     let (c0, t0) = (cpu_now(), Instant::now());
@@ -261,28 +227,15 @@ fn device_batch(
     assert!(notify, "the batch completion interrupts");
     assert_eq!(guest.used_idx(), want);
     let mut statuses = [0xffu8; DEPTH];
-    guest
-        .mem
-        .read_slice(&mut statuses[..batch.len()], GuestAddress(STATUS))
-        .unwrap();
+    guest.mem.read_slice(&mut statuses[..batch.len()], GuestAddress(STATUS)).unwrap();
     assert!(statuses[..batch.len()].iter().all(|&b| b == status));
 }
 
 /// One round of both paths over `offs`, alternating batch by batch (and
 /// which path goes first), so that host drift hits both alike.
-fn paired_run(
-    file: &File,
-    blk: &mut Block,
-    guest: &mut Guest,
-    w: &Workload,
-    offs: &[u64],
-) -> (Sample, Sample) {
+fn paired_run(file: &File, blk: &mut Block, guest: &mut Guest, w: &Workload, offs: &[u64]) -> (Sample, Sample) {
     guest.setup_chains(w.op, w.block);
-    let req_type = if w.op == Op::Read {
-        VIRTIO_BLK_T_IN
-    } else {
-        VIRTIO_BLK_T_OUT
-    };
+    let req_type = if w.op == Op::Read { VIRTIO_BLK_T_IN } else { VIRTIO_BLK_T_OUT };
     let (mut raw, mut dev) = (Sample::default(), Sample::default());
     for (b, batch) in offs.chunks(DEPTH).enumerate() {
         if b % 2 == 0 {
@@ -297,14 +250,7 @@ fn paired_run(
 }
 
 /// The device alone on requests of `req_type`, expecting `status`.
-fn device_only(
-    blk: &mut Block,
-    guest: &mut Guest,
-    w: &Workload,
-    offs: &[u64],
-    req_type: u32,
-    status: u8,
-) -> Sample {
+fn device_only(blk: &mut Block, guest: &mut Guest, w: &Workload, offs: &[u64], req_type: u32, status: u8) -> Sample {
     guest.setup_chains(w.op, w.block);
     let mut s = Sample::default();
     for batch in offs.chunks(DEPTH) {
@@ -320,20 +266,11 @@ struct PosReader<'a> {
 }
 
 impl ReadVolatile for PosReader<'_> {
-    fn read_volatile<B: BitmapSlice>(
-        &mut self,
-        buf: &mut VolatileSlice<B>,
-    ) -> Result<usize, VolatileMemoryError> {
+    fn read_volatile<B: BitmapSlice>(&mut self, buf: &mut VolatileSlice<B>) -> Result<usize, VolatileMemoryError> {
         let guard = buf.ptr_guard_mut();
         // SAFETY: the slice is valid guest memory of `buf.len()` bytes.
-        let n = unsafe {
-            libc::pread(
-                self.file.as_raw_fd(),
-                guard.as_ptr().cast(),
-                buf.len(),
-                self.offset as libc::off_t,
-            )
-        };
+        let n =
+            unsafe { libc::pread(self.file.as_raw_fd(), guard.as_ptr().cast(), buf.len(), self.offset as libc::off_t) };
         if n < 0 {
             return Err(VolatileMemoryError::IOError(std::io::Error::last_os_error()));
         }
@@ -356,10 +293,7 @@ fn engine_run(name: &str, file: &File, mem: &GuestMemoryMmap, offs: &[u64]) -> S
                 assert_eq!(n, 4096);
             }
             "preadv into guest memory" => {
-                let iov = libc::iovec {
-                    iov_base: host.cast(),
-                    iov_len: 4096,
-                };
+                let iov = libc::iovec { iov_base: host.cast(), iov_len: 4096 };
                 // SAFETY: 4 KiB of mapped guest memory.
                 let n = unsafe { libc::preadv(fd, &iov, 1, off as libc::off_t) };
                 assert_eq!(n, 4096);
@@ -374,21 +308,11 @@ fn engine_run(name: &str, file: &File, mem: &GuestMemoryMmap, offs: &[u64]) -> S
             }
         }
     }
-    Sample {
-        wall: t0.elapsed(),
-        cpu: cpu_now() - c0,
-        requests: offs.len(),
-    }
+    Sample { wall: t0.elapsed(), cpu: cpu_now() - c0, requests: offs.len() }
 }
 
 fn make_image(path: &PathBuf) -> File {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .unwrap();
+    let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path).unwrap();
     let chunk: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
     for i in 0..IMAGE_SIZE >> 20 {
         f.write_all_at(&chunk, i << 20).unwrap();
@@ -408,59 +332,28 @@ fn main() {
     // `cargo bench` passes `--bench`; a `cargo test --benches` run passes
     // nothing: keep that one short.
     let quick = !std::env::args().any(|a| a == "--bench");
-    let scale: f64 = std::env::var("EMBER_BLK_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(if quick { 0.01 } else { 1.0 });
-    let dir = std::env::var_os("EMBER_BLK_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+    let scale: f64 = std::env::var("EMBER_BLK_BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(if quick {
+        0.01
+    } else {
+        1.0
+    });
+    let dir = std::env::var_os("EMBER_BLK_BENCH_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp"));
     let path = dir.join(format!("ember-blk-bench-{}.img", std::process::id()));
     let _cleanup = Cleanup(path.clone());
     let file = make_image(&path);
 
     let n = |base: usize| ((base as f64 * scale) as usize).max(DEPTH);
     let workloads = [
-        Workload {
-            name: "4K rand read",
-            op: Op::Read,
-            block: 4096,
-            random: true,
-            requests: n(200_000),
-        },
-        Workload {
-            name: "4K rand write",
-            op: Op::Write,
-            block: 4096,
-            random: true,
-            requests: n(200_000),
-        },
-        Workload {
-            name: "128K seq read",
-            op: Op::Read,
-            block: 128 << 10,
-            random: false,
-            requests: n(20_000),
-        },
-        Workload {
-            name: "128K seq write",
-            op: Op::Write,
-            block: 128 << 10,
-            random: false,
-            requests: n(20_000),
-        },
+        Workload { name: "4K rand read", op: Op::Read, block: 4096, random: true, requests: n(200_000) },
+        Workload { name: "4K rand write", op: Op::Write, block: 4096, random: true, requests: n(200_000) },
+        Workload { name: "128K seq read", op: Op::Read, block: 128 << 10, random: false, requests: n(20_000) },
+        Workload { name: "128K seq write", op: Op::Write, block: 128 << 10, random: false, requests: n(20_000) },
     ];
 
-    let mut blk = Block::new(&BlockConfig {
-        path: path.clone(),
-        readonly: false,
-        id: None,
-    })
-    .unwrap();
+    let mut blk = Block::new(&BlockConfig { path: path.clone(), readonly: false, id: None }).unwrap();
     let mut guest = Guest::new();
     let intr = Arc::new(VirtioInterrupt::new(Arc::new(CountingIrq::default())));
-    blk.activate(guest.mem.clone(), intr, vec![guest.queue()])
-        .unwrap();
+    blk.activate(guest.mem.clone(), intr, vec![guest.queue()]).unwrap();
     let filter = std::env::var("EMBER_BLK_BENCH_FILTER").unwrap_or_default();
 
     if quick {
@@ -523,19 +416,9 @@ fn main() {
     }
     // The device path with the file I/O taken out: requests of an
     // unsupported type walk the same chains and complete with UNSUPP.
-    let null = Workload {
-        name: "null",
-        op: Op::Read,
-        block: 4096,
-        random: false,
-        requests: n(200_000),
-    };
+    let null = Workload { name: "null", op: Op::Read, block: 4096, random: false, requests: n(200_000) };
     let offs = offsets(&null);
-    let s = median(
-        (0..ROUNDS)
-            .map(|_| device_only(&mut blk, &mut guest, &null, &offs, 99, 2))
-            .collect(),
-    );
+    let s = median((0..ROUNDS).map(|_| device_only(&mut blk, &mut guest, &null, &offs, 99, 2)).collect());
     println!(
         "{:<15} {:<7} {:>10.0} {:>9} {:>11.3}   (device work alone: no file I/O)",
         "null request",
@@ -559,12 +442,8 @@ fn main() {
     let offs = offsets(w);
     println!();
     println!("data path for 4K random reads (median of {ROUNDS}, rounds interleaved):");
-    let engines = [
-        "pread into guest memory",
-        "preadv into guest memory",
-        "read_volatile_from (pread)",
-        "pread + copy (bounce)",
-    ];
+    let engines =
+        ["pread into guest memory", "preadv into guest memory", "read_volatile_from (pread)", "pread + copy (bounce)"];
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); engines.len()];
     for name in engines {
         engine_run(name, &file, &guest.mem, &offs[..offs.len().min(DEPTH * 16)]);
@@ -576,11 +455,6 @@ fn main() {
     }
     for (name, runs) in engines.iter().zip(samples) {
         let s = median(runs);
-        println!(
-            "  {:<28} {:>10.0} IOPS {:>8.3} us CPU/req",
-            name,
-            s.iops(),
-            s.cpu_us()
-        );
+        println!("  {:<28} {:>10.0} IOPS {:>8.3} us CPU/req", name, s.iops(), s.cpu_us());
     }
 }

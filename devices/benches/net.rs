@@ -58,9 +58,7 @@ use ember_devices::virtio::net::{Net, NetConfig, RX_QUEUE, TX_QUEUE};
 use ember_devices::virtio::tap::{if_index, Tap, VNET_HDR_LEN};
 use ember_devices::virtio::{VirtioDevice, VirtioInterrupt};
 use ember_devices::GuestMemoryMmap;
-use virtio_bindings::bindings::virtio_ring::{
-    VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
-};
+use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_bindings::virtio_net::*;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
@@ -86,20 +84,14 @@ const DEV_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 1];
 const OTHER_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 2];
 
 fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid out pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 fn ip(args: &[&str]) -> bool {
-    Command::new("ip")
-        .args(args)
-        .status()
-        .is_ok_and(|s| s.success())
+    Command::new("ip").args(args).status().is_ok_and(|s| s.success())
 }
 
 /// The bench's network namespace; deleted on drop and on panic.
@@ -112,9 +104,7 @@ impl Netns {
         let hook_name = name.clone();
         let prev = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &hook_name])
-                .status();
+            let _ = Command::new("ip").args(["netns", "del", &hook_name]).status();
             prev(info);
         }));
         Netns(name)
@@ -147,10 +137,7 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         // Quietly: the panic hook may have deleted it already.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.0])
-            .stderr(std::process::Stdio::null())
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).stderr(std::process::Stdio::null()).status();
     }
 }
 
@@ -165,13 +152,7 @@ fn injector(ifname: &str) -> OwnedFd {
         let fd = OwnedFd::from_raw_fd(fd);
         let one: libc::c_int = 1;
         for opt in [PACKET_VNET_HDR, PACKET_QDISC_BYPASS] {
-            let r = libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                opt,
-                (&one as *const libc::c_int).cast(),
-                4,
-            );
+            let r = libc::setsockopt(fd.as_raw_fd(), libc::SOL_PACKET, opt, (&one as *const libc::c_int).cast(), 4);
             assert_eq!(r, 0, "setsockopt {opt}");
         }
         let big: libc::c_int = 64 << 20;
@@ -277,10 +258,8 @@ impl Guest {
     fn queue(&self, at: u64) -> Queue {
         let mut q = Queue::new(QSIZE).unwrap();
         q.try_set_desc_table_address(GuestAddress(at)).unwrap();
-        q.try_set_avail_ring_address(GuestAddress(at + 0x1000))
-            .unwrap();
-        q.try_set_used_ring_address(GuestAddress(at + 0x2000))
-            .unwrap();
+        q.try_set_avail_ring_address(GuestAddress(at + 0x1000)).unwrap();
+        q.try_set_used_ring_address(GuestAddress(at + 0x2000)).unwrap();
         q.set_event_idx(true);
         q.set_ready(true);
         assert!(q.is_valid(&self.mem));
@@ -293,9 +272,7 @@ impl Guest {
         d[8..12].copy_from_slice(&len.to_le_bytes());
         d[12..14].copy_from_slice(&flags.to_le_bytes());
         d[14..16].copy_from_slice(&next.to_le_bytes());
-        self.mem
-            .write_slice(&d, GuestAddress(q + 16 * u64::from(idx)))
-            .unwrap();
+        self.mem.write_slice(&d, GuestAddress(q + 16 * u64::from(idx))).unwrap();
     }
 
     fn read_u16(&self, addr: u64) -> u16 {
@@ -396,14 +373,7 @@ fn tx_chain(g: &Guest, slot: u16, len: usize) {
         let flags = if last { 0 } else { VRING_DESC_F_NEXT as u16 };
         g.desc(table, i as u16, a, n as u32, flags, i as u16 + 1);
     }
-    g.desc(
-        TXQ,
-        slot,
-        table,
-        16 * entries.len() as u32,
-        VRING_DESC_F_INDIRECT as u16,
-        0,
-    );
+    g.desc(TXQ, slot, table, 16 * entries.len() as u32, VRING_DESC_F_INDIRECT as u16, 0);
 }
 
 impl Bench {
@@ -443,25 +413,13 @@ impl Bench {
         for i in 0..n {
             // SAFETY: a readable buffer.
             let r = unsafe { libc::send(fd.as_raw_fd(), pkt.as_ptr().cast(), pkt.len(), 0) };
-            assert_eq!(
-                r as usize,
-                pkt.len(),
-                "inject frame {i} of {n}: {}",
-                std::io::Error::last_os_error()
-            );
+            assert_eq!(r as usize, pkt.len(), "inject frame {i} of {n}: {}", std::io::Error::last_os_error());
         }
     }
 
     /// Receive `frames` frames of `frame`, the driver posting chains of
     /// one `buf_len`-byte buffer (several per frame when smaller than it).
-    fn rx_round(
-        &mut self,
-        frame: &[u8],
-        buf_len: u32,
-        frames: usize,
-        dev: &mut Sample,
-        raw: &mut Sample,
-    ) {
+    fn rx_round(&mut self, frame: &[u8], buf_len: u32, frames: usize, dev: &mut Sample, raw: &mut Sample) {
         let eth = frame.len() - VNET_HDR_LEN;
         let per_frame = frame.len().div_ceil(buf_len as usize);
         let heads: Vec<u16> = (0..QSIZE).collect();
@@ -503,12 +461,7 @@ impl Bench {
                 // bytes apart).
                 let r = unsafe { libc::read(fd, p.cast(), SLOT as usize) };
                 // Injection is synchronous: a short read is a lost frame.
-                assert_eq!(
-                    r as usize,
-                    frame.len(),
-                    "raw read: {}",
-                    std::io::Error::last_os_error()
-                );
+                assert_eq!(r as usize, frame.len(), "raw read: {}", std::io::Error::last_os_error());
             }
             raw.add(t0.elapsed(), thread_cpu() - c0, n, n * eth);
         }
@@ -522,21 +475,18 @@ fn main() {
         println!("net bench: skipped, needs root (network namespace and TAP interfaces)");
         return;
     }
-    let scale: f64 = std::env::var("EMBER_NET_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(if quick { 0.02 } else { 1.0 });
+    let scale: f64 = std::env::var("EMBER_NET_BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(if quick {
+        0.02
+    } else {
+        1.0
+    });
     let ns = Netns::create();
     ns.add_tap("tdev");
     ns.add_tap("traw");
     ns.enter();
 
     let guest = Guest::new();
-    let mut net = Net::new(&NetConfig {
-        tap: "tdev".into(),
-        mac: Some(DEV_MAC),
-    })
-    .unwrap();
+    let mut net = Net::new(&NetConfig { tap: "tdev".into(), mac: Some(DEV_MAC) }).unwrap();
     let features = (1u64 << VIRTIO_NET_F_CSUM)
         | (1u64 << VIRTIO_NET_F_GUEST_CSUM)
         | (1u64 << VIRTIO_NET_F_GUEST_TSO4)
@@ -548,21 +498,10 @@ fn main() {
         | (1u64 << 29);
     net.ack_features(features);
     let intr = Arc::new(VirtioInterrupt::new(Arc::new(CountingIrq::default())));
-    net.activate(
-        guest.mem.clone(),
-        intr,
-        vec![guest.queue(RXQ), guest.queue(TXQ)],
-    )
-    .unwrap();
+    net.activate(guest.mem.clone(), intr, vec![guest.queue(RXQ), guest.queue(TXQ)]).unwrap();
     let raw = Tap::open("traw").unwrap();
     raw.set_offload(features).unwrap();
-    let mut b = Bench {
-        guest,
-        net,
-        raw,
-        inj_dev: injector("tdev"),
-        inj_raw: injector("traw"),
-    };
+    let mut b = Bench { guest, net, raw, inj_dev: injector("tdev"), inj_raw: injector("traw") };
 
     // (direction, label, Ethernet bytes, receive buffer size, frames)
     let cases: [(&str, &str, usize, u32, usize); 7] = [
@@ -583,9 +522,7 @@ fn main() {
         ns.0
     );
     println!("RX buffers: 2 KiB chains for 64/1514 B; one 65562-byte chain per 64 KiB frame;");
-    println!(
-        "\"64K TSO/4K\": 4 KiB mergeable buffers (17 chains per frame), as a Linux guest posts."
-    );
+    println!("\"64K TSO/4K\": 4 KiB mergeable buffers (17 chains per frame), as a Linux guest posts.");
     println!();
     println!(
         "{:<4} {:<11} {:<6} {:>9} {:>9} {:>12} {:>9} {:>12}",
@@ -631,15 +568,7 @@ fn main() {
         ratios.sort_by(f64::total_cmp);
         let ratio = ratios[ROUNDS / 2];
         let (d, r) = (median(devs), median(raws));
-        println!(
-            "{:<4} {:<11} {:<6} {:>9.0} {:>9.2} {:>12.0}",
-            dir,
-            name,
-            "raw",
-            r.pps() / 1e3,
-            r.gbps(),
-            r.cpu_ns()
-        );
+        println!("{:<4} {:<11} {:<6} {:>9.0} {:>9.2} {:>12.0}", dir, name, "raw", r.pps() / 1e3, r.gbps(), r.cpu_ns());
         println!(
             "{:<4} {:<11} {:<6} {:>9.0} {:>9.2} {:>12.0} {:>8.1}% {:>12.0}",
             "",
@@ -658,9 +587,6 @@ fn main() {
         "device counters: tx {} frames {} bytes, {} dropped; rx {} frames {} bytes, {} dropped",
         s.tx_frames, s.tx_bytes, s.tx_dropped, s.rx_frames, s.rx_bytes, s.rx_dropped
     );
-    assert_eq!(
-        s.tx_dropped + s.rx_dropped + s.tx_malformed + s.rx_malformed,
-        0
-    );
+    assert_eq!(s.tx_dropped + s.rx_dropped + s.tx_malformed + s.rx_malformed, 0);
     drop(ns);
 }

@@ -5,8 +5,8 @@ use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::layout::{
-    BOOT_STACK_POINTER, GDT_START, IDENTITY_MAP_SIZE, IDT_START, PDE_START, PDPTE_START, PML4_START,
-    PVH_INFO_START, ZERO_PAGE_START,
+    BOOT_STACK_POINTER, GDT_START, IDENTITY_MAP_SIZE, IDT_START, PDE_START, PDPTE_START, PML4_START, PVH_INFO_START,
+    ZERO_PAGE_START,
 };
 
 /// GDT index of the 64-bit code segment (selector 0x10, the Linux boot
@@ -144,12 +144,7 @@ pub fn pvh_sregs(sregs: &mut kvm_sregs) {
 
 /// General registers for the PVH entry: EBX holds the `hvm_start_info`.
 pub fn pvh_regs(entry: u64) -> kvm_regs {
-    kvm_regs {
-        rip: entry,
-        rbx: PVH_INFO_START,
-        rflags: 0x2,
-        ..Default::default()
-    }
+    kvm_regs { rip: entry, rbx: PVH_INFO_START, rflags: 0x2, ..Default::default() }
 }
 
 #[cfg(test)]

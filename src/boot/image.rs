@@ -44,10 +44,7 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
 
 /// Reads enough of `path` to tell what it is and whether it is whole.
 pub fn inspect(path: &Path, file: &mut File) -> Result<ImageInfo, BootError> {
-    let size = file
-        .metadata()
-        .map_err(|source| BootError::ReadKernel { path: path.to_path_buf(), source })?
-        .len();
+    let size = file.metadata().map_err(|source| BootError::ReadKernel { path: path.to_path_buf(), source })?.len();
     let mut head = vec![0u8; 4096.min(size as usize)];
     file.seek(SeekFrom::Start(0))
         .and_then(|_| file.read_exact(&mut head))
@@ -98,9 +95,7 @@ pub fn inspect(path: &Path, file: &mut File) -> Result<ImageInfo, BootError> {
                     why: format!("a segment ends at file offset {file_end:#x}, file is {size:#x} bytes"),
                 });
             }
-            let end = paddr
-                .checked_add(memsz.max(filesz))
-                .ok_or_else(|| not_kernel("segment address overflows"))?;
+            let end = paddr.checked_add(memsz.max(filesz)).ok_or_else(|| not_kernel("segment address overflows"))?;
             load_end = load_end.max(end);
         }
         if loads == 0 {

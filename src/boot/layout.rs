@@ -134,13 +134,15 @@ mod tests {
         }
     }
 
+    // The low-memory regions do not overlap (checked at compile time).
+    const _: () = assert!(GDT_START + 48 <= IDT_START);
+    const _: () = assert!(PVH_MEMMAP_START + 24 * PVH_MEMMAP_MAX_ENTRIES as u64 <= ZERO_PAGE_START);
+    const _: () = assert!(ZERO_PAGE_START + 4096 <= BOOT_STACK_POINTER);
+    const _: () = assert!(PDE_START + 4 * 4096 <= CMDLINE_START);
+    const _: () = assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+
     #[test]
-    fn regions_do_not_overlap() {
-        assert!(GDT_START + 48 <= IDT_START);
-        assert!(PVH_MEMMAP_START + 24 * PVH_MEMMAP_MAX_ENTRIES as u64 <= ZERO_PAGE_START);
-        assert!(ZERO_PAGE_START + 4096 <= BOOT_STACK_POINTER);
-        assert!(PDE_START + 4 * 4096 <= CMDLINE_START);
-        assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+    fn virtio_window_fits_below_the_ioapic() {
         let (last, irq) = virtio_slot(max_virtio_devices() - 1);
         assert!(last + VIRTIO_MMIO_SIZE <= IOAPIC_START);
         assert_eq!(irq, VIRTIO_IRQ_LAST);

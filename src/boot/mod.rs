@@ -151,7 +151,12 @@ pub struct LoadedKernel {
 }
 
 /// Loads the kernel at `path` into `mem`, choosing the entry path.
-pub fn load_kernel(mem: &GuestMemoryMmap, mem_size: u64, path: &Path, boot: BootProtocol) -> Result<LoadedKernel, BootError> {
+pub fn load_kernel(
+    mem: &GuestMemoryMmap,
+    mem_size: u64,
+    path: &Path,
+    boot: BootProtocol,
+) -> Result<LoadedKernel, BootError> {
     let mut file = File::open(path).map_err(|source| BootError::ReadKernel { path: path.into(), source })?;
     let ImageInfo { kind, load_end } = image::inspect(path, &mut file)?;
     if load_end > low_ram_end(mem_size) {
@@ -211,12 +216,8 @@ pub struct InitrdPlacement {
 /// page-aligned, above the kernel.
 pub fn place_initrd(mem_size: u64, kernel: &LoadedKernel, size: u64) -> Result<InitrdPlacement, BootError> {
     let limit = low_ram_end(mem_size).min(kernel.initrd_addr_max.saturating_add(1));
-    let too_big = || BootError::InitrdTooBig {
-        kernel_end: kernel.kernel_end,
-        initrd_size: size,
-        limit,
-        memory: mem_size >> 20,
-    };
+    let too_big =
+        || BootError::InitrdTooBig { kernel_end: kernel.kernel_end, initrd_size: size, limit, memory: mem_size >> 20 };
     let addr = limit.checked_sub(size).ok_or_else(too_big)? & !0xfff;
     if addr < kernel.kernel_end.max(HIMEM_START) {
         return Err(too_big());

@@ -312,7 +312,7 @@ pub fn expected_linux_e820(mem: u64, pvh: bool) -> Vec<String> {
 /// are turned off on the kernel's side (../shared/LINUX-UNDER-EMULATION.md).
 pub fn linux_emulation_flags() -> String {
     [
-        "noxsave",   // xsave/xrstor are not emulated: FPU state via fxsave
+        "noxsave",    // xsave/xrstor are not emulated: FPU state via fxsave
         "nofsgsbase", // rd/wrfsbase are not emulated
         // Each was found by the emulator stopping on it: clac/stac (SMAP),
         // popcnt, rdpid, BMI/AVX/FMA encodings, movbe, cache-line flushes,

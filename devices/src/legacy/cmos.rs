@@ -78,10 +78,10 @@ impl Cmos {
             REG_MONTH => bcd(m as u64),
             REG_YEAR => bcd((y.rem_euclid(100)) as u64),
             REG_CENTURY => bcd((y / 100) as u64),
-            REG_A => 0x26,  // 32.768 kHz base, 1024 Hz rate, no update in progress
-            REG_B => 0x02,  // 24-hour, BCD, no interrupts
-            REG_C => 0x00,  // no interrupt flags
-            REG_D => 0x80,  // valid RAM and time
+            REG_A => 0x26, // 32.768 kHz base, 1024 Hz rate, no update in progress
+            REG_B => 0x02, // 24-hour, BCD, no interrupts
+            REG_C => 0x00, // no interrupt flags
+            REG_D => 0x80, // valid RAM and time
             r => self.ram[r as usize & 0x7f],
         }
     }

@@ -133,11 +133,7 @@ struct Desc {
 
 impl From<RawDesc> for Desc {
     fn from(d: RawDesc) -> Self {
-        Desc {
-            addr: d.addr,
-            len: d.len,
-            write: d.is_write_only(),
-        }
+        Desc { addr: d.addr, len: d.len, write: d.is_write_only() }
     }
 }
 
@@ -174,14 +170,7 @@ fn for_each_range(
 /// Fills `iov` with host pointers for bytes `[skip, skip + take)` of the
 /// stream formed by `descs`; `false` if any byte is outside guest memory or
 /// the scatter list overflows.
-fn map_ranges(
-    mem: &GuestMemoryMmap,
-    view: &HostView,
-    iov: &mut IoVecs,
-    descs: &[Desc],
-    skip: u64,
-    take: u64,
-) -> bool {
+fn map_ranges(mem: &GuestMemoryMmap, view: &HostView, iov: &mut IoVecs, descs: &[Desc], skip: u64, take: u64) -> bool {
     iov.clear();
     for_each_range(descs, skip, take, |addr, len| {
         if let Some(p) = view.ptr(addr, len as u64) {
@@ -211,22 +200,13 @@ struct Completion {
 
 impl Completion {
     const fn ok(written: u32) -> Self {
-        Completion {
-            status: VIRTIO_BLK_S_OK as u8,
-            written,
-        }
+        Completion { status: VIRTIO_BLK_S_OK as u8, written }
     }
     const fn ioerr(written: u32) -> Self {
-        Completion {
-            status: VIRTIO_BLK_S_IOERR as u8,
-            written,
-        }
+        Completion { status: VIRTIO_BLK_S_IOERR as u8, written }
     }
     const fn unsupp() -> Self {
-        Completion {
-            status: VIRTIO_BLK_S_UNSUPP as u8,
-            written: 0,
-        }
+        Completion { status: VIRTIO_BLK_S_UNSUPP as u8, written: 0 }
     }
 }
 
@@ -253,10 +233,7 @@ impl Backend {
     }
 
     fn log_bad_chain(&mut self, head: u16, why: &str) {
-        if self
-            .bad_chain_log
-            .take("virtio-blk: malformed descriptor chain")
-        {
+        if self.bad_chain_log.take("virtio-blk: malformed descriptor chain") {
             warn!("virtio-blk: descriptor chain {head}: {why}");
         }
     }
@@ -269,13 +246,7 @@ impl Backend {
 
     /// Serves one descriptor chain; returns the used length for the used
     /// ring (0 when there was no place for a status byte).
-    fn handle_chain(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        view: &HostView,
-        head: u16,
-        chain: ChainWalker<'_>,
-    ) -> u32 {
+    fn handle_chain(&mut self, mem: &GuestMemoryMmap, view: &HostView, head: u16, chain: ChainWalker<'_>) -> u32 {
         self.descs.clear();
         let mut last: Option<Desc> = None;
         let mut too_long = false;
@@ -299,10 +270,9 @@ impl Backend {
         // The status byte is the last byte of the last descriptor, which
         // must be device-writable and inside guest memory.
         let status_addr = match last {
-            Some(d) if d.write && d.len > 0 => d
-                .addr
-                .checked_add(u64::from(d.len) - 1)
-                .filter(|a| view.ptr(*a, 1).is_some()),
+            Some(d) if d.write && d.len > 0 => {
+                d.addr.checked_add(u64::from(d.len) - 1).filter(|a| view.ptr(*a, 1).is_some())
+            }
             _ => None,
         };
         let Some(status_addr) = status_addr else {
@@ -342,9 +312,7 @@ impl Backend {
             }
         };
         let req_type = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
-        let sector = u64::from_le_bytes([
-            hdr[8], hdr[9], hdr[10], hdr[11], hdr[12], hdr[13], hdr[14], hdr[15],
-        ]);
+        let sector = u64::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11], hdr[12], hdr[13], hdr[14], hdr[15]]);
         let rd_data = rd_len - HEADER_LEN;
 
         match req_type {
@@ -465,16 +433,10 @@ impl Backend {
         let num = u32::from_le_bytes(seg[8..12].try_into().unwrap_or_default());
         let flags = u32::from_le_bytes(seg[12..16].try_into().unwrap_or_default());
         let unmap = flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0;
-        if flags & !VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0
-            || (req_type == VIRTIO_BLK_T_DISCARD && unmap)
-        {
+        if flags & !VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0 || (req_type == VIRTIO_BLK_T_DISCARD && unmap) {
             return Completion::unsupp();
         }
-        let max = if req_type == VIRTIO_BLK_T_DISCARD {
-            MAX_DISCARD_SECTORS
-        } else {
-            MAX_WRITE_ZEROES_SECTORS
-        };
+        let max = if req_type == VIRTIO_BLK_T_DISCARD { MAX_DISCARD_SECTORS } else { MAX_WRITE_ZEROES_SECTORS };
         if num > max {
             return Completion::ioerr(0);
         }
@@ -506,13 +468,7 @@ impl Backend {
 }
 
 /// Reads `buf.len()` bytes at `skip` of the byte stream formed by `descs`.
-fn read_stream(
-    mem: &GuestMemoryMmap,
-    view: &HostView,
-    descs: &[Desc],
-    skip: u64,
-    buf: &mut [u8],
-) -> bool {
+fn read_stream(mem: &GuestMemoryMmap, view: &HostView, descs: &[Desc], skip: u64, buf: &mut [u8]) -> bool {
     let mut pos = 0;
     for_each_range(descs, skip, buf.len() as u64, |addr, len| {
         let dst = &mut buf[pos..pos + len];
@@ -623,23 +579,15 @@ impl Block {
             None => default_id(&cfg.path),
         };
         let mut file = open_image(cfg)?;
-        let open_err = |source| BlockError::Open {
-            path: cfg.path.clone(),
-            source,
-        };
+        let open_err = |source| BlockError::Open { path: cfg.path.clone(), source };
         let meta = file.metadata().map_err(open_err)?;
         if meta.is_dir() {
-            return Err(BlockError::IsDirectory {
-                path: cfg.path.clone(),
-            });
+            return Err(BlockError::IsDirectory { path: cfg.path.clone() });
         }
         // Works for regular files and block devices alike.
         let size = file.seek(SeekFrom::End(0)).map_err(open_err)?;
         if size % SECTOR_SIZE != 0 {
-            return Err(BlockError::BadSize {
-                path: cfg.path.clone(),
-                size,
-            });
+            return Err(BlockError::BadSize { path: cfg.path.clone(), size });
         }
 
         let mut avail_features = (1u64 << VIRTIO_BLK_F_SEG_MAX)
@@ -702,11 +650,7 @@ fn build_config(capacity: u64) -> [u8; std::mem::size_of::<virtio_blk_config>()]
     // SAFETY: virtio_blk_config is a packed plain-old-data struct of
     // integers, exactly `bytes.len()` long.
     unsafe {
-        std::ptr::copy_nonoverlapping(
-            (&cfg as *const virtio_blk_config).cast::<u8>(),
-            bytes.as_mut_ptr(),
-            bytes.len(),
-        );
+        std::ptr::copy_nonoverlapping((&cfg as *const virtio_blk_config).cast::<u8>(), bytes.as_mut_ptr(), bytes.len());
     }
     bytes
 }
@@ -742,10 +686,7 @@ impl VirtioDevice for Block {
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         if self.config_write_log.take("virtio-blk: config write") {
-            warn!(
-                "virtio-blk: ignoring {}-byte write to read-only config space at {offset:#x}",
-                data.len()
-            );
+            warn!("virtio-blk: ignoring {}-byte write to read-only config space at {offset:#x}", data.len());
         }
     }
 
@@ -759,36 +700,19 @@ impl VirtioDevice for Block {
             return Err(ActivateError::AlreadyActivated);
         }
         if queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: queues.len(),
-            });
+            return Err(ActivateError::QueueCount { expected: 1, got: queues.len() });
         }
         let queue = queues.remove(0);
         if !queue.ready() {
             return Err(ActivateError::QueueNotReady(0));
         }
-        self.active = Some(Active {
-            view: HostView::new(&mem),
-            mem,
-            queue,
-            _interrupt: interrupt,
-        });
+        self.active = Some(Active { view: HostView::new(&mem), mem, queue, _interrupt: interrupt });
         Ok(())
     }
 
     fn process_queue(&mut self, idx: usize) -> bool {
-        let Block {
-            backend,
-            active,
-            queue_error_log,
-            completed,
-            ..
-        } = self;
-        let Some(Active {
-            mem, view, queue, ..
-        }) = active.as_mut()
-        else {
+        let Block { backend, active, queue_error_log, completed, .. } = self;
+        let Some(Active { mem, view, queue, .. }) = active.as_mut() else {
             return false;
         };
         // The ring and descriptor code of virtio-queue runs on the flat host

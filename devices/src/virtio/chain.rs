@@ -19,9 +19,7 @@
 //! The unit tests compare it with `DescriptorChain` on random descriptor
 //! tables, loops and indirect tables included.
 
-use virtio_bindings::bindings::virtio_ring::{
-    VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
-};
+use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::host_view::HostView;
@@ -70,9 +68,7 @@ impl<'a> ChainWalker<'a> {
         let addr = self.table.checked_add(u64::from(index) * 16)?;
         // One load in the usual case; a descriptor straddling two regions
         // (possible in an unaligned indirect table) takes the generic path.
-        self.view
-            .read_bytes::<16>(addr)
-            .or_else(|| self.view.read_obj::<[u8; 16]>(addr).ok())
+        self.view.read_bytes::<16>(addr).or_else(|| self.view.read_obj::<[u8; 16]>(addr).ok())
     }
 }
 
@@ -130,20 +126,9 @@ mod tests {
         drv.publish(head);
         let mut q = drv.queue();
         // Only the new entry: skip what earlier calls published.
-        q.set_next_avail(
-            q.avail_idx(mem, std::sync::atomic::Ordering::Acquire)
-                .unwrap()
-                .0
-                - 1,
-        );
+        q.set_next_avail(q.avail_idx(mem, std::sync::atomic::Ordering::Acquire).unwrap().0 - 1);
         let chain = q.iter(mem).unwrap().next().unwrap();
-        let theirs = chain
-            .map(|d| RawDesc {
-                addr: d.addr(),
-                len: d.len(),
-                flags: d.flags(),
-            })
-            .collect();
+        let theirs = chain.map(|d| RawDesc { addr: d.addr(), len: d.len(), flags: d.flags() }).collect();
         let ours = ChainWalker::new(&view, drv.desc_addr(), q.size(), head).collect();
         (ours, theirs)
     }
@@ -202,11 +187,7 @@ mod tests {
                         ((n >> 40) & 7) as u16,
                         ((n >> 44) % 14) as u16,
                     );
-                    mem.write_obj(
-                        RawDescriptor::from(d),
-                        GuestAddress(indirect_base + 0x1000 * t + 16 * i),
-                    )
-                    .unwrap();
+                    mem.write_obj(RawDescriptor::from(d), GuestAddress(indirect_base + 0x1000 * t + 16 * i)).unwrap();
                 }
             }
             let head = (rnd() % 16) as u16;

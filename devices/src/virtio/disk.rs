@@ -38,10 +38,7 @@ unsafe impl Send for IoVecs {}
 
 impl IoVecs {
     pub(crate) fn new() -> Self {
-        IoVecs {
-            iov: Vec::with_capacity(MAX_IOVECS),
-            total: 0,
-        }
+        IoVecs { iov: Vec::with_capacity(MAX_IOVECS), total: 0 }
     }
 
     pub(crate) fn clear(&mut self) {
@@ -57,10 +54,7 @@ impl IoVecs {
         if self.iov.len() == MAX_IOVECS {
             return false;
         }
-        self.iov.push(libc::iovec {
-            iov_base: ptr.cast(),
-            iov_len: len,
-        });
+        self.iov.push(libc::iovec { iov_base: ptr.cast(), iov_len: len });
         self.total += len;
         true
     }
@@ -134,18 +128,11 @@ const ZERO_CHUNK: usize = 1 << 20;
 
 impl SyncDisk {
     pub(crate) fn new(file: File) -> Self {
-        SyncDisk {
-            file,
-            zeroes: Vec::new(),
-        }
+        SyncDisk { file, zeroes: Vec::new() }
     }
 
     /// Reads into `iov` from `offset`; `(bytes read, error)`.
-    pub(crate) fn read_vectored_at(
-        &mut self,
-        iov: &mut IoVecs,
-        offset: u64,
-    ) -> (usize, Option<io::Error>) {
+    pub(crate) fn read_vectored_at(&mut self, iov: &mut IoVecs, offset: u64) -> (usize, Option<io::Error>) {
         let fd = self.file.as_raw_fd();
         transfer_loop(&mut iov.iov, offset, |v, off| {
             // SAFETY: every iovec points into mapped guest memory checked by
@@ -161,11 +148,7 @@ impl SyncDisk {
     }
 
     /// Writes `iov` at `offset`; `(bytes written, error)`.
-    pub(crate) fn write_vectored_at(
-        &mut self,
-        iov: &mut IoVecs,
-        offset: u64,
-    ) -> (usize, Option<io::Error>) {
+    pub(crate) fn write_vectored_at(&mut self, iov: &mut IoVecs, offset: u64) -> (usize, Option<io::Error>) {
         let fd = self.file.as_raw_fd();
         transfer_loop(&mut iov.iov, offset, |v, off| {
             // SAFETY: as in read_vectored_at; the kernel only reads them.
@@ -184,10 +167,8 @@ impl SyncDisk {
     }
 
     fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
-        let off = libc::off_t::try_from(offset)
-            .map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
-        let len = libc::off_t::try_from(len)
-            .map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+        let off = libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+        let len = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
         loop {
             // SAFETY: plain syscall on an owned fd.
             let ret = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, off, len) };
@@ -204,11 +185,7 @@ impl SyncDisk {
     /// Deallocates `[offset, offset + len)`; it reads back as zeroes and the
     /// file size does not change.
     pub(crate) fn punch_hole(&mut self, offset: u64, len: u64) -> io::Result<()> {
-        self.fallocate(
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            offset,
-            len,
-        )
+        self.fallocate(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len)
     }
 
     /// Zeroes `[offset, offset + len)` without changing the file size.
@@ -224,11 +201,7 @@ impl SyncDisk {
                 Err(e) => return Err(e),
             }
         }
-        match self.fallocate(
-            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
-            offset,
-            len,
-        ) {
+        match self.fallocate(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE, offset, len) {
             Ok(()) => return Ok(()),
             Err(e) if is_unsupported(&e) => {}
             Err(e) => return Err(e),
@@ -257,10 +230,7 @@ impl SyncDisk {
 }
 
 fn is_unsupported(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL)
-    )
+    matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL))
 }
 
 #[cfg(test)]
@@ -272,13 +242,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ember-disk-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("img");
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
+        let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
         f.set_len(len).unwrap();
         (dir, f)
     }

@@ -18,8 +18,8 @@ use std::iter::FusedIterator;
 use vm_memory::bitmap::BS;
 use vm_memory::guest_memory::GuestMemorySliceIterator;
 use vm_memory::{
-    Address, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryError, GuestMemoryRegion,
-    Permissions, VolatileSlice,
+    Address, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryError, GuestMemoryRegion, Permissions,
+    VolatileSlice,
 };
 
 use crate::GuestMemoryMmap;
@@ -51,11 +51,7 @@ impl HostView {
             .iter()
             .filter_map(|r| {
                 let host = mem.get_host_address(r.start_addr()).ok()?;
-                Some(HostRegion {
-                    start: r.start_addr().raw_value(),
-                    len: r.len(),
-                    host,
-                })
+                Some(HostRegion { start: r.start_addr().raw_value(), len: r.len(), host })
             })
             .collect();
         HostView { regions }
@@ -150,12 +146,7 @@ impl GuestMemory for HostView {
 
     fn check_range(&self, addr: GuestAddress, count: usize, _access: Permissions) -> bool {
         // As GuestMemoryMmap: an empty range is always valid.
-        Slices {
-            view: self,
-            addr,
-            count,
-        }
-        .all(|s| s.is_ok())
+        Slices { view: self, addr, count }.all(|s| s.is_ok())
     }
 
     fn get_slices<'a>(
@@ -164,11 +155,7 @@ impl GuestMemory for HostView {
         count: usize,
         _access: Permissions,
     ) -> Result<impl GuestMemorySliceIterator<'a, BS<'a, ()>>, GuestMemoryError> {
-        Ok(Slices {
-            view: self,
-            addr,
-            count,
-        })
+        Ok(Slices { view: self, addr, count })
     }
 }
 
@@ -195,12 +182,8 @@ mod tests {
         assert!(v.ptr(GuestAddress(u64::MAX), 1).is_none());
         assert!(v.ptr(GuestAddress(0x10_0000), u64::MAX).is_none());
 
-        mem.write_obj(0x1122_3344_5566_7788u64, GuestAddress(0x10_0003))
-            .unwrap();
-        assert_eq!(
-            v.read_bytes::<8>(GuestAddress(0x10_0003)),
-            Some(0x1122_3344_5566_7788u64.to_le_bytes())
-        );
+        mem.write_obj(0x1122_3344_5566_7788u64, GuestAddress(0x10_0003)).unwrap();
+        assert_eq!(v.read_bytes::<8>(GuestAddress(0x10_0003)), Some(0x1122_3344_5566_7788u64.to_le_bytes()));
         assert_eq!(v.read_bytes::<8>(GuestAddress(0x10_0ffc)), None);
         assert!(v.write_u8(GuestAddress(0x1800), 7));
         assert_eq!(mem.read_obj::<u8>(GuestAddress(0x1800)).unwrap(), 7);
@@ -253,14 +236,7 @@ mod tests {
             );
         }
         v.write_obj(0xabcd_u16, GuestAddress(0x10_0010)).unwrap();
-        assert_eq!(
-            v.load::<u16>(
-                GuestAddress(0x10_0010),
-                std::sync::atomic::Ordering::Acquire
-            )
-            .unwrap(),
-            0xabcd
-        );
+        assert_eq!(v.load::<u16>(GuestAddress(0x10_0010), std::sync::atomic::Ordering::Acquire).unwrap(), 0xabcd);
         assert!(v.read_obj::<u64>(GuestAddress(0x10_0ffc)).is_err());
     }
 }

@@ -22,9 +22,7 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{error, info, warn};
 use virtio_bindings::bindings::virtio_config::*;
 use virtio_bindings::bindings::virtio_mmio::*;
-use virtio_bindings::bindings::virtio_ring::{
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
-};
+use virtio_bindings::bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
@@ -114,11 +112,7 @@ impl MmioTransport {
     ///
     /// Fails if an eventfd cannot be created or the device declares an
     /// invalid queue size (zero, not a power of two, or above 32768).
-    pub fn new(
-        device: Box<dyn VirtioDevice>,
-        mem: GuestMemoryMmap,
-        irq: Arc<dyn IrqLine>,
-    ) -> io::Result<Self> {
+    pub fn new(device: Box<dyn VirtioDevice>, mem: GuestMemoryMmap, irq: Arc<dyn IrqLine>) -> io::Result<Self> {
         let sizes = device.queue_max_sizes();
         let mut queues = Vec::with_capacity(sizes.len());
         let mut queue_evts = Vec::with_capacity(sizes.len());
@@ -253,14 +247,9 @@ impl MmioTransport {
             VIRTIO_MMIO_QUEUE_NUM => {
                 if let Some(i) = self.writable_queue("QueueNum") {
                     let max = self.queues[i].max_size();
-                    let ok = u16::try_from(val)
-                        .ok()
-                        .is_some_and(|n| self.queues[i].try_set_size(n).is_ok());
+                    let ok = u16::try_from(val).ok().is_some_and(|n| self.queues[i].try_set_size(n).is_ok());
                     if !ok {
-                        guest_warn!(
-                            self,
-                            "queue {i}: QueueNum {val} refused (must be a power of two, 1..={max})"
-                        );
+                        guest_warn!(self, "queue {i}: QueueNum {val} refused (must be a power of two, 1..={max})");
                     }
                 }
             }
@@ -281,27 +270,18 @@ impl MmioTransport {
             VIRTIO_MMIO_QUEUE_AVAIL_HIGH => self.write_queue_addr(AVAIL_HI, val),
             VIRTIO_MMIO_QUEUE_USED_LOW => self.write_queue_addr(USED_LO, val),
             VIRTIO_MMIO_QUEUE_USED_HIGH => self.write_queue_addr(USED_HI, val),
-            _ => guest_warn!(
-                self,
-                "write {val:#x} to read-only or unknown register {offset:#x} ignored"
-            ),
+            _ => guest_warn!(self, "write {val:#x} to read-only or unknown register {offset:#x} ignored"),
         }
     }
 
     fn write_driver_features(&mut self, val: u32) {
         if self.status & S_DRIVER == 0 || self.status & S_FEATURES_OK != 0 {
-            guest_warn!(
-                self,
-                "DriverFeatures written in status {:#x}; ignored",
-                self.status
-            );
+            guest_warn!(self, "DriverFeatures written in status {:#x}; ignored", self.status);
             return;
         }
         match self.driver_features_sel {
             0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(val),
-            1 => {
-                self.driver_features = (self.driver_features & 0xffff_ffff) | (u64::from(val) << 32)
-            }
+            1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (u64::from(val) << 32),
             _ => {
                 if val != 0 {
                     self.driver_features_unknown = true;
@@ -341,11 +321,7 @@ impl MmioTransport {
             AVAIL_LO | AVAIL_HI => (q.avail_ring(), half == AVAIL_HI),
             _ => (q.used_ring(), half == USED_HI),
         };
-        let new = if hi {
-            (cur & 0xffff_ffff) | (u64::from(val) << 32)
-        } else {
-            (cur & !0xffff_ffff) | u64::from(val)
-        };
+        let new = if hi { (cur & 0xffff_ffff) | (u64::from(val) << 32) } else { (cur & !0xffff_ffff) | u64::from(val) };
         let res = match half {
             DESC_LO | DESC_HI => q.try_set_desc_table_address(GuestAddress(new)),
             AVAIL_LO | AVAIL_HI => q.try_set_avail_ring_address(GuestAddress(new)),
@@ -380,20 +356,14 @@ impl MmioTransport {
             return;
         };
         if self.addrs_set[i] != ALL_ADDRS {
-            guest_warn!(
-                self,
-                "queue {i}: QueueReady before all ring addresses were set; refused"
-            );
+            guest_warn!(self, "queue {i}: QueueReady before all ring addresses were set; refused");
             return;
         }
         let q = &mut self.queues[i];
         q.set_ready(true);
         if !q.is_valid(&self.mem) {
             q.set_ready(false);
-            guest_warn!(
-                self,
-                "queue {i}: rings are not in guest memory; QueueReady refused"
-            );
+            guest_warn!(self, "queue {i}: rings are not in guest memory; QueueReady refused");
         }
     }
 
@@ -403,30 +373,20 @@ impl MmioTransport {
             return;
         }
         if val & S_FAILED != 0 {
-            info!(
-                "virtio-mmio ({}): driver gave up on the device (FAILED)",
-                self.device.device_type()
-            );
+            info!("virtio-mmio ({}): driver gave up on the device (FAILED)", self.device.device_type());
             self.status |= S_FAILED;
             return;
         }
         if self.status & (S_FAILED | S_NEEDS_RESET) != 0 {
-            guest_warn!(
-                self,
-                "status write {val:#x} while the device needs a reset; ignored"
-            );
+            guest_warn!(self, "status write {val:#x} while the device needs a reset; ignored");
             return;
         }
         // The driver may echo NEEDS_RESET back; it is the device's bit.
         let new = val & !S_NEEDS_RESET;
         let cur = self.status;
-        let valid_target = (0..=STATUS_ORDER.len())
-            .any(|n| STATUS_ORDER[..n].iter().fold(0, |acc, b| acc | b) == new);
+        let valid_target = (0..=STATUS_ORDER.len()).any(|n| STATUS_ORDER[..n].iter().fold(0, |acc, b| acc | b) == new);
         if !valid_target || new & cur != cur {
-            guest_warn!(
-                self,
-                "invalid status transition {cur:#x} -> {val:#x}; ignored"
-            );
+            guest_warn!(self, "invalid status transition {cur:#x} -> {val:#x}; ignored");
             return;
         }
         for bit in STATUS_ORDER {
@@ -458,10 +418,7 @@ impl MmioTransport {
             );
             false
         } else if acked & (1 << VIRTIO_F_VERSION_1) == 0 {
-            guest_warn!(
-                self,
-                "driver did not accept VIRTIO_F_VERSION_1 (legacy driver); FEATURES_OK refused"
-            );
+            guest_warn!(self, "driver did not accept VIRTIO_F_VERSION_1 (legacy driver); FEATURES_OK refused");
             false
         } else {
             true
@@ -485,20 +442,14 @@ impl MmioTransport {
                 }
             }
         }
-        match self
-            .device
-            .activate(self.mem.clone(), self.interrupt.clone(), queues)
-        {
+        match self.device.activate(self.mem.clone(), self.interrupt.clone(), queues) {
             Ok(()) => self.activated = true,
             Err(e) => self.activation_failed(&e.to_string()),
         }
     }
 
     fn activation_failed(&mut self, why: &str) {
-        error!(
-            "virtio-mmio ({}): device activation failed: {why}",
-            self.device.device_type()
-        );
+        error!("virtio-mmio ({}): device activation failed: {why}", self.device.device_type());
         self.status |= S_NEEDS_RESET;
         self.config_generation = self.config_generation.wrapping_add(1);
         if let Err(e) = self.interrupt.signal_config_change() {
@@ -510,17 +461,12 @@ impl MmioTransport {
 impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
-            self.device
-                .read_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
+            self.device.read_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
             return;
         }
         if data.len() != 4 {
             data.fill(0);
-            guest_warn!(
-                self,
-                "{}-byte read of register {offset:#x}; registers are 32-bit",
-                data.len()
-            );
+            guest_warn!(self, "{}-byte read of register {offset:#x}; registers are 32-bit", data.len());
             return;
         }
         data.copy_from_slice(&self.read_reg(offset).to_le_bytes());
@@ -528,16 +474,11 @@ impl BusDevice for MmioTransport {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
-            self.device
-                .write_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
+            self.device.write_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            guest_warn!(
-                self,
-                "{}-byte write to register {offset:#x} ignored; registers are 32-bit",
-                data.len()
-            );
+            guest_warn!(self, "{}-byte write to register {offset:#x} ignored; registers are 32-bit", data.len());
             return;
         };
         self.write_reg(offset, u32::from_le_bytes(bytes));

@@ -26,7 +26,8 @@ mod chain;
 mod disk;
 mod host_view;
 pub mod mmio;
-pub mod net; pub mod tap;
+pub mod net;
+pub mod tap;
 #[cfg(test)]
 mod test_utils;
 
@@ -65,33 +66,26 @@ pub struct VirtioInterrupt {
 
 impl std::fmt::Debug for VirtioInterrupt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VirtioInterrupt")
-            .field("status", &self.status())
-            .finish_non_exhaustive()
+        f.debug_struct("VirtioInterrupt").field("status", &self.status()).finish_non_exhaustive()
     }
 }
 
 impl VirtioInterrupt {
     /// An interrupt with a clear status raising `irq`.
     pub fn new(irq: Arc<dyn IrqLine>) -> Self {
-        VirtioInterrupt {
-            status: AtomicU32::new(0),
-            irq,
-        }
+        VirtioInterrupt { status: AtomicU32::new(0), irq }
     }
 
     /// Tells the driver that buffers were placed in a used ring.
     pub fn signal_used_queue(&self) -> io::Result<()> {
-        self.status
-            .fetch_or(VIRTIO_MMIO_INT_VRING, Ordering::SeqCst);
+        self.status.fetch_or(VIRTIO_MMIO_INT_VRING, Ordering::SeqCst);
         self.irq.trigger()
     }
 
     /// Tells the driver that the configuration space or the device status
     /// changed (for example `DEVICE_NEEDS_RESET`).
     pub fn signal_config_change(&self) -> io::Result<()> {
-        self.status
-            .fetch_or(VIRTIO_MMIO_INT_CONFIG, Ordering::SeqCst);
+        self.status.fetch_or(VIRTIO_MMIO_INT_CONFIG, Ordering::SeqCst);
         self.irq.trigger()
     }
 

@@ -120,10 +120,7 @@ pub enum NetError {
 
 /// Formats a MAC address as `aa:bb:cc:dd:ee:ff`.
 pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff` (hex digits, `:` or `-` separated).
@@ -150,11 +147,7 @@ fn generate_mac() -> [u8; 6] {
     // call differ even if it were not.
     let mut h = RandomState::new().build_hasher();
     h.write_u32(std::process::id());
-    h.write_u128(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
+    h.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
     h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
     let r = h.finish().to_le_bytes();
     [0x02, r[0], r[1], r[2], r[3], r[4]]
@@ -300,23 +293,14 @@ impl Segs {
         if self.0.len() == MAX_SEGS {
             return false;
         }
-        self.0.push(libc::iovec {
-            iov_base: ptr.cast(),
-            iov_len: len,
-        });
+        self.0.push(libc::iovec { iov_base: ptr.cast(), iov_len: len });
         true
     }
 }
 
 /// Appends the host buffers of guest range `[addr, addr + len)` to
 /// `segs`; `false` if any byte is outside guest memory or the list is full.
-fn map_range(
-    mem: &GuestMemoryMmap,
-    view: &HostView,
-    addr: GuestAddress,
-    len: usize,
-    segs: &mut Segs,
-) -> bool {
+fn map_range(mem: &GuestMemoryMmap, view: &HostView, addr: GuestAddress, len: usize, segs: &mut Segs) -> bool {
     if len == 0 {
         return true;
     }
@@ -378,9 +362,7 @@ struct RingError;
 
 /// Chains the driver made available and the device did not take yet.
 fn avail_count(q: &Queue, view: &HostView) -> Result<u16, RingError> {
-    let idx = q
-        .avail_idx(view, Ordering::Acquire)
-        .map_err(|_| RingError)?;
+    let idx = q.avail_idx(view, Ordering::Acquire).map_err(|_| RingError)?;
     let n = idx.0.wrapping_sub(q.next_avail());
     if n > q.size() {
         return Err(RingError);
@@ -392,9 +374,7 @@ fn avail_count(q: &Queue, view: &HostView) -> Result<u16, RingError> {
 fn avail_head(q: &Queue, view: &HostView, i: u16) -> Result<u16, RingError> {
     let slot = q.next_avail().wrapping_add(i) % q.size();
     let addr = q.avail_ring() + 4 + 2 * u64::from(slot);
-    view.read_bytes::<2>(GuestAddress(addr))
-        .map(u16::from_le_bytes)
-        .ok_or(RingError)
+    view.read_bytes::<2>(GuestAddress(addr)).map(u16::from_le_bytes).ok_or(RingError)
 }
 
 /// Re-enables receive-queue notifications after the device found `seen`
@@ -405,12 +385,8 @@ fn arm_rx(q: &mut Queue, view: &HostView, seen: u16) -> Result<bool, RingError> 
         // virtio-queue asks for a notification past the next chain not
         // taken; chains were seen beyond it, so ask past those instead.
         let avail_event = q.used_ring() + 4 + 8 * u64::from(q.size());
-        view.store(
-            q.next_avail().wrapping_add(seen).to_le(),
-            GuestAddress(avail_event),
-            Ordering::Relaxed,
-        )
-        .map_err(|_| RingError)?;
+        view.store(q.next_avail().wrapping_add(seen).to_le(), GuestAddress(avail_event), Ordering::Relaxed)
+            .map_err(|_| RingError)?;
         fence(Ordering::SeqCst);
     }
     Ok(avail_count(q, view)? > seen)
@@ -465,11 +441,7 @@ impl Io {
     /// Completes `head` with `len` on `q`; `false` if it could not be.
     fn complete(&mut self, q: &mut Queue, view: &HostView, head: u16, len: u32) -> bool {
         if head >= q.size() {
-            budget_warn!(
-                self,
-                queue_log,
-                "descriptor head {head} out of range; not returned"
-            );
+            budget_warn!(self, queue_log, "descriptor head {head} out of range; not returned");
             return false;
         }
         match q.add_used(view, head, len) {
@@ -561,10 +533,7 @@ impl Io {
             Ok(n) => {
                 self.tally.tx_dropped += 1;
                 if self.backend_log.take("virtio-net: backend error") {
-                    error!(
-                        "virtio-net ({}): short write of a {total}-byte frame ({n} bytes)",
-                        self.name
-                    );
+                    error!("virtio-net ({}): short write of a {total}-byte frame ({n} bytes)", self.name);
                 }
             }
             Err(e) => {
@@ -639,15 +608,10 @@ impl Io {
                             self.pending = Some(n);
                             n
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            return RxStop::BackendDone
-                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return RxStop::BackendDone,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(e) => {
-                            error!(
-                                "virtio-net ({}): cannot read from the backend, receive stopped: {e}",
-                                self.name
-                            );
+                            error!("virtio-net ({}): cannot read from the backend, receive stopped: {e}", self.name);
                             self.rx_failed = true;
                             return RxStop::BackendDone;
                         }
@@ -876,11 +840,7 @@ impl Net {
 
     /// A device on any [`NetBackend`]; `name` identifies it in log
     /// messages and errors.
-    pub fn with_backend(
-        name: String,
-        backend: Box<dyn NetBackend>,
-        mac: Option<[u8; 6]>,
-    ) -> Result<Net, NetError> {
+    pub fn with_backend(name: String, backend: Box<dyn NetBackend>, mac: Option<[u8; 6]>) -> Result<Net, NetError> {
         let mac = match mac {
             Some(mac) => {
                 check_mac(&name, mac)?;
@@ -949,11 +909,7 @@ fn check_mac(tap: &str, mac: [u8; 6]) -> Result<(), NetError> {
     } else {
         return Ok(());
     };
-    Err(NetError::InvalidMac {
-        tap: tap.to_owned(),
-        mac,
-        why,
-    })
+    Err(NetError::InvalidMac { tap: tap.to_owned(), mac, why })
 }
 
 impl VirtioDevice for Net {
@@ -972,10 +928,7 @@ impl VirtioDevice for Net {
     fn ack_features(&mut self, features: u64) {
         self.io.acked = features;
         if let Err(e) = self.io.backend.set_offload(features) {
-            error!(
-                "virtio-net ({}): cannot set receive offloads: {e}",
-                self.io.name
-            );
+            error!("virtio-net ({}): cannot set receive offloads: {e}", self.io.name);
         }
     }
 
@@ -1029,13 +982,7 @@ impl VirtioDevice for Net {
         // buffers the backend is not polled until the driver posts some.
         io.rx_notify_on = true;
         io.rx_starved = !matches!(avail_count(&rx, &view), Ok(n) if n > 0);
-        self.active = Some(Active {
-            mem,
-            view,
-            rx,
-            tx,
-            _interrupt: interrupt,
-        });
+        self.active = Some(Active { mem, view, rx, tx, _interrupt: interrupt });
         Ok(())
     }
 
@@ -1055,10 +1002,7 @@ impl VirtioDevice for Net {
         let io = &mut self.io;
         if io.pending.take().is_some() {
             // A frame read from the backend and never delivered.
-            io.counters.add(&NetStats {
-                rx_dropped: 1,
-                ..NetStats::default()
-            });
+            io.counters.add(&NetStats { rx_dropped: 1, ..NetStats::default() });
         }
         io.rx_starved = false;
         io.rx_failed = false;
@@ -1067,10 +1011,7 @@ impl VirtioDevice for Net {
         io.segs.0.clear();
         io.chains.clear();
         if let Err(e) = io.backend.set_offload(0) {
-            error!(
-                "virtio-net ({}): cannot clear receive offloads: {e}",
-                io.name
-            );
+            error!("virtio-net ({}): cannot clear receive offloads: {e}", io.name);
         }
     }
 

@@ -26,8 +26,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use virtio_bindings::virtio_net::{
-    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
-    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_UFO,
+    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_GUEST_UFO,
 };
 
 /// Length of the virtio-net header on every frame (`virtio_net_hdr_v1`).
@@ -47,11 +47,7 @@ struct IfReq {
 
 impl IfReq {
     fn new(name: &str, flags: libc::c_int) -> Self {
-        let mut req = IfReq {
-            name: [0; libc::IFNAMSIZ],
-            flags: flags as libc::c_short,
-            _pad: [0; 22],
-        };
+        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: flags as libc::c_short, _pad: [0; 22] };
         // The name was checked to be at most MAX_NAME_LEN bytes.
         req.name[..name.len()].copy_from_slice(name.as_bytes());
         req
@@ -63,17 +59,13 @@ impl IfReq {
 #[derive(Debug, thiserror::Error)]
 pub enum TapError {
     /// The name cannot be an interface name.
-    #[error(
-        "tap interface name {name:?} is invalid (1 to {MAX_NAME_LEN} bytes, no '/', ':' or whitespace)"
-    )]
+    #[error("tap interface name {name:?} is invalid (1 to {MAX_NAME_LEN} bytes, no '/', ':' or whitespace)")]
     InvalidName {
         /// The name given.
         name: String,
     },
     /// No interface of that name exists (in this network namespace).
-    #[error(
-        "tap interface {name} does not exist; create it first (ip tuntap add dev {name} mode tap)"
-    )]
+    #[error("tap interface {name} does not exist; create it first (ip tuntap add dev {name} mode tap)")]
     NotFound {
         /// The interface name.
         name: String,
@@ -126,9 +118,7 @@ fn valid_name(name: &str) -> bool {
         && name.len() <= MAX_NAME_LEN
         && name != "."
         && name != ".."
-        && !name
-            .bytes()
-            .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace())
+        && !name.bytes().any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace())
 }
 
 /// The index of interface `name` in the calling thread's network namespace,
@@ -155,9 +145,7 @@ pub fn offload_flags(features: u64) -> libc::c_uint {
         if has(VIRTIO_NET_F_GUEST_TSO6) {
             flags |= libc::TUN_F_TSO6;
         }
-        if has(VIRTIO_NET_F_GUEST_ECN)
-            && (has(VIRTIO_NET_F_GUEST_TSO4) || has(VIRTIO_NET_F_GUEST_TSO6))
-        {
+        if has(VIRTIO_NET_F_GUEST_ECN) && (has(VIRTIO_NET_F_GUEST_TSO4) || has(VIRTIO_NET_F_GUEST_TSO6)) {
             flags |= libc::TUN_F_TSO_ECN;
         }
         if has(VIRTIO_NET_F_GUEST_UFO) {
@@ -179,16 +167,9 @@ impl Tap {
             return Err(TapError::NotFound { name: owned() });
         }
         let io_err = |op, source: io::Error| match source.raw_os_error() {
-            Some(libc::EPERM) | Some(libc::EACCES) => TapError::PermissionDenied {
-                name: owned(),
-                source,
-            },
+            Some(libc::EPERM) | Some(libc::EACCES) => TapError::PermissionDenied { name: owned(), source },
             Some(libc::EBUSY) => TapError::Busy { name: owned() },
-            _ => TapError::Io {
-                name: owned(),
-                op,
-                source,
-            },
+            _ => TapError::Io { name: owned(), op, source },
         };
         let file = OpenOptions::new()
             .read(true)
@@ -196,10 +177,7 @@ impl Tap {
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")
             .map_err(|e| io_err("opening /dev/net/tun", e))?;
-        let tap = Tap {
-            fd: OwnedFd::from(file),
-            name: owned(),
-        };
+        let tap = Tap { fd: OwnedFd::from(file), name: owned() };
 
         let base = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
         if let Err(e) = tap.set_iff(base) {
@@ -369,11 +347,7 @@ mod tests {
     impl TestTap {
         fn create() -> Option<TestTap> {
             static N: AtomicUsize = AtomicUsize::new(0);
-            let name = format!(
-                "emt{}x{}",
-                std::process::id() % 100_000,
-                N.fetch_add(1, Ordering::SeqCst)
-            );
+            let name = format!("emt{}x{}", std::process::id() % 100_000, N.fetch_add(1, Ordering::SeqCst));
             let ok = Command::new("ip")
                 .args(["tuntap", "add", "dev", &name, "mode", "tap"])
                 .status()
@@ -384,9 +358,7 @@ mod tests {
 
     impl Drop for TestTap {
         fn drop(&mut self) {
-            let _ = Command::new("ip")
-                .args(["link", "del", "dev", &self.0])
-                .status();
+            let _ = Command::new("ip").args(["link", "del", "dev", &self.0]).status();
         }
     }
 
@@ -418,10 +390,7 @@ mod tests {
         let e = Tap::open("ember-no-such").unwrap_err();
         assert!(matches!(e, TapError::NotFound { .. }), "{e}");
         let msg = e.to_string();
-        assert!(
-            msg.contains("ember-no-such") && !msg.contains('\n'),
-            "{msg}"
-        );
+        assert!(msg.contains("ember-no-such") && !msg.contains('\n'), "{msg}");
         // Nothing was created by the attempt.
         assert!(if_index("ember-no-such").is_none());
     }
@@ -432,16 +401,9 @@ mod tests {
         assert_eq!(offload_flags(0), 0);
         // TSO without checksum offload is not something the kernel takes.
         assert_eq!(offload_flags(f(&[VIRTIO_NET_F_GUEST_TSO4])), 0);
+        assert_eq!(offload_flags(f(&[VIRTIO_NET_F_GUEST_CSUM])), libc::TUN_F_CSUM);
         assert_eq!(
-            offload_flags(f(&[VIRTIO_NET_F_GUEST_CSUM])),
-            libc::TUN_F_CSUM
-        );
-        assert_eq!(
-            offload_flags(f(&[
-                VIRTIO_NET_F_GUEST_CSUM,
-                VIRTIO_NET_F_GUEST_TSO4,
-                VIRTIO_NET_F_GUEST_TSO6
-            ])),
+            offload_flags(f(&[VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6])),
             libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6
         );
         assert_eq!(
@@ -474,9 +436,8 @@ mod tests {
         assert!(matches!(e, TapError::Busy { .. }), "{e}");
         assert!(e.to_string().contains(&t.0));
 
-        let all = (1u64 << VIRTIO_NET_F_GUEST_CSUM)
-            | (1u64 << VIRTIO_NET_F_GUEST_TSO4)
-            | (1u64 << VIRTIO_NET_F_GUEST_TSO6);
+        let all =
+            (1u64 << VIRTIO_NET_F_GUEST_CSUM) | (1u64 << VIRTIO_NET_F_GUEST_TSO4) | (1u64 << VIRTIO_NET_F_GUEST_TSO6);
         tap.set_offload(all).unwrap();
         tap.set_offload(0).unwrap();
 
@@ -487,20 +448,14 @@ mod tests {
 
         // Writing to an interface that is down fails; once up, a frame
         // (header + broadcast Ethernet frame) is accepted whole.
-        let up = Command::new("ip")
-            .args(["link", "set", &t.0, "up"])
-            .status()
-            .unwrap();
+        let up = Command::new("ip").args(["link", "set", &t.0, "up"]).status().unwrap();
         assert!(up.success());
         let mut frame = vec![0u8; VNET_HDR_LEN + 60];
         frame[VNET_HDR_LEN..VNET_HDR_LEN + 6].fill(0xff);
         frame[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
         frame[VNET_HDR_LEN + 12..VNET_HDR_LEN + 14].copy_from_slice(&[0x88, 0xb5]);
         let (a, b) = frame.split_at(VNET_HDR_LEN);
-        assert_eq!(
-            tap.writev(&[IoSlice::new(a), IoSlice::new(b)]).unwrap(),
-            frame.len()
-        );
+        assert_eq!(tap.writev(&[IoSlice::new(a), IoSlice::new(b)]).unwrap(), frame.len());
         assert_eq!(tap.write(&frame).unwrap(), frame.len());
     }
 
@@ -529,9 +484,7 @@ mod tests {
             Command::new("ip").args(&args).status().unwrap().success()
         };
         let del = |name: &str| {
-            let _ = Command::new("ip")
-                .args(["link", "del", "dev", name])
-                .status();
+            let _ = Command::new("ip").args(["link", "del", "dev", name]).status();
         };
         assert!(add(&mq, &["mode", "tap", "multi_queue"]));
         assert!(add(&tun, &["mode", "tun"]));

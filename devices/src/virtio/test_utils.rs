@@ -116,34 +116,22 @@ impl<'a> Driver<'a> {
     /// A ready device-side queue on these rings.
     pub(crate) fn queue(&self) -> Queue {
         let mut q = Queue::new(self.size).unwrap();
-        q.try_set_desc_table_address(GuestAddress(self.desc_addr()))
-            .unwrap();
-        q.try_set_avail_ring_address(GuestAddress(self.avail_addr()))
-            .unwrap();
-        q.try_set_used_ring_address(GuestAddress(self.used_addr()))
-            .unwrap();
+        q.try_set_desc_table_address(GuestAddress(self.desc_addr())).unwrap();
+        q.try_set_avail_ring_address(GuestAddress(self.avail_addr())).unwrap();
+        q.try_set_used_ring_address(GuestAddress(self.used_addr())).unwrap();
         q.set_ready(true);
         q
     }
 
     /// Writes raw descriptor `idx` (flags and next as given).
     pub(crate) fn set_desc(&self, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        self.desc
-            .store(
-                idx,
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next)),
-            )
-            .unwrap();
+        self.desc.store(idx, RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))).unwrap();
     }
 
     /// Publishes descriptor `head` in the available ring.
     pub(crate) fn publish(&self, head: u16) {
         let idx = self.avail.idx().load();
-        self.avail
-            .ring()
-            .ref_at((idx % self.size) as usize)
-            .unwrap()
-            .store(head);
+        self.avail.ring().ref_at((idx % self.size) as usize).unwrap().store(head);
         self.avail.idx().store(idx.wrapping_add(1));
     }
 
@@ -176,12 +164,7 @@ impl<'a> Driver<'a> {
 
     /// Used ring entry `i`: (descriptor head, length).
     pub(crate) fn used(&self, i: u16) -> (u32, u32) {
-        let e = self
-            .used
-            .ring()
-            .ref_at((i % self.size) as usize)
-            .unwrap()
-            .load();
+        let e = self.used.ring().ref_at((i % self.size) as usize).unwrap().load();
         (e.id(), e.len())
     }
 

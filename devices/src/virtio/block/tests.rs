@@ -1,8 +1,6 @@
 use std::sync::Arc;
 
-use virtio_bindings::bindings::virtio_ring::{
-    VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
-};
+use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -21,12 +19,7 @@ const S_IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
 const S_UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
 
 fn open(path: &Path, readonly: bool, id: Option<&str>) -> Block {
-    Block::new(&BlockConfig {
-        path: path.to_path_buf(),
-        readonly,
-        id: id.map(str::to_owned),
-    })
-    .unwrap()
+    Block::new(&BlockConfig { path: path.to_path_buf(), readonly, id: id.map(str::to_owned) }).unwrap()
 }
 
 fn activate(blk: &mut Block, mem: &GuestMemoryMmap, drv: &Driver) {
@@ -73,19 +66,12 @@ fn fixture(tag: &str) -> Fixture {
     let dir = TempDir::new(tag);
     let path = dir.image("disk.img", IMG_LEN);
     let original = std::fs::read(&path).unwrap();
-    Fixture {
-        _dir: dir,
-        path,
-        original,
-    }
+    Fixture { _dir: dir, path, original }
 }
 
 impl Fixture {
     fn unchanged(&self) {
-        assert!(
-            std::fs::read(&self.path).unwrap() == self.original,
-            "image modified"
-        );
+        assert!(std::fs::read(&self.path).unwrap() == self.original, "image modified");
     }
     fn size(&self) -> u64 {
         std::fs::metadata(&self.path).unwrap().len()
@@ -107,8 +93,7 @@ fn in_reads_image() {
     assert_eq!(status(&mem), S_OK);
     let mut got = vec![0u8; 1024];
     mem.read_slice(&mut got[..512], GuestAddress(BUF)).unwrap();
-    mem.read_slice(&mut got[512..], GuestAddress(BUF + 0x800))
-        .unwrap();
+    mem.read_slice(&mut got[512..], GuestAddress(BUF + 0x800)).unwrap();
     let want: Vec<u8> = (3 * 512..5 * 512).map(pattern).collect();
     assert_eq!(got, want);
     assert_eq!(f.size(), IMG_LEN);
@@ -301,11 +286,7 @@ fn out_of_bounds_requests_fail_and_leave_image_alone() {
         (VIRTIO_BLK_T_IN, u64::MAX, 512),
     ] {
         write_hdr(&mem, req, sector);
-        let data = if req == VIRTIO_BLK_T_OUT {
-            r(BUF, len)
-        } else {
-            w(BUF, len)
-        };
+        let data = if req == VIRTIO_BLK_T_OUT { r(BUF, len) } else { w(BUF, len) };
         drv.add(&[r(HDR, 16), data, w(STATUS, 1)]);
         assert_eq!(run_one(&mut blk, &drv), 1, "{req} {sector}");
         assert_eq!(status(&mem), S_IOERR, "{req} {sector}");
@@ -433,11 +414,7 @@ fn buffers_outside_guest_memory_are_errors() {
     let mut blk = open(&f.path, false, None);
     activate(&mut blk, &mem, &drv);
 
-    for data in [
-        r(MEM_SIZE + 0x1000, 512),
-        r(MEM_SIZE - 256, 512),
-        r(u64::MAX - 100, 512),
-    ] {
+    for data in [r(MEM_SIZE + 0x1000, 512), r(MEM_SIZE - 256, 512), r(u64::MAX - 100, 512)] {
         write_hdr(&mem, VIRTIO_BLK_T_OUT, 0);
         drv.add(&[r(HDR, 16), data, w(STATUS, 1)]);
         assert_eq!(run_one(&mut blk, &drv), 1);
@@ -497,8 +474,7 @@ fn indirect_chains_work_and_loops_in_them_are_bounded() {
     let next = VRING_DESC_F_NEXT as u16;
     let write = VRING_DESC_F_WRITE as u16;
     let put = |i: u64, d: SplitDescriptor| {
-        mem.write_obj(RawDescriptor::from(d), GuestAddress(table + 16 * i))
-            .unwrap();
+        mem.write_obj(RawDescriptor::from(d), GuestAddress(table + 16 * i)).unwrap();
     };
     put(0, SplitDescriptor::new(HDR, 16, next, 1));
     put(1, SplitDescriptor::new(BUF, 512, next | write, 2));
@@ -586,23 +562,13 @@ fn activate_reset_and_queue_checks() {
     let intr = Arc::new(VirtioInterrupt::new(Arc::new(CountingIrq::default())));
     assert!(matches!(
         blk.activate(mem.clone(), intr.clone(), vec![]),
-        Err(ActivateError::QueueCount {
-            expected: 1,
-            got: 0
-        })
+        Err(ActivateError::QueueCount { expected: 1, got: 0 })
     ));
     let mut q = drv.queue();
     q.set_ready(false);
-    assert!(matches!(
-        blk.activate(mem.clone(), intr.clone(), vec![q]),
-        Err(ActivateError::QueueNotReady(0))
-    ));
-    blk.activate(mem.clone(), intr.clone(), vec![drv.queue()])
-        .unwrap();
-    assert!(matches!(
-        blk.activate(mem.clone(), intr.clone(), vec![drv.queue()]),
-        Err(ActivateError::AlreadyActivated)
-    ));
+    assert!(matches!(blk.activate(mem.clone(), intr.clone(), vec![q]), Err(ActivateError::QueueNotReady(0))));
+    blk.activate(mem.clone(), intr.clone(), vec![drv.queue()]).unwrap();
+    assert!(matches!(blk.activate(mem.clone(), intr.clone(), vec![drv.queue()]), Err(ActivateError::AlreadyActivated)));
     blk.reset();
     write_hdr(&mem, VIRTIO_BLK_T_FLUSH, 0);
     drv.add(&[r(HDR, 16), w(STATUS, 1)]);
@@ -649,42 +615,15 @@ fn config_space_layout_and_widths() {
     assert_eq!(read(1, 1), cap >> 8);
     assert_eq!(read(offset_of!(virtio_blk_config, seg_max) as u64, 4), 254);
     assert_eq!(read(offset_of!(virtio_blk_config, blk_size) as u64, 4), 512);
+    assert_eq!(read(offset_of!(virtio_blk_config, max_discard_sectors) as u64, 4), u64::from(MAX_DISCARD_SECTORS));
+    assert_eq!(read(offset_of!(virtio_blk_config, max_discard_seg) as u64, 4), 1);
+    assert_eq!(read(offset_of!(virtio_blk_config, discard_sector_alignment) as u64, 4), 8);
     assert_eq!(
-        read(offset_of!(virtio_blk_config, max_discard_sectors) as u64, 4),
-        u64::from(MAX_DISCARD_SECTORS)
-    );
-    assert_eq!(
-        read(offset_of!(virtio_blk_config, max_discard_seg) as u64, 4),
-        1
-    );
-    assert_eq!(
-        read(
-            offset_of!(virtio_blk_config, discard_sector_alignment) as u64,
-            4
-        ),
-        8
-    );
-    assert_eq!(
-        read(
-            offset_of!(virtio_blk_config, max_write_zeroes_sectors) as u64,
-            4
-        ),
+        read(offset_of!(virtio_blk_config, max_write_zeroes_sectors) as u64, 4),
         u64::from(MAX_WRITE_ZEROES_SECTORS)
     );
-    assert_eq!(
-        read(
-            offset_of!(virtio_blk_config, max_write_zeroes_seg) as u64,
-            4
-        ),
-        1
-    );
-    assert_eq!(
-        read(
-            offset_of!(virtio_blk_config, write_zeroes_may_unmap) as u64,
-            1
-        ),
-        1
-    );
+    assert_eq!(read(offset_of!(virtio_blk_config, max_write_zeroes_seg) as u64, 4), 1);
+    assert_eq!(read(offset_of!(virtio_blk_config, write_zeroes_may_unmap) as u64, 1), 1);
     // Past the end, and straddling it, reads zero.
     assert_eq!(read(94, 4), 0);
     assert_eq!(read(4096, 8), 0);
@@ -712,58 +651,27 @@ fn err(cfg: BlockConfig) -> BlockError {
 fn block_error_messages() {
     let dir = TempDir::new("errors");
     let missing = dir.path().join("missing.img");
-    let e = err(BlockConfig {
-        path: missing.clone(),
-        ..Default::default()
-    });
+    let e = err(BlockConfig { path: missing.clone(), ..Default::default() });
     assert!(matches!(e, BlockError::NotFound { .. }), "{e:?}");
-    assert_eq!(
-        e.to_string(),
-        format!("disk image {} does not exist", missing.display())
-    );
+    assert_eq!(e.to_string(), format!("disk image {} does not exist", missing.display()));
 
     for readonly in [false, true] {
-        let e = err(BlockConfig {
-            path: dir.path().to_path_buf(),
-            readonly,
-            id: None,
-        });
+        let e = err(BlockConfig { path: dir.path().to_path_buf(), readonly, id: None });
         assert!(matches!(e, BlockError::IsDirectory { .. }), "{e:?}");
-        assert_eq!(
-            e.to_string(),
-            format!("disk image {} is a directory", dir.path().display())
-        );
+        assert_eq!(e.to_string(), format!("disk image {} is a directory", dir.path().display()));
     }
 
     let odd = dir.image("odd.img", 1000);
-    let e = err(BlockConfig {
-        path: odd.clone(),
-        ..Default::default()
-    });
+    let e = err(BlockConfig { path: odd.clone(), ..Default::default() });
     assert!(matches!(e, BlockError::BadSize { size: 1000, .. }), "{e:?}");
-    assert_eq!(
-        e.to_string(),
-        format!(
-            "disk image {} is 1000 bytes, not a multiple of 512",
-            odd.display()
-        )
-    );
+    assert_eq!(e.to_string(), format!("disk image {} is 1000 bytes, not a multiple of 512", odd.display()));
 
     let good = dir.image("good.img", 512);
-    let e = err(BlockConfig {
-        path: good.clone(),
-        readonly: false,
-        id: Some("x".repeat(21)),
-    });
+    let e = err(BlockConfig { path: good.clone(), readonly: false, id: Some("x".repeat(21)) });
     assert!(matches!(e, BlockError::IdTooLong { .. }), "{e:?}");
     assert!(e.to_string().contains("21 bytes"), "{e}");
     // Exactly 20 is fine.
-    Block::new(&BlockConfig {
-        path: good,
-        readonly: false,
-        id: Some("y".repeat(20)),
-    })
-    .unwrap();
+    Block::new(&BlockConfig { path: good, readonly: false, id: Some("y".repeat(20)) }).unwrap();
 }
 
 #[test]
@@ -790,10 +698,7 @@ fn read_only_image_error() {
         let dir = TempDir::new("roimg");
         let p = dir.image("ro.img", 512);
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o444)).unwrap();
-        let e = err(BlockConfig {
-            path: p.clone(),
-            ..Default::default()
-        });
+        let e = err(BlockConfig { path: p.clone(), ..Default::default() });
         assert!(matches!(e, BlockError::ReadOnlyImage { .. }), "{e:?}");
         open(&p, true, None);
     }

@@ -86,12 +86,7 @@ struct Setup {
 fn dummy() -> Setup {
     let state = Arc::new(Mutex::new(DummyState::default()));
     let irq = Arc::new(CountingIrq::default());
-    let t = MmioTransport::new(
-        Box::new(Dummy(state.clone(), [16, 8])),
-        guest_mem(),
-        irq.clone(),
-    )
-    .unwrap();
+    let t = MmioTransport::new(Box::new(Dummy(state.clone(), [16, 8])), guest_mem(), irq.clone()).unwrap();
     Setup { t, state, irq }
 }
 
@@ -121,11 +116,9 @@ fn negotiate(t: &mut MmioTransport, features: u64) {
 }
 
 fn set_queue_addrs(t: &mut MmioTransport, desc: u64, avail: u64, used: u64) {
-    for (lo, val) in [
-        (VIRTIO_MMIO_QUEUE_DESC_LOW, desc),
-        (VIRTIO_MMIO_QUEUE_AVAIL_LOW, avail),
-        (VIRTIO_MMIO_QUEUE_USED_LOW, used),
-    ] {
+    for (lo, val) in
+        [(VIRTIO_MMIO_QUEUE_DESC_LOW, desc), (VIRTIO_MMIO_QUEUE_AVAIL_LOW, avail), (VIRTIO_MMIO_QUEUE_USED_LOW, used)]
+    {
         wr(t, lo, val as u32);
         wr(t, lo + 4, (val >> 32) as u32);
     }
@@ -153,10 +146,7 @@ fn register_file_identity() {
     assert_eq!(rd(&mut t, VIRTIO_MMIO_MAGIC_VALUE), 0x7472_6976);
     assert_eq!(rd(&mut t, VIRTIO_MMIO_VERSION), 2);
     assert_eq!(rd(&mut t, VIRTIO_MMIO_DEVICE_ID), 42);
-    assert_eq!(
-        rd(&mut t, VIRTIO_MMIO_VENDOR_ID),
-        u32::from_le_bytes(*b"EMBR")
-    );
+    assert_eq!(rd(&mut t, VIRTIO_MMIO_VENDOR_ID), u32::from_le_bytes(*b"EMBR"));
     assert_eq!(t.device_type(), 42);
     assert_eq!(t.queue_events().len(), 2);
     wr(&mut t, VIRTIO_MMIO_QUEUE_SEL, 1);
@@ -203,13 +193,7 @@ fn device_features_include_transport_features() {
     wr(&mut t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 2);
     assert_eq!(rd(&mut t, VIRTIO_MMIO_DEVICE_FEATURES), 0);
     let all = u64::from(lo) | (u64::from(hi) << 32);
-    assert_eq!(
-        all,
-        DEVICE_FEATURE
-            | version_1()
-            | (1 << VIRTIO_RING_F_EVENT_IDX)
-            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
-    );
+    assert_eq!(all, DEVICE_FEATURE | version_1() | (1 << VIRTIO_RING_F_EVENT_IDX) | (1 << VIRTIO_RING_F_INDIRECT_DESC));
 }
 
 #[test]
@@ -260,9 +244,7 @@ fn feature_negotiation_refusals() {
 
 #[test]
 fn status_state_machine_and_reset() {
-    let Setup {
-        mut t, state, irq, ..
-    } = dummy();
+    let Setup { mut t, state, irq, .. } = dummy();
     // Out of order: DRIVER before ACKNOWLEDGE, FEATURES_OK before DRIVER.
     wr(&mut t, VIRTIO_MMIO_STATUS, S_DRIVER);
     assert_eq!(rd(&mut t, VIRTIO_MMIO_STATUS), 0);
@@ -350,9 +332,7 @@ fn event_idx_is_set_on_queues_when_negotiated() {
 
 #[test]
 fn activation_failure_sets_needs_reset() {
-    let Setup {
-        mut t, state, irq, ..
-    } = dummy();
+    let Setup { mut t, state, irq, .. } = dummy();
     state.lock().unwrap().fail_activation = true;
     negotiate(&mut t, version_1());
     wr(&mut t, VIRTIO_MMIO_STATUS, DOK);
@@ -478,12 +458,7 @@ fn block_request_through_event_loop() {
     let path = dir.image("disk.img", 64 * 1024);
     let mem = guest_mem();
     let mut drv = Driver::new(&mem, 16);
-    let blk = Block::new(&BlockConfig {
-        path,
-        readonly: false,
-        id: None,
-    })
-    .unwrap();
+    let blk = Block::new(&BlockConfig { path, readonly: false, id: None }).unwrap();
     let irq = Arc::new(CountingIrq::default());
     let mut t = MmioTransport::new(Box::new(blk), mem.clone(), irq.clone()).unwrap();
     assert_eq!(t.device_type(), 2);
@@ -519,10 +494,7 @@ fn block_request_through_event_loop() {
 
     assert_eq!(drv.used_idx(), 1);
     assert_eq!(drv.used(0).1, 513);
-    assert_eq!(
-        mem.read_obj::<u8>(GuestAddress(status)).unwrap(),
-        VIRTIO_BLK_S_OK as u8
-    );
+    assert_eq!(mem.read_obj::<u8>(GuestAddress(status)).unwrap(), VIRTIO_BLK_S_OK as u8);
     let mut got = vec![0u8; 512];
     mem.read_slice(&mut got, GuestAddress(buf)).unwrap();
     assert_eq!(got, (1024..1536).map(pattern).collect::<Vec<_>>());

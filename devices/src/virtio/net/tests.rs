@@ -1,9 +1,7 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Mutex;
 
-use virtio_bindings::bindings::virtio_ring::{
-    VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
-};
+use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::{AvailRing, DescriptorTable, UsedRing};
 use vm_memory::Bytes;
@@ -62,12 +60,9 @@ impl<'a> Q<'a> {
     fn queue(&self, event_idx: bool) -> Queue {
         let mut q = Queue::new(QUEUE_SIZE).unwrap();
         q.try_set_size(self.size).unwrap();
-        q.try_set_desc_table_address(GuestAddress(self.base))
-            .unwrap();
-        q.try_set_avail_ring_address(GuestAddress(self.base + 0x1000))
-            .unwrap();
-        q.try_set_used_ring_address(GuestAddress(self.base + 0x2000))
-            .unwrap();
+        q.try_set_desc_table_address(GuestAddress(self.base)).unwrap();
+        q.try_set_avail_ring_address(GuestAddress(self.base + 0x1000)).unwrap();
+        q.try_set_used_ring_address(GuestAddress(self.base + 0x2000)).unwrap();
         q.set_event_idx(event_idx);
         q.set_ready(true);
         assert!(q.is_valid(self.mem));
@@ -75,21 +70,12 @@ impl<'a> Q<'a> {
     }
 
     fn set_desc(&self, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        self.desc
-            .store(
-                idx,
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next)),
-            )
-            .unwrap();
+        self.desc.store(idx, RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))).unwrap();
     }
 
     fn publish(&self, head: u16) {
         let idx = self.avail.idx().load();
-        self.avail
-            .ring()
-            .ref_at((idx % self.size) as usize)
-            .unwrap()
-            .store(head);
+        self.avail.ring().ref_at((idx % self.size) as usize).unwrap().store(head);
         self.avail.idx().store(idx.wrapping_add(1));
     }
 
@@ -123,12 +109,7 @@ impl<'a> Q<'a> {
 
     /// Used ring entry `i`: (descriptor head, length).
     fn used(&self, i: u16) -> (u32, u32) {
-        let e = self
-            .used
-            .ring()
-            .ref_at((i % self.size) as usize)
-            .unwrap()
-            .load();
+        let e = self.used.ring().ref_at((i % self.size) as usize).unwrap().load();
         (e.id(), e.len())
     }
 
@@ -226,34 +207,16 @@ fn device() -> Dev {
     // SAFETY: fresh descriptors owned by nobody else.
     let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let offloads = Arc::new(Mutex::new(Vec::new()));
-    let backend = SockBackend {
-        fd: a,
-        offloads: offloads.clone(),
-    };
-    let net = Net::with_backend(
-        "test0".into(),
-        Box::new(backend),
-        Some([0x02, 0x11, 0x22, 0x33, 0x44, 0x55]),
-    )
-    .unwrap();
-    Dev {
-        net,
-        peer: Peer(b),
-        offloads,
-    }
+    let backend = SockBackend { fd: a, offloads: offloads.clone() };
+    let net = Net::with_backend("test0".into(), Box::new(backend), Some([0x02, 0x11, 0x22, 0x33, 0x44, 0x55])).unwrap();
+    Dev { net, peer: Peer(b), offloads }
 }
 
 /// Negotiates `features` (plus VERSION_1) and activates with both queues.
 fn activate(d: &mut Dev, mem: &GuestMemoryMmap, rx: &Q, tx: &Q, features: u64, event_idx: bool) {
     d.net.ack_features(features | bit(32));
     let intr = Arc::new(VirtioInterrupt::new(Arc::new(CountingIrq::default())));
-    d.net
-        .activate(
-            mem.clone(),
-            intr,
-            vec![rx.queue(event_idx), tx.queue(event_idx)],
-        )
-        .unwrap();
+    d.net.activate(mem.clone(), intr, vec![rx.queue(event_idx), tx.queue(event_idx)]).unwrap();
 }
 
 /// A frame as the backend carries it: a header with `flags` and
@@ -295,13 +258,7 @@ fn identity_config_space_and_features() {
     ] {
         assert_ne!(f & bit(b), 0, "feature {b} offered");
     }
-    for b in [
-        VIRTIO_NET_F_CTRL_VQ,
-        VIRTIO_NET_F_MQ,
-        VIRTIO_NET_F_GUEST_UFO,
-        VIRTIO_NET_F_HOST_UFO,
-        VIRTIO_NET_F_MTU,
-    ] {
+    for b in [VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MQ, VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_MTU] {
         assert_eq!(f & bit(b), 0, "feature {b} not offered");
     }
     // Transport features are not the device's business.
@@ -341,54 +298,32 @@ fn generated_macs_are_local_unicast_and_differ() {
 fn bad_macs_are_refused_naming_the_interface() {
     let mut fds = [0; 2];
     // SAFETY: valid out array.
-    assert_eq!(
-        unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, fds.as_mut_ptr()) },
-        0
-    );
+    assert_eq!(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, fds.as_mut_ptr()) }, 0);
     // SAFETY: fresh descriptors.
     let (a, _b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let backend = SockBackend {
-        fd: a,
-        offloads: Arc::default(),
-    };
-    let e =
-        Net::with_backend("tapx".into(), Box::new(backend), Some([1, 0, 0, 0, 0, 1])).unwrap_err();
+    let backend = SockBackend { fd: a, offloads: Arc::default() };
+    let e = Net::with_backend("tapx".into(), Box::new(backend), Some([1, 0, 0, 0, 0, 1])).unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains("tapx") && msg.contains("01:00:00:00:00:01") && msg.contains("multicast"));
     assert!(!msg.contains('\n'));
     assert!(check_mac("t", [0; 6]).is_err());
     assert!(check_mac("t", [2, 0, 0, 0, 0, 1]).is_ok());
     // A missing TAP is refused by name, through the constructor.
-    let e = Net::new(&NetConfig {
-        tap: "ember-nope0".into(),
-        mac: None,
-    })
-    .unwrap_err();
+    let e = Net::new(&NetConfig { tap: "ember-nope0".into(), mac: None }).unwrap_err();
     assert!(matches!(e, NetError::Tap(TapError::NotFound { .. })), "{e}");
     assert!(e.to_string().contains("ember-nope0"));
 }
 
 #[test]
 fn mac_parsing_and_formatting() {
-    assert_eq!(
-        parse_mac("02:aB:00:1:ff:10"),
-        Some([2, 0xab, 0, 1, 0xff, 0x10])
-    );
+    assert_eq!(parse_mac("02:aB:00:1:ff:10"), Some([2, 0xab, 0, 1, 0xff, 0x10]));
     assert_eq!(parse_mac("02-00-00-00-00-01"), Some([2, 0, 0, 0, 0, 1]));
-    for bad in [
-        "",
-        "02:00:00:00:00",
-        "02:00:00:00:00:00:00",
-        "02:00:00:00:00:100",
-        "0g:00:00:00:00:00",
-        "02::00:00:00:00",
-    ] {
+    for bad in
+        ["", "02:00:00:00:00", "02:00:00:00:00:00:00", "02:00:00:00:00:100", "0g:00:00:00:00:00", "02::00:00:00:00"]
+    {
         assert_eq!(parse_mac(bad), None, "{bad}");
     }
-    assert_eq!(
-        format_mac(&[2, 0xab, 0, 1, 0xff, 0x10]),
-        "02:ab:00:01:ff:10"
-    );
+    assert_eq!(format_mac(&[2, 0xab, 0, 1, 0xff, 0x10]), "02:ab:00:01:ff:10");
 }
 
 #[test]
@@ -410,31 +345,14 @@ fn activation_needs_both_queues_ready() {
     let (rx, tx) = (Q::new(&mem, RXQ_BASE, 16), Q::new(&mem, TXQ_BASE, 16));
     let mut d = device();
     let intr = || Arc::new(VirtioInterrupt::new(Arc::new(CountingIrq::default())));
-    let e = d
-        .net
-        .activate(mem.clone(), intr(), vec![rx.queue(false)])
-        .unwrap_err();
-    assert!(matches!(
-        e,
-        ActivateError::QueueCount {
-            expected: 2,
-            got: 1
-        }
-    ));
+    let e = d.net.activate(mem.clone(), intr(), vec![rx.queue(false)]).unwrap_err();
+    assert!(matches!(e, ActivateError::QueueCount { expected: 2, got: 1 }));
     let mut not_ready = tx.queue(false);
     not_ready.set_ready(false);
-    let e = d
-        .net
-        .activate(mem.clone(), intr(), vec![rx.queue(false), not_ready])
-        .unwrap_err();
+    let e = d.net.activate(mem.clone(), intr(), vec![rx.queue(false), not_ready]).unwrap_err();
     assert!(matches!(e, ActivateError::QueueNotReady(1)));
-    d.net
-        .activate(mem.clone(), intr(), vec![rx.queue(false), tx.queue(false)])
-        .unwrap();
-    let e = d
-        .net
-        .activate(mem.clone(), intr(), vec![rx.queue(false), tx.queue(false)])
-        .unwrap_err();
+    d.net.activate(mem.clone(), intr(), vec![rx.queue(false), tx.queue(false)]).unwrap();
+    let e = d.net.activate(mem.clone(), intr(), vec![rx.queue(false), tx.queue(false)]).unwrap_err();
     assert!(matches!(e, ActivateError::AlreadyActivated));
     // Nothing happens on an inactive device.
     d.net.reset();
@@ -483,11 +401,7 @@ fn tx_largest_frame_passes_and_one_more_byte_does_not() {
     let (mut d, _rx, mut tx) = tx_setup(&mem);
     let f = frame(MAX_TX_FRAME - VNET_HDR_LEN, 3);
     mem.write_slice(&f, GuestAddress(TX_BUF)).unwrap();
-    tx.add(&[
-        r(TX_BUF, 12),
-        r(TX_BUF + 12, 32768),
-        r(TX_BUF + 12 + 32768, 32768),
-    ]);
+    tx.add(&[r(TX_BUF, 12), r(TX_BUF + 12, 32768), r(TX_BUF + 12 + 32768, 32768)]);
     d.net.process_queue(TX_QUEUE);
     assert_eq!(d.peer.recv().unwrap(), f);
     tx.add(&[r(TX_BUF, MAX_TX_FRAME as u32 + 1)]);
@@ -502,8 +416,7 @@ fn tx_largest_frame_passes_and_one_more_byte_does_not() {
 fn tx_malformed(chain: &[D]) {
     let mem = guest_mem();
     let (mut d, _rx, mut tx) = tx_setup(&mem);
-    mem.write_slice(&frame(100, 9), GuestAddress(TX_BUF))
-        .unwrap();
+    mem.write_slice(&frame(100, 9), GuestAddress(TX_BUF)).unwrap();
     let head = tx.add(chain);
     assert!(d.net.process_queue(TX_QUEUE));
     assert_eq!(d.peer.recv(), None, "nothing reaches the backend");
@@ -579,16 +492,10 @@ fn tx_through_an_indirect_table() {
     let f = frame(200, 4);
     mem.write_slice(&f, GuestAddress(TX_BUF)).unwrap();
     let table = TX_BUF + 0x1_0000;
-    let descs = [
-        SplitDescriptor::new(TX_BUF, 12, VRING_DESC_F_NEXT as u16, 1),
-        SplitDescriptor::new(TX_BUF + 12, 200, 0, 0),
-    ];
+    let descs =
+        [SplitDescriptor::new(TX_BUF, 12, VRING_DESC_F_NEXT as u16, 1), SplitDescriptor::new(TX_BUF + 12, 200, 0, 0)];
     for (i, dsc) in descs.into_iter().enumerate() {
-        mem.write_obj(
-            RawDescriptor::from(dsc),
-            GuestAddress(table + 16 * i as u64),
-        )
-        .unwrap();
+        mem.write_obj(RawDescriptor::from(dsc), GuestAddress(table + 16 * i as u64)).unwrap();
     }
     tx.set_desc(0, table, 32, VRING_DESC_F_INDIRECT as u16, 0);
     tx.publish(0);
@@ -618,8 +525,7 @@ fn tx_notification_follows_used_event() {
     let mut tx = Q::new(&mem, TXQ_BASE, 256);
     let mut d = device();
     activate(&mut d, &mem, &rx, &tx, 0, true);
-    mem.write_slice(&frame(60, 0), GuestAddress(TX_BUF))
-        .unwrap();
+    mem.write_slice(&frame(60, 0), GuestAddress(TX_BUF)).unwrap();
     // The driver wants an interrupt only after the third used entry.
     tx.set_used_event(2);
     tx.add(&[r(TX_BUF, 72)]);
@@ -637,8 +543,7 @@ fn tx_notification_follows_used_event() {
 fn tx_backend_error_counts_a_drop() {
     let mem = guest_mem();
     let (mut d, _rx, mut tx) = tx_setup(&mem);
-    mem.write_slice(&frame(60, 0), GuestAddress(TX_BUF))
-        .unwrap();
+    mem.write_slice(&frame(60, 0), GuestAddress(TX_BUF)).unwrap();
     // SAFETY: shuts down the peer's receive side; the fd stays valid.
     unsafe { libc::shutdown(d.peer.0.as_raw_fd(), libc::SHUT_RD) };
     tx.add(&[r(TX_BUF, 72)]);
@@ -747,10 +652,7 @@ fn rx_frame_waits_for_enough_merged_buffers() {
     d.peer.send(&f);
     assert!(!d.net.process_backend(0));
     assert_eq!(rx.used_idx(), 0, "nothing returned while the frame waits");
-    assert!(
-        !d.net.backend_wants_input(0),
-        "stop polling while a frame waits"
-    );
+    assert!(!d.net.backend_wants_input(0), "stop polling while a frame waits");
     // Notify once the driver goes past the chain the device already saw.
     assert_eq!(rx.avail_event(), 1);
     d.peer.send(&frame(30, 9));
@@ -799,10 +701,7 @@ fn rx_frame_too_big_for_the_chain_is_dropped_without_mrg() {
     // The big frame is dropped; the buffer takes the next one.
     assert_eq!(rx.used_idx(), 1);
     assert_eq!(rx.used(0), (0, 1526));
-    assert_eq!(
-        &read_guest(&mem, rx_buf(0), 1526)[12..],
-        &frame(1514, 2)[12..]
-    );
+    assert_eq!(&read_guest(&mem, rx_buf(0), 1526)[12..], &frame(1514, 2)[12..]);
     let s = d.net.stats();
     assert_eq!((s.rx_frames, s.rx_dropped), (1, 1));
 }
@@ -1000,12 +899,7 @@ impl NetNs {
             return None;
         }
         let name = format!("ember-nt-{}-{tag}", std::process::id());
-        let ok = |args: &[&str]| {
-            Command::new("ip")
-                .args(args)
-                .status()
-                .is_ok_and(|s| s.success())
-        };
+        let ok = |args: &[&str]| Command::new("ip").args(args).status().is_ok_and(|s| s.success());
         if !ok(&["netns", "add", &name]) {
             println!("skipping {tag}: `ip netns add` failed");
             return None;
@@ -1023,14 +917,7 @@ impl NetNs {
         // Keep the kernel's own IPv6 chatter (router solicitations, MLD)
         // off the interface, when IPv6 exists at all.
         let _ = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns.name,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.tap0.disable_ipv6=1",
-            ])
+            .args(["netns", "exec", &ns.name, "sysctl", "-qw", "net.ipv6.conf.tap0.disable_ipv6=1"])
             .status();
         if !run(&["link", "set", "tap0", "up"]) {
             println!("skipping {tag}: cannot create a TAP");
@@ -1048,9 +935,7 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
 
@@ -1090,15 +975,10 @@ fn frames_cross_a_real_tap_both_ways() {
         let mem = guest_mem();
         let mut rx = Q::new(&mem, RXQ_BASE, 256);
         let mut tx = Q::new(&mem, TXQ_BASE, 256);
-        let mut net = Net::new(&NetConfig {
-            tap: "tap0".into(),
-            mac: None,
-        })
-        .unwrap();
+        let mut net = Net::new(&NetConfig { tap: "tap0".into(), mac: None }).unwrap();
         net.ack_features(bit(32));
         let intr = Arc::new(VirtioInterrupt::new(Arc::new(CountingIrq::default())));
-        net.activate(mem.clone(), intr, vec![rx.queue(false), tx.queue(false)])
-            .unwrap();
+        net.activate(mem.clone(), intr, vec![rx.queue(false), tx.queue(false)]).unwrap();
         let pkt = packet_socket("tap0");
 
         // Guest to host: a broadcast frame with an experimental EtherType.
