@@ -256,7 +256,8 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let mut parts = s.split(':');
     for b in mac.iter_mut() {
         let p = parts.next()?;
-        if p.len() != 2 {
+        // Two hex digits exactly (from_str_radix alone would take "+2").
+        if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
             return None;
         }
         *b = u8::from_str_radix(p, 16).ok()?;
@@ -347,6 +348,15 @@ impl VmConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn macs_are_strict() {
+        assert_eq!(parse_mac("02:00:00:00:00:0a"), Some([2, 0, 0, 0, 0, 10]));
+        assert_eq!(parse_mac("+2:00:00:00:00:01"), None);
+        assert_eq!(parse_mac("2:00:00:00:00:01"), None);
+        assert_eq!(parse_mac("02:00:00:00:00"), None);
+        assert_eq!(parse_mac("02:00:00:00:00:01:02"), None);
+    }
 
     #[test]
     fn sizes() {

@@ -722,7 +722,15 @@ impl VirtioDevice for Block {
             return false;
         }
         let mut used = false;
+        let mut rounds = 0u32;
         loop {
+            rounds += 1;
+            if rounds > super::MAX_QUEUE_ROUNDS {
+                if queue_error_log.take("virtio-blk: queue error") {
+                    error!("virtio-blk: request queue keeps refilling itself; leaving it until the next notification");
+                }
+                break;
+            }
             if queue.disable_notification(view).is_err() {
                 // The used ring was checked at QueueReady; nothing sensible
                 // can be done if it is not writable now.

@@ -360,6 +360,22 @@ impl MmioTransport {
             return;
         }
         let q = &mut self.queues[i];
+        // The used ring is written by the device: it must not overlap the
+        // descriptor table or the available ring, or the device's own
+        // writes would rewrite what the driver published (a fuzzer found a
+        // layout that made the device's queue loop spin forever).
+        let size = u64::from(q.size());
+        let desc = (q.desc_table(), 16 * size);
+        let avail = (q.avail_ring(), 6 + 2 * size);
+        let used = (q.used_ring(), 6 + 8 * size);
+        let overlaps = |a: (u64, u64), b: (u64, u64)| a.0 < b.0.saturating_add(b.1) && b.0 < a.0.saturating_add(a.1);
+        if overlaps(used, desc) || overlaps(used, avail) {
+            guest_warn!(
+                self,
+                "queue {i}: the used ring overlaps the descriptor table or available ring; QueueReady refused"
+            );
+            return;
+        }
         q.set_ready(true);
         if !q.is_valid(&self.mem) {
             q.set_ready(false);

@@ -182,6 +182,14 @@ pub trait VirtioDevice: Send {
     }
 }
 
+/// How many passes over a queue one notification may trigger. A legitimate
+/// driver needs a handful (a re-check after re-enabling notifications); a
+/// hostile layout whose used-ring writes land on the available ring could
+/// otherwise keep the event-loop thread spinning forever (found by the
+/// `blk_request`/`net_tx` fuzz targets). Rings are also refused at
+/// QueueReady when they overlap (mmio.rs).
+pub(crate) const MAX_QUEUE_ROUNDS: u32 = 1024;
+
 /// A bounded budget of log lines for guest-triggered conditions, so a
 /// hostile guest cannot flood the host log.
 #[derive(Debug)]

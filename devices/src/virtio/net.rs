@@ -129,7 +129,7 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let mut parts = s.split([':', '-']);
     for b in &mut mac {
         let p = parts.next()?;
-        if p.is_empty() || p.len() > 2 {
+        if p.is_empty() || p.len() > 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
             return None;
         }
         *b = u8::from_str_radix(p, 16).ok()?;
@@ -458,11 +458,21 @@ impl Io {
     fn process_tx(&mut self, a: &mut Active) -> bool {
         let Active { mem, view, tx, .. } = a;
         let mut used = false;
+        let mut rounds = 0u32;
         'outer: loop {
             if tx.disable_notification(&*view).is_err() {
                 break;
             }
             loop {
+                rounds += 1;
+                if rounds > super::MAX_QUEUE_ROUNDS {
+                    budget_warn!(
+                        self,
+                        queue_log,
+                        "transmit ring keeps refilling itself; left until the next notification"
+                    );
+                    break 'outer;
+                }
                 let n = match avail_count(tx, view) {
                     Ok(n) => n,
                     Err(RingError) => {
@@ -552,8 +562,14 @@ impl Io {
     fn process_rx(&mut self, a: &mut Active) -> bool {
         let mut used = false;
         let mut frames = 0;
+        let mut rounds = 0u32;
         self.rx_starved = false;
         loop {
+            rounds += 1;
+            if rounds > super::MAX_QUEUE_ROUNDS {
+                budget_warn!(self, queue_log, "receive ring keeps refilling itself; left until the next notification");
+                break;
+            }
             if self.rx_notify_on {
                 // Buffers are there (or about to be): no kicks needed while
                 // they last.
