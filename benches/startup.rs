@@ -91,25 +91,7 @@ fn ember_at(name: &'static str, bin: PathBuf) -> Vmm {
 }
 
 fn ember_vmm() -> Vmm {
-    Vmm {
-        name: "ember (dynamic)",
-        cmd: Box::new(|g: &Path| {
-            let mut c = Command::new(env!("CARGO_BIN_EXE_ember"));
-            c.args([
-                "run",
-                "--memory",
-                "128M",
-                "--debug-exit",
-                "--serial",
-                "stdio",
-                "--cmdline",
-                "console=ttyS0",
-                "--kernel",
-            ])
-            .arg(g);
-            c
-        }),
-    }
+    ember_at("ember (dynamic)", PathBuf::from(env!("CARGO_BIN_EXE_ember")))
 }
 
 fn qemu_vmm() -> Option<Vmm> {

@@ -179,30 +179,7 @@ print("NETSOAK sent=%d ok=%d" % (sent, ok), flush=True)
 
     pub fn start(secs: u64) -> Option<NetSoak> {
         let ns = NetNs::new("soak", "10.0.4.1")?;
-        let g = guest("net");
-        let e = ember();
-        let net = format!("tap={},mac=02:00:00:00:04:02", ns.tap);
-        let mut args = ns.prefix();
-        args.extend(
-            [
-                e.to_str().unwrap(),
-                "run",
-                "--kernel",
-                g.to_str().unwrap(),
-                "--debug-exit",
-                "--memory",
-                "64M",
-                "--net",
-                &net,
-                "--cmdline",
-                "guest_ip=10.0.4.2 irq=1",
-                "--log-level",
-                "info",
-            ]
-            .iter()
-            .map(|s| s.to_string()),
-        );
-        let mut vm = Spawned::new("ip", &args.iter().map(String::as_str).collect::<Vec<_>>());
+        let mut vm = ns.spawn_ember("net", "02:00:00:00:04:02", "guest_ip=10.0.4.2 irq=1");
         assert!(vm.wait_for("net: mac", Duration::from_secs(60)), "{}", vm.stdout());
         let client = std::process::Command::new("ip")
             .args(["netns", "exec", &ns.name, "python3", "-c", CLIENT, "10.0.4.2", &(secs + 5).to_string()])

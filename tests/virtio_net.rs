@@ -69,32 +69,9 @@ fn net_case(tag: &str, cmdline_extra: &str) {
         return;
     }
     let Some(ns) = NetNs::new(tag, HOST_IP) else { return };
-    let g = guest("net");
     let mac = "02:00:00:00:03:02";
-    let net = format!("tap={},mac={mac}", ns.tap);
     let cmdline = format!("guest_ip={GUEST_IP} {cmdline_extra}");
-    let e = ember();
-    let mut args = ns.prefix();
-    args.extend(
-        [
-            e.to_str().unwrap(),
-            "run",
-            "--kernel",
-            g.to_str().unwrap(),
-            "--debug-exit",
-            "--memory",
-            "64M",
-            "--net",
-            &net,
-            "--cmdline",
-            &cmdline,
-            "--log-level",
-            "info",
-        ]
-        .iter()
-        .map(|s| s.to_string()),
-    );
-    let mut vm = Spawned::new("ip", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut vm = ns.spawn_ember("net", mac, &cmdline);
     assert!(vm.wait_for("net: mac", T), "{}\n{}", vm.stdout(), vm.stderr());
     assert!(vm.stdout().contains(&format!("net: mac {mac}")), "the guest read another MAC: {}", vm.stdout());
 

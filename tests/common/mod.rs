@@ -506,3 +506,33 @@ pub fn ext2_mount_count(img: &Path) -> u16 {
     let d = std::fs::read(img).unwrap();
     u16::from_le_bytes([d[1024 + 52], d[1024 + 53]])
 }
+
+impl NetNs {
+    /// Starts `ember run` inside the namespace on test guest `guest_name`
+    /// with a NIC on the namespace's TAP (`mac`), --debug-exit, 64 MiB,
+    /// info logging (the NIC counters are printed at exit) and `cmdline`.
+    pub fn spawn_ember(&self, guest_name: &str, mac: &str, cmdline: &str) -> Spawned {
+        let g = guest(guest_name);
+        let e = ember();
+        let net = format!("tap={},mac={mac}", self.tap);
+        let mut args = self.prefix();
+        for a in [
+            e.to_str().unwrap(),
+            "run",
+            "--kernel",
+            g.to_str().unwrap(),
+            "--debug-exit",
+            "--memory",
+            "64M",
+            "--net",
+            &net,
+            "--cmdline",
+            cmdline,
+            "--log-level",
+            "info",
+        ] {
+            args.push(a.to_string());
+        }
+        Spawned::new("ip", &args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+}
