@@ -2,8 +2,8 @@
 //! peer that runs on this host), measured in the same run.
 //!
 //! ```text
-//! cargo bench --bench startup                 # 30 runs each
-//! EMBER_BENCH_RUNS=50 EMBER_BENCH_MANY=500 cargo bench --bench startup
+//! cargo bench --bench startup                 # 30 runs each, 1,000 idle VMs
+//! EMBER_BENCH_RUNS=50 EMBER_BENCH_MANY=200 cargo bench --bench startup
 //! ```
 //!
 //! Reports, as medians over the runs:
@@ -14,7 +14,8 @@
 //!   (total RSS minus the RSS of the guest-RAM mapping, from
 //!   /proc/PID/smaps);
 //! * host memory per idle VM with EMBER_BENCH_MANY of them running
-//!   (the drop of MemAvailable, divided by the count).
+//!   (the drop of MemAvailable, divided by the count, and the meminfo
+//!   fields it went to).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -186,27 +187,47 @@ fn idle_rss(vmm: &Vmm, g: &Path) -> (u64, u64) {
     r
 }
 
-fn mem_available_kib() -> u64 {
+/// /proc/meminfo as (field, KiB) pairs.
+fn meminfo() -> Vec<(String, i64)> {
     let m = std::fs::read_to_string("/proc/meminfo").unwrap();
-    let line = m.lines().find(|l| l.starts_with("MemAvailable:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    m.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            Some((k.to_string(), v.split_whitespace().next()?.parse().ok()?))
+        })
+        .collect()
 }
 
-fn per_vm_host_memory(vmm: &Vmm, g: &Path, count: usize) -> f64 {
-    let before = mem_available_kib();
+fn field(m: &[(String, i64)], k: &str) -> i64 {
+    m.iter().find(|(n, _)| n == k).map(|(_, v)| *v).unwrap_or(0)
+}
+
+/// Host memory per idle VM with `count` of them running: the drop of
+/// MemAvailable divided by the count, and where it went (the meminfo fields
+/// that grew), in KiB per VM.
+fn per_vm_host_memory(vmm: &Vmm, g: &Path, count: usize) -> (f64, Vec<(&'static str, f64)>) {
+    // Settle the page cache and per-CPU free lists before the baseline.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = meminfo();
     let mut children = Vec::with_capacity(count);
     for _ in 0..count {
         let mut c = spawn(vmm, g);
         wait_for_output(&mut c, b"HANG");
         children.push(c);
     }
-    std::thread::sleep(Duration::from_millis(500));
-    let after = mem_available_kib();
+    std::thread::sleep(Duration::from_millis(1000));
+    let after = meminfo();
     for mut c in children {
         let _ = c.kill();
         let _ = c.wait();
     }
-    (before.saturating_sub(after)) as f64 / count as f64
+    let per = |k: &str| (field(&before, k) - field(&after, k)) as f64 / count as f64;
+    let grew = |k: &'static str| (k, -per(k));
+    let parts = ["AnonPages", "Shmem", "Slab", "KernelStack", "PageTables", "SecPageTables", "VmallocUsed", "Percpu"]
+        .into_iter()
+        .map(grew)
+        .collect();
+    (per("MemAvailable"), parts)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -219,7 +240,7 @@ fn main() {
         return;
     }
     let runs: usize = std::env::var("EMBER_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
-    let many: usize = std::env::var("EMBER_BENCH_MANY").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let many: usize = std::env::var("EMBER_BENCH_MANY").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
     let hello = guest("hello");
     let tiny = guest("first_byte");
     let hang = guest("hang");
@@ -268,11 +289,13 @@ fn main() {
     }
     println!("targets: first byte <= 3 ms (Firecracker here: 10 ms), RSS beyond guest <= 2 MiB (Firecracker: 4.1 MiB)");
     if many > 0 {
-        let per = per_vm_host_memory(&vmms[0], &hang, many);
+        let (per, parts) = per_vm_host_memory(&vmms[0], &hang, many);
         println!(
             "ember: host memory per idle VM with {many} running: {:.2} MiB (target <= 0.8 MiB; Firecracker 1.56 MiB with 1,000)",
             per / 1024.0
         );
+        let parts: Vec<String> = parts.iter().map(|(k, v)| format!("{k} {v:.0}")).collect();
+        println!("  of which, KiB per VM: {}", parts.join(", "));
     }
 }
 
