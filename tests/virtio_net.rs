@@ -119,33 +119,11 @@ fn hostile(case: &str) {
     // Capture what reaches the host side of the TAP while the guest runs.
     let cap = ns.exec(&["true"]); // namespace is ready
     assert!(cap.status.success());
-    let g = guest("net_hostile");
-    let net = format!("tap={},mac=02:00:00:00:03:09", ns.tap);
     let listener = Spawned::new("ip", &["netns", "exec", &ns.name, "python3", "-c", LISTENER]);
     std::thread::sleep(Duration::from_millis(300));
-    let e = ember();
     let cmdline = format!("case={case} guest_ip={GUEST_IP} peer_ip={HOST_IP} peer_port=9999");
     let o = {
-        let mut args = ns.prefix();
-        args.extend(
-            [
-                e.to_str().unwrap(),
-                "run",
-                "--kernel",
-                g.to_str().unwrap(),
-                "--debug-exit",
-                "--memory",
-                "64M",
-                "--net",
-                &net,
-                "--cmdline",
-                &cmdline,
-                "--log-level",
-                "info",
-            ]
-            .iter()
-            .map(|s| s.to_string()),
-        );
+        let args = ns.ember_args("net_hostile", "02:00:00:00:03:09", &cmdline);
         let child = std::process::Command::new("ip")
             .args(&args)
             .stdin(std::process::Stdio::null())

@@ -98,11 +98,6 @@ fuzz_target!(|data: &[u8]| {
     assert!(!t.is_activated());
     drop(t);
 
-    assert_eq!(img.size(), image::IMAGE_SIZE, "image size changed");
-    if readonly {
-        assert!(img.unchanged(), "read-only image was modified");
-    } else {
-        img.restore();
-    }
+    img.check_and_restore(readonly);
     gm.reset();
 });

@@ -26,7 +26,6 @@
 #![no_main]
 
 use std::fs::File;
-use std::os::fd::FromRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -48,23 +47,7 @@ fn ctx() -> &'static Ctx {
     static CTX: OnceLock<Ctx> = OnceLock::new();
     CTX.get_or_init(|| {
         let mem = ember::memory::create_guest_memory(MEM_SIZE).expect("guest memory");
-        let name = c"ember-fuzz-kernel";
-        // SAFETY: a valid C string; the fd is owned by the File below.
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-        let (file, path) = if fd >= 0 {
-            // SAFETY: a fresh fd we own.
-            (unsafe { File::from_raw_fd(fd) }, PathBuf::from(format!("/proc/self/fd/{fd}")))
-        } else {
-            let path = std::env::temp_dir().join(format!("ember-fuzz-{}-kernel", std::process::id()));
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)
-                .expect("kernel file");
-            (file, path)
-        };
+        let (file, path) = ember_fuzz::image::scratch_file("kernel");
         Ctx { mem, file, path }
     })
 }

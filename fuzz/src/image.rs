@@ -22,6 +22,29 @@ pub fn pattern(i: u64) -> u8 {
     (i % 251) as u8 ^ 0x5a
 }
 
+/// A fresh, empty scratch file reachable by path: a memfd
+/// (`/proc/self/fd/N`), or where memfd is unavailable a file named after
+/// `tag` in the temporary directory.
+pub fn scratch_file(tag: &str) -> (File, PathBuf) {
+    let name = std::ffi::CString::new(format!("ember-fuzz-{tag}")).unwrap();
+    // SAFETY: a valid C string; the fd is owned by the File below.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd >= 0 {
+        // SAFETY: a fresh fd we own.
+        let file = unsafe { File::from_raw_fd(fd) };
+        return (file, PathBuf::from(format!("/proc/self/fd/{fd}")));
+    }
+    let path = std::env::temp_dir().join(format!("ember-fuzz-{}-{tag}", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    (file, path)
+}
+
 /// One disk image and its pristine content.
 pub struct Image {
     file: File,
@@ -32,24 +55,7 @@ pub struct Image {
 impl Image {
     fn new(tag: &str) -> Image {
         let original: Vec<u8> = (0..IMAGE_SIZE).map(pattern).collect();
-        let name = std::ffi::CString::new(format!("ember-fuzz-{tag}")).unwrap();
-        // SAFETY: a valid C string; the fd is owned by the File below.
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-        let (file, path) = if fd >= 0 {
-            // SAFETY: a fresh fd we own.
-            let file = unsafe { File::from_raw_fd(fd) };
-            (file, PathBuf::from(format!("/proc/self/fd/{fd}")))
-        } else {
-            let path = std::env::temp_dir().join(format!("ember-fuzz-{}-{tag}.img", std::process::id()));
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)
-                .expect("create image");
-            (file, path)
-        };
+        let (file, path) = scratch_file(tag);
         file.write_all_at(&original, 0).expect("write image");
         Image { file, path, original }
     }
@@ -69,6 +75,18 @@ impl Image {
         let mut buf = vec![0u8; self.original.len()];
         self.file.read_exact_at(&mut buf, 0).expect("read image");
         buf == self.original
+    }
+
+    /// The end-of-run checks of the virtio-blk targets: the size never
+    /// changes, a read-only image's content never changes; a read-write
+    /// image gets its pristine content back for the next run.
+    pub fn check_and_restore(&self, readonly: bool) {
+        assert_eq!(self.size(), IMAGE_SIZE, "image size changed");
+        if readonly {
+            assert!(self.unchanged(), "read-only image was modified");
+        } else {
+            self.restore();
+        }
     }
 
     /// Puts the pristine content back (the size is left alone, so a change

@@ -508,10 +508,11 @@ pub fn ext2_mount_count(img: &Path) -> u16 {
 }
 
 impl NetNs {
-    /// Starts `ember run` inside the namespace on test guest `guest_name`
-    /// with a NIC on the namespace's TAP (`mac`), --debug-exit, 64 MiB,
-    /// info logging (the NIC counters are printed at exit) and `cmdline`.
-    pub fn spawn_ember(&self, guest_name: &str, mac: &str, cmdline: &str) -> Spawned {
+    /// The arguments of `ip` that run `ember run` inside the namespace on
+    /// test guest `guest_name` with a NIC on the namespace's TAP (`mac`),
+    /// --debug-exit, 64 MiB, info logging (the NIC counters are printed at
+    /// exit) and `cmdline`.
+    pub fn ember_args(&self, guest_name: &str, mac: &str, cmdline: &str) -> Vec<String> {
         let g = guest(guest_name);
         let e = ember();
         let net = format!("tap={},mac={mac}", self.tap);
@@ -533,6 +534,12 @@ impl NetNs {
         ] {
             args.push(a.to_string());
         }
+        args
+    }
+
+    /// Starts [`NetNs::ember_args`]'s `ember run` in the background.
+    pub fn spawn_ember(&self, guest_name: &str, mac: &str, cmdline: &str) -> Spawned {
+        let args = self.ember_args(guest_name, mac, cmdline);
         Spawned::new("ip", &args.iter().map(String::as_str).collect::<Vec<_>>())
     }
 }
