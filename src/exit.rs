@@ -107,7 +107,7 @@ impl fmt::Display for VmExit {
 }
 
 /// Records the first reason to end the VM and wakes whoever waits for it:
-/// callers blocked in [`ExitSignal::wait`] and the event loop (through
+/// callers blocked in [`ExitSignal::wait_timeout`] and the event loop (through
 /// [`ExitSignal::eventfd`]).
 pub struct ExitSignal {
     reason: Mutex<Option<VmExit>>,

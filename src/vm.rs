@@ -91,6 +91,8 @@ impl BusDevice for SeccompProbe {
 
     fn write(&mut self, _offset: u64, data: &[u8]) {
         if data.first() == Some(&0x5e) {
+            // SAFETY: libc::sysinfo is plain integers, for which all-zero
+            // bytes are a valid value.
             let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
             // SAFETY: sysinfo fills the struct we pass.
             let r = unsafe { libc::syscall(libc::SYS_sysinfo, &mut info) };

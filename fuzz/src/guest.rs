@@ -54,6 +54,7 @@ impl GuardedMemory {
             assert!(base != libc::MAP_FAILED, "mmap failed");
             // SAFETY: the middle of the mapping just created.
             let host = unsafe { base.cast::<u8>().add(PAGE) };
+            // SAFETY: `host..host+len` lies inside the mapping just created.
             let rc = unsafe { libc::mprotect(host.cast(), len, prot) };
             assert_eq!(rc, 0, "mprotect failed");
             // SAFETY: `host..host+len` is a live read-write mapping that is
