@@ -50,13 +50,11 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ember_devices::interrupt::CountingIrq;
 use ember_devices::virtio::net::{Net, NetConfig, RX_QUEUE, TX_QUEUE};
 use ember_devices::virtio::tap::{if_index, Tap, VNET_HDR_LEN};
-use ember_devices::virtio::{VirtioDevice, VirtioInterrupt};
+use ember_devices::virtio::VirtioDevice;
 use ember_devices::GuestMemoryMmap;
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_bindings::virtio_net::*;
@@ -497,8 +495,7 @@ fn main() {
         | (1u64 << 32)
         | (1u64 << 29);
     net.ack_features(features);
-    let intr = Arc::new(VirtioInterrupt::new(Arc::new(CountingIrq::default())));
-    net.activate(guest.mem.clone(), intr, vec![guest.queue(RXQ), guest.queue(TXQ)]).unwrap();
+    net.activate(guest.mem.clone(), vec![guest.queue(RXQ), guest.queue(TXQ)]).unwrap();
     let raw = Tap::open("traw").unwrap();
     raw.set_offload(features).unwrap();
     let mut b = Bench { guest, net, raw, inj_dev: injector("tdev"), inj_raw: injector("traw") };

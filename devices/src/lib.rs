@@ -1,10 +1,12 @@
 //! Device models for the ember virtual machine monitor.
 //!
-//! A device in this crate never sees the VMM. It is given guest memory, an
-//! interrupt line ([`interrupt::IrqLine`]) and its configuration, and it is
-//! reached through [`bus::BusDevice`] register accesses (port I/O or MMIO)
-//! and, for devices with an I/O path, through file descriptors served by an
-//! [`event_manager`] loop.
+//! A device in this crate never sees the VMM. It is given guest memory, its
+//! configuration and, for a legacy device, an interrupt line
+//! ([`interrupt::IrqLine`]); it is reached through [`bus::BusDevice`]
+//! register accesses (port I/O or MMIO) and, for devices with an I/O path,
+//! through file descriptors served by an [`event_manager`] loop. A virtio
+//! device raises no interrupt itself: it tells its transport which queues
+//! it used ([`virtio::QueueSet`]) and the transport signals the guest.
 //!
 //! * [`legacy`]: the 8250 UART, the i8042 reset line, the debug-exit port and
 //!   the quiet stand-ins for probed-but-absent PC ports.

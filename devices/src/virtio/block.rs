@@ -28,7 +28,6 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use log::{error, warn};
 use virtio_bindings::bindings::virtio_blk::*;
@@ -39,7 +38,7 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 use super::chain::{ChainWalker, RawDesc};
 use super::disk::{IoVecs, SyncDisk};
 use super::host_view::HostView;
-use super::{ActivateError, LogBudget, VirtioDevice, VirtioInterrupt};
+use super::{ActivateError, LogBudget, QueueSet, VirtioDevice};
 use crate::GuestMemoryMmap;
 
 /// Size of the request queue offered to the driver.
@@ -501,8 +500,6 @@ struct Active {
     mem: GuestMemoryMmap,
     view: HostView,
     queue: Queue,
-    // Kept for a future asynchronous engine completing from another context.
-    _interrupt: Arc<VirtioInterrupt>,
 }
 
 /// The virtio-blk device model.
@@ -690,12 +687,7 @@ impl VirtioDevice for Block {
         }
     }
 
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<VirtioInterrupt>,
-        mut queues: Vec<Queue>,
-    ) -> Result<(), ActivateError> {
+    fn activate(&mut self, mem: GuestMemoryMmap, mut queues: Vec<Queue>) -> Result<(), ActivateError> {
         if self.active.is_some() {
             return Err(ActivateError::AlreadyActivated);
         }
@@ -706,20 +698,20 @@ impl VirtioDevice for Block {
         if !queue.ready() {
             return Err(ActivateError::QueueNotReady(0));
         }
-        self.active = Some(Active { view: HostView::new(&mem), mem, queue, _interrupt: interrupt });
+        self.active = Some(Active { view: HostView::new(&mem), mem, queue });
         Ok(())
     }
 
-    fn process_queue(&mut self, idx: usize) -> bool {
+    fn process_queue(&mut self, idx: usize) -> QueueSet {
         let Block { backend, active, queue_error_log, completed, .. } = self;
-        let Some(Active { mem, view, queue, .. }) = active.as_mut() else {
-            return false;
+        let Some(Active { mem, view, queue }) = active.as_mut() else {
+            return QueueSet::EMPTY;
         };
         // The ring and descriptor code of virtio-queue runs on the flat host
         // view; it is the same memory as `mem`.
         let (mem, view) = (&*mem, &*view);
         if idx != 0 || !queue.ready() {
-            return false;
+            return QueueSet::EMPTY;
         }
         let mut used = false;
         let mut rounds = 0u32;
@@ -775,7 +767,7 @@ impl VirtioDevice for Block {
                 _ => break,
             }
         }
-        used && queue.needs_notification(view).unwrap_or(true)
+        QueueSet::of_if(0, used && queue.needs_notification(view).unwrap_or(true))
     }
 
     fn reset(&mut self) {

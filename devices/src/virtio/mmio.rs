@@ -27,10 +27,14 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{LogBudget, VirtioDevice, VirtioInterrupt};
+use super::{LogBudget, QueueSet, VirtioDevice};
 use crate::bus::BusDevice;
 use crate::interrupt::IrqLine;
 use crate::GuestMemoryMmap;
+
+mod interrupt;
+
+pub use interrupt::MmioInterrupt;
 
 /// Size of the register window of one transport.
 pub const MMIO_SIZE: u64 = 0x1000;
@@ -77,7 +81,7 @@ macro_rules! guest_warn {
 pub struct MmioTransport {
     device: Box<dyn VirtioDevice>,
     mem: GuestMemoryMmap,
-    interrupt: Arc<VirtioInterrupt>,
+    interrupt: MmioInterrupt,
     /// The driver's view of the queues; copies go to the device at
     /// `DRIVER_OK`.
     queues: Vec<Queue>,
@@ -132,7 +136,7 @@ impl MmioTransport {
             queue_evts,
             device,
             mem,
-            interrupt: Arc::new(VirtioInterrupt::new(irq)),
+            interrupt: MmioInterrupt::new(irq),
             device_features_sel: 0,
             driver_features_sel: 0,
             driver_features: 0,
@@ -156,8 +160,8 @@ impl MmioTransport {
         self.device.device_type()
     }
 
-    /// The interrupt state shared with the device.
-    pub fn interrupt(&self) -> &Arc<VirtioInterrupt> {
+    /// The transport's interrupt state (`InterruptStatus` and its line).
+    pub fn interrupt(&self) -> &MmioInterrupt {
         &self.interrupt
     }
 
@@ -183,10 +187,17 @@ impl MmioTransport {
         if !self.activated || !self.queues[idx].ready() {
             return;
         }
-        if self.device.process_queue(idx) {
-            if let Err(e) = self.interrupt.signal_used_queue() {
-                error!("virtio-mmio: cannot raise the interrupt: {e}");
-            }
+        let used = self.device.process_queue(idx);
+        self.signal_used(used);
+    }
+
+    /// Raises the one interrupt of the transport if any queue was used.
+    fn signal_used(&self, used: QueueSet) {
+        if used.is_empty() {
+            return;
+        }
+        if let Err(e) = self.interrupt.signal_used_queue() {
+            error!("virtio-mmio: cannot raise the interrupt: {e}");
         }
     }
 
@@ -458,7 +469,7 @@ impl MmioTransport {
                 }
             }
         }
-        match self.device.activate(self.mem.clone(), self.interrupt.clone(), queues) {
+        match self.device.activate(self.mem.clone(), queues) {
             Ok(()) => self.activated = true,
             Err(e) => self.activation_failed(&e.to_string()),
         }
@@ -529,10 +540,9 @@ impl MutEventSubscriber for MmioTransport {
         let nqueues = self.queue_evts.len();
         if idx < nqueues {
             self.handle_queue_event(idx);
-        } else if self.activated && self.device.process_backend(idx - nqueues) {
-            if let Err(e) = self.interrupt.signal_used_queue() {
-                error!("virtio-mmio: cannot raise the interrupt: {e}");
-            }
+        } else if self.activated {
+            let used = self.device.process_backend(idx - nqueues);
+            self.signal_used(used);
         }
         self.rearm_backends(ops);
     }

@@ -12,13 +12,9 @@
 
 use std::io;
 use std::os::unix::io::RawFd;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
 
-use virtio_bindings::bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 use virtio_queue::Queue;
 
-use crate::interrupt::IrqLine;
 use crate::GuestMemoryMmap;
 
 pub mod block;
@@ -27,9 +23,12 @@ mod disk;
 mod host_view;
 pub mod mmio;
 pub mod net;
+mod queue_set;
 pub mod tap;
 #[cfg(test)]
 mod test_utils;
+
+pub use queue_set::QueueSet;
 
 /// Why a device refused to start when the driver set `DRIVER_OK`.
 #[derive(Debug, thiserror::Error)]
@@ -54,63 +53,17 @@ pub enum ActivateError {
     Backend(#[source] io::Error),
 }
 
-/// The interrupt state a virtio device shares with its transport.
-///
-/// It holds the transport's `InterruptStatus` register (bit 0: used buffer
-/// notification, bit 1: configuration change) and the line into the guest.
-/// The guest clears bits through `InterruptACK`.
-pub struct VirtioInterrupt {
-    status: AtomicU32,
-    irq: Arc<dyn IrqLine>,
-}
-
-impl std::fmt::Debug for VirtioInterrupt {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VirtioInterrupt").field("status", &self.status()).finish_non_exhaustive()
-    }
-}
-
-impl VirtioInterrupt {
-    /// An interrupt with a clear status raising `irq`.
-    pub fn new(irq: Arc<dyn IrqLine>) -> Self {
-        VirtioInterrupt { status: AtomicU32::new(0), irq }
-    }
-
-    /// Tells the driver that buffers were placed in a used ring.
-    pub fn signal_used_queue(&self) -> io::Result<()> {
-        self.status.fetch_or(VIRTIO_MMIO_INT_VRING, Ordering::SeqCst);
-        self.irq.trigger()
-    }
-
-    /// Tells the driver that the configuration space or the device status
-    /// changed (for example `DEVICE_NEEDS_RESET`).
-    pub fn signal_config_change(&self) -> io::Result<()> {
-        self.status.fetch_or(VIRTIO_MMIO_INT_CONFIG, Ordering::SeqCst);
-        self.irq.trigger()
-    }
-
-    /// The current `InterruptStatus` register value.
-    pub fn status(&self) -> u32 {
-        self.status.load(Ordering::SeqCst)
-    }
-
-    /// Clears the `bits` the driver acknowledged.
-    pub fn ack(&self, bits: u32) {
-        self.status.fetch_and(!bits, Ordering::SeqCst);
-    }
-
-    /// Clears every pending bit (device reset).
-    pub(crate) fn clear(&self) {
-        self.status.store(0, Ordering::SeqCst);
-    }
-}
-
 /// A virtio device model, driven by a transport such as
 /// [`mmio::MmioTransport`].
 ///
 /// The transport calls the configuration methods from vCPU threads and
 /// [`process_queue`](VirtioDevice::process_queue) from the event loop thread,
 /// always with the transport's lock held, so calls never overlap.
+///
+/// A device never raises an interrupt itself: the processing methods return
+/// the [`QueueSet`] of queues that need a used-buffer notification, and the
+/// transport signals them in its own way (one line and an `InterruptStatus`
+/// register for virtio-mmio, a vector per queue for virtio-pci).
 pub trait VirtioDevice: Send {
     /// The virtio device ID (`VIRTIO_ID_*`, e.g. 2 for a block device).
     fn device_type(&self) -> u32;
@@ -141,17 +94,13 @@ pub trait VirtioDevice: Send {
     /// [`queue_max_sizes`](VirtioDevice::queue_max_sizes), in order; a queue
     /// the driver did not make ready has `ready() == false`. Event index
     /// suppression is already set on the queues when it was negotiated.
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<VirtioInterrupt>,
-        queues: Vec<Queue>,
-    ) -> Result<(), ActivateError>;
+    fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError>;
 
     /// Serves the available buffers of queue `idx` after a driver
-    /// notification. Returns whether the driver must be interrupted (buffers
-    /// were used and the driver did not suppress the notification).
-    fn process_queue(&mut self, idx: usize) -> bool;
+    /// notification. Returns the queues whose driver must be notified
+    /// (buffers were used and the driver did not suppress the
+    /// notification); usually `{idx}` or nothing.
+    fn process_queue(&mut self, idx: usize) -> QueueSet;
 
     /// Returns the device to its pre-activation state (driver wrote 0 to
     /// `Status`): drops the queues and the guest memory.
@@ -165,10 +114,10 @@ pub trait VirtioDevice: Send {
     }
 
     /// A backend file descriptor from
-    /// [`backend_fds`](VirtioDevice::backend_fds) is readable. Returns
-    /// whether the driver must be interrupted for used buffers.
-    fn process_backend(&mut self, _idx: usize) -> bool {
-        false
+    /// [`backend_fds`](VirtioDevice::backend_fds) is readable. Returns the
+    /// queues whose driver must be notified of used buffers.
+    fn process_backend(&mut self, _idx: usize) -> QueueSet {
+        QueueSet::EMPTY
     }
 
     /// Whether the event loop should poll backend file descriptor `idx` now.
@@ -221,21 +170,6 @@ impl LogBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::interrupt::CountingIrq;
-
-    #[test]
-    fn interrupt_status_and_ack() {
-        let irq = Arc::new(CountingIrq::default());
-        let intr = VirtioInterrupt::new(irq.clone());
-        intr.signal_used_queue().unwrap();
-        intr.signal_config_change().unwrap();
-        assert_eq!(intr.status(), 3);
-        assert_eq!(irq.count(), 2);
-        intr.ack(1);
-        assert_eq!(intr.status(), 2);
-        intr.clear();
-        assert_eq!(intr.status(), 0);
-    }
 
     #[test]
     fn log_budget_runs_out() {

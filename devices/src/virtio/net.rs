@@ -53,7 +53,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use super::chain::ChainWalker;
 use super::host_view::HostView;
 use super::tap::{Tap, TapError, VNET_HDR_LEN};
-use super::{ActivateError, LogBudget, VirtioDevice, VirtioInterrupt};
+use super::{ActivateError, LogBudget, QueueSet, VirtioDevice};
 use crate::GuestMemoryMmap;
 
 /// Index of the receive queue.
@@ -353,8 +353,6 @@ struct Active {
     view: HostView,
     rx: Queue,
     tx: Queue,
-    // Completions are signalled by the transport from the return values.
-    _interrupt: Arc<VirtioInterrupt>,
 }
 
 /// Why the driver's ring cannot be read.
@@ -972,12 +970,7 @@ impl VirtioDevice for Net {
         }
     }
 
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<VirtioInterrupt>,
-        queues: Vec<Queue>,
-    ) -> Result<(), ActivateError> {
+    fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError> {
         if self.active.is_some() {
             return Err(ActivateError::AlreadyActivated);
         }
@@ -998,18 +991,18 @@ impl VirtioDevice for Net {
         // buffers the backend is not polled until the driver posts some.
         io.rx_notify_on = true;
         io.rx_starved = !matches!(avail_count(&rx, &view), Ok(n) if n > 0);
-        self.active = Some(Active { mem, view, rx, tx, _interrupt: interrupt });
+        self.active = Some(Active { mem, view, rx, tx });
         Ok(())
     }
 
-    fn process_queue(&mut self, idx: usize) -> bool {
+    fn process_queue(&mut self, idx: usize) -> QueueSet {
         let Some(a) = self.active.as_mut() else {
-            return false;
+            return QueueSet::EMPTY;
         };
         match idx {
-            RX_QUEUE => self.io.process_rx(a),
-            TX_QUEUE => self.io.process_tx(a),
-            _ => false,
+            RX_QUEUE => QueueSet::of_if(RX_QUEUE, self.io.process_rx(a)),
+            TX_QUEUE => QueueSet::of_if(TX_QUEUE, self.io.process_tx(a)),
+            _ => QueueSet::EMPTY,
         }
     }
 
@@ -1035,10 +1028,10 @@ impl VirtioDevice for Net {
         vec![self.io.backend.fd()]
     }
 
-    fn process_backend(&mut self, idx: usize) -> bool {
+    fn process_backend(&mut self, idx: usize) -> QueueSet {
         match (idx, self.active.as_mut()) {
-            (0, Some(a)) => self.io.process_rx(a),
-            _ => false,
+            (0, Some(a)) => QueueSet::of_if(RX_QUEUE, self.io.process_rx(a)),
+            _ => QueueSet::EMPTY,
         }
     }
 

@@ -1,11 +1,8 @@
-use std::sync::Arc;
-
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
-use crate::interrupt::CountingIrq;
 use crate::virtio::test_utils::*;
 
 const HDR: u64 = DATA_BASE;
@@ -23,8 +20,7 @@ fn open(path: &Path, readonly: bool, id: Option<&str>) -> Block {
 }
 
 fn activate(blk: &mut Block, mem: &GuestMemoryMmap, drv: &Driver) {
-    let intr = Arc::new(VirtioInterrupt::new(Arc::new(CountingIrq::default())));
-    blk.activate(mem.clone(), intr, vec![drv.queue()]).unwrap();
+    blk.activate(mem.clone(), vec![drv.queue()]).unwrap();
 }
 
 fn write_hdr(mem: &GuestMemoryMmap, req_type: u32, sector: u64) {
@@ -515,10 +511,9 @@ fn many_chains_in_one_pass_and_event_idx_suppression() {
     let mem = guest_mem();
     let mut drv = Driver::new(&mem, 16);
     let mut blk = open(&f.path, false, None);
-    let intr = Arc::new(VirtioInterrupt::new(Arc::new(CountingIrq::default())));
     let mut q = drv.queue();
     q.set_event_idx(true);
-    blk.activate(mem.clone(), intr, vec![q]).unwrap();
+    blk.activate(mem.clone(), vec![q]).unwrap();
 
     write_hdr(&mem, VIRTIO_BLK_T_FLUSH, 0);
     // The driver wants an interrupt only after used index 10.
@@ -526,16 +521,16 @@ fn many_chains_in_one_pass_and_event_idx_suppression() {
     for _ in 0..3 {
         drv.add(&[r(HDR, 16), w(STATUS, 1)]);
     }
-    assert!(!blk.process_queue(0), "suppressed by used_event");
+    assert!(blk.process_queue(0).is_empty(), "suppressed by used_event");
     assert_eq!(drv.used_idx(), 3);
     // avail_event tells the driver where the device will look next.
     assert_eq!(drv.avail_event(), 3);
 
     drv.set_used_event(3);
     drv.add(&[r(HDR, 16), w(STATUS, 1)]);
-    assert!(blk.process_queue(0), "used_event crossed");
+    assert_eq!(blk.process_queue(0), QueueSet::of(0), "used_event crossed");
     // Nothing new: no interrupt.
-    assert!(!blk.process_queue(0));
+    assert!(blk.process_queue(0).is_empty());
 }
 
 #[test]
@@ -545,12 +540,12 @@ fn no_event_idx_always_notifies_on_used_buffers() {
     let mut drv = Driver::new(&mem, 16);
     let mut blk = open(&f.path, false, None);
     activate(&mut blk, &mem, &drv);
-    assert!(!blk.process_queue(0), "nothing used, nothing to notify");
+    assert!(blk.process_queue(0).is_empty(), "nothing used, nothing to notify");
     write_hdr(&mem, VIRTIO_BLK_T_FLUSH, 0);
     drv.add(&[r(HDR, 16), w(STATUS, 1)]);
-    assert!(blk.process_queue(0));
+    assert_eq!(blk.process_queue(0), QueueSet::of(0));
     // Other queue indexes do nothing.
-    assert!(!blk.process_queue(1));
+    assert!(blk.process_queue(1).is_empty());
 }
 
 #[test]
@@ -559,24 +554,20 @@ fn activate_reset_and_queue_checks() {
     let mem = guest_mem();
     let mut drv = Driver::new(&mem, 16);
     let mut blk = open(&f.path, false, None);
-    let intr = Arc::new(VirtioInterrupt::new(Arc::new(CountingIrq::default())));
-    assert!(matches!(
-        blk.activate(mem.clone(), intr.clone(), vec![]),
-        Err(ActivateError::QueueCount { expected: 1, got: 0 })
-    ));
+    assert!(matches!(blk.activate(mem.clone(), vec![]), Err(ActivateError::QueueCount { expected: 1, got: 0 })));
     let mut q = drv.queue();
     q.set_ready(false);
-    assert!(matches!(blk.activate(mem.clone(), intr.clone(), vec![q]), Err(ActivateError::QueueNotReady(0))));
-    blk.activate(mem.clone(), intr.clone(), vec![drv.queue()]).unwrap();
-    assert!(matches!(blk.activate(mem.clone(), intr.clone(), vec![drv.queue()]), Err(ActivateError::AlreadyActivated)));
+    assert!(matches!(blk.activate(mem.clone(), vec![q]), Err(ActivateError::QueueNotReady(0))));
+    blk.activate(mem.clone(), vec![drv.queue()]).unwrap();
+    assert!(matches!(blk.activate(mem.clone(), vec![drv.queue()]), Err(ActivateError::AlreadyActivated)));
     blk.reset();
     write_hdr(&mem, VIRTIO_BLK_T_FLUSH, 0);
     drv.add(&[r(HDR, 16), w(STATUS, 1)]);
-    assert!(!blk.process_queue(0));
+    assert!(blk.process_queue(0).is_empty());
     assert_eq!(drv.used_idx(), 0);
     // Reactivation after reset works.
-    blk.activate(mem.clone(), intr, vec![drv.queue()]).unwrap();
-    assert!(blk.process_queue(0));
+    blk.activate(mem.clone(), vec![drv.queue()]).unwrap();
+    assert_eq!(blk.process_queue(0), QueueSet::of(0));
     assert_eq!(drv.used_idx(), 1);
 }
 
@@ -589,7 +580,7 @@ fn bogus_avail_index_does_not_spin() {
     activate(&mut blk, &mem, &drv);
     // 100 new entries in a 16-entry ring.
     drv.set_avail_idx(100);
-    assert!(!blk.process_queue(0));
+    assert!(blk.process_queue(0).is_empty());
 }
 
 #[test]

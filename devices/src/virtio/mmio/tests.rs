@@ -53,12 +53,7 @@ impl VirtioDevice for Dummy {
             }
         }
     }
-    fn activate(
-        &mut self,
-        _mem: GuestMemoryMmap,
-        _interrupt: Arc<VirtioInterrupt>,
-        queues: Vec<Queue>,
-    ) -> Result<(), ActivateError> {
+    fn activate(&mut self, _mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError> {
         let mut s = self.0.lock().unwrap();
         if s.fail_activation {
             return Err(ActivateError::QueueNotReady(0));
@@ -68,9 +63,9 @@ impl VirtioDevice for Dummy {
         s.ready = queues.iter().map(|q| q.ready()).collect();
         Ok(())
     }
-    fn process_queue(&mut self, idx: usize) -> bool {
+    fn process_queue(&mut self, idx: usize) -> QueueSet {
         self.0.lock().unwrap().processed.push(idx);
-        true
+        QueueSet::of(idx)
     }
     fn reset(&mut self) {
         self.0.lock().unwrap().resets += 1;

@@ -7,7 +7,6 @@ use virtio_queue::mock::{AvailRing, DescriptorTable, UsedRing};
 use vm_memory::Bytes;
 
 use super::*;
-use crate::interrupt::CountingIrq;
 use crate::virtio::test_utils::{guest_mem, DATA_BASE, MEM_SIZE};
 
 const RXQ_BASE: u64 = 0x1000;
@@ -215,8 +214,7 @@ fn device() -> Dev {
 /// Negotiates `features` (plus VERSION_1) and activates with both queues.
 fn activate(d: &mut Dev, mem: &GuestMemoryMmap, rx: &Q, tx: &Q, features: u64, event_idx: bool) {
     d.net.ack_features(features | bit(32));
-    let intr = Arc::new(VirtioInterrupt::new(Arc::new(CountingIrq::default())));
-    d.net.activate(mem.clone(), intr, vec![rx.queue(event_idx), tx.queue(event_idx)]).unwrap();
+    d.net.activate(mem.clone(), vec![rx.queue(event_idx), tx.queue(event_idx)]).unwrap();
 }
 
 /// A frame as the backend carries it: a header with `flags` and
@@ -344,22 +342,21 @@ fn activation_needs_both_queues_ready() {
     let mem = guest_mem();
     let (rx, tx) = (Q::new(&mem, RXQ_BASE, 16), Q::new(&mem, TXQ_BASE, 16));
     let mut d = device();
-    let intr = || Arc::new(VirtioInterrupt::new(Arc::new(CountingIrq::default())));
-    let e = d.net.activate(mem.clone(), intr(), vec![rx.queue(false)]).unwrap_err();
+    let e = d.net.activate(mem.clone(), vec![rx.queue(false)]).unwrap_err();
     assert!(matches!(e, ActivateError::QueueCount { expected: 2, got: 1 }));
     let mut not_ready = tx.queue(false);
     not_ready.set_ready(false);
-    let e = d.net.activate(mem.clone(), intr(), vec![rx.queue(false), not_ready]).unwrap_err();
+    let e = d.net.activate(mem.clone(), vec![rx.queue(false), not_ready]).unwrap_err();
     assert!(matches!(e, ActivateError::QueueNotReady(1)));
-    d.net.activate(mem.clone(), intr(), vec![rx.queue(false), tx.queue(false)]).unwrap();
-    let e = d.net.activate(mem.clone(), intr(), vec![rx.queue(false), tx.queue(false)]).unwrap_err();
+    d.net.activate(mem.clone(), vec![rx.queue(false), tx.queue(false)]).unwrap();
+    let e = d.net.activate(mem.clone(), vec![rx.queue(false), tx.queue(false)]).unwrap_err();
     assert!(matches!(e, ActivateError::AlreadyActivated));
     // Nothing happens on an inactive device.
     d.net.reset();
-    assert!(!d.net.process_queue(0));
-    assert!(!d.net.process_queue(1));
-    assert!(!d.net.process_queue(7));
-    assert!(!d.net.process_backend(0));
+    assert!(d.net.process_queue(0).is_empty());
+    assert!(d.net.process_queue(1).is_empty());
+    assert!(d.net.process_queue(7).is_empty());
+    assert!(d.net.process_backend(0).is_empty());
     assert!(!d.net.backend_wants_input(0));
 }
 
@@ -381,10 +378,10 @@ fn tx_sends_a_good_frame() {
     mem.write_slice(&f, GuestAddress(TX_BUF)).unwrap();
     // Header and frame in separate descriptors, then in one.
     tx.add(&[r(TX_BUF, 12), r(TX_BUF + 12, 60)]);
-    assert!(d.net.process_queue(TX_QUEUE));
+    assert_eq!(d.net.process_queue(TX_QUEUE), QueueSet::of(TX_QUEUE));
     assert_eq!(d.peer.recv().unwrap(), f);
     tx.add(&[r(TX_BUF, 72)]);
-    assert!(d.net.process_queue(TX_QUEUE));
+    assert_eq!(d.net.process_queue(TX_QUEUE), QueueSet::of(TX_QUEUE));
     assert_eq!(d.peer.recv().unwrap(), f);
     assert_eq!(d.peer.recv(), None);
     assert_eq!(tx.used_idx(), 2);
@@ -418,7 +415,7 @@ fn tx_malformed(chain: &[D]) {
     let (mut d, _rx, mut tx) = tx_setup(&mem);
     mem.write_slice(&frame(100, 9), GuestAddress(TX_BUF)).unwrap();
     let head = tx.add(chain);
-    assert!(d.net.process_queue(TX_QUEUE));
+    assert_eq!(d.net.process_queue(TX_QUEUE), QueueSet::of(TX_QUEUE));
     assert_eq!(d.peer.recv(), None, "nothing reaches the backend");
     assert_eq!(tx.used_idx(), 1);
     assert_eq!(tx.used(0), (u32::from(head), 0));
@@ -514,7 +511,7 @@ fn tx_bogus_head_and_avail_index_do_not_panic_or_spin() {
     assert_eq!(d.net.stats().tx_malformed, 1);
     // An available index far ahead of the device.
     tx.set_avail_idx(tx.avail_idx().wrapping_add(1000));
-    assert!(!d.net.process_queue(TX_QUEUE));
+    assert!(d.net.process_queue(TX_QUEUE).is_empty());
     assert_eq!(d.peer.recv(), None);
 }
 
@@ -529,11 +526,11 @@ fn tx_notification_follows_used_event() {
     // The driver wants an interrupt only after the third used entry.
     tx.set_used_event(2);
     tx.add(&[r(TX_BUF, 72)]);
-    assert!(!d.net.process_queue(TX_QUEUE));
+    assert!(d.net.process_queue(TX_QUEUE).is_empty());
     tx.add(&[r(TX_BUF, 72)]);
-    assert!(!d.net.process_queue(TX_QUEUE));
+    assert!(d.net.process_queue(TX_QUEUE).is_empty());
     tx.add(&[r(TX_BUF, 72)]);
-    assert!(d.net.process_queue(TX_QUEUE));
+    assert_eq!(d.net.process_queue(TX_QUEUE), QueueSet::of(TX_QUEUE));
     // The device asked to be notified for the next chain.
     assert_eq!(tx.avail_event(), 3);
     assert_eq!(d.net.stats().tx_frames, 3);
@@ -574,12 +571,12 @@ fn rx_into_a_single_chain() {
     assert!(!d.net.backend_wants_input(0), "no buffers yet");
     // One chain of two descriptors: header alone, then data.
     rx.add(&[w(rx_buf(0), 12), w(rx_buf(0) + 12, 1514)]);
-    assert!(!d.net.process_queue(RX_QUEUE), "nothing to deliver yet");
+    assert!(d.net.process_queue(RX_QUEUE).is_empty(), "nothing to deliver yet");
     assert!(d.net.backend_wants_input(0));
     let mut f = frame(100, 5);
     f[10] = 0x77; // the backend's num_buffers is not trusted
     d.peer.send(&f);
-    assert!(d.net.process_backend(0));
+    assert_eq!(d.net.process_backend(0), QueueSet::of(RX_QUEUE));
     assert_eq!(rx.used_idx(), 1);
     assert_eq!(rx.used(0), (0, 112));
     let got = read_guest(&mem, rx_buf(0), 112);
@@ -599,20 +596,20 @@ fn rx_without_buffers_leaves_frames_in_the_backend() {
     d.peer.send(&frame(60, 1));
     d.peer.send(&frame(61, 2));
     // A stray backend event: nothing is read without a buffer.
-    assert!(!d.net.process_backend(0));
+    assert!(d.net.process_backend(0).is_empty());
     assert!(!d.net.backend_wants_input(0));
     rx.add(&[w(rx_buf(0), 2048)]);
     // The refill notification delivers what waited, one frame per buffer.
-    assert!(d.net.process_queue(RX_QUEUE));
+    assert_eq!(d.net.process_queue(RX_QUEUE), QueueSet::of(RX_QUEUE));
     assert_eq!(rx.used(0), (0, 72));
     assert!(!d.net.backend_wants_input(0));
     rx.add(&[w(rx_buf(1), 2048)]);
-    assert!(d.net.process_queue(RX_QUEUE));
+    assert_eq!(d.net.process_queue(RX_QUEUE), QueueSet::of(RX_QUEUE));
     assert_eq!(rx.used(1), (1, 73));
     assert_eq!(&read_guest(&mem, rx_buf(1), 73)[12..], &frame(61, 2)[12..]);
     // Buffer left over and backend empty: keep polling.
     rx.add(&[w(rx_buf(2), 2048)]);
-    assert!(!d.net.process_queue(RX_QUEUE));
+    assert!(d.net.process_queue(RX_QUEUE).is_empty());
     assert!(d.net.backend_wants_input(0));
     assert_eq!(d.net.stats().rx_frames, 2);
 }
@@ -626,7 +623,7 @@ fn rx_with_mrg_rxbuf_spans_chains() {
     }
     let f = frame(2500 - 12, 3);
     d.peer.send(&f);
-    assert!(d.net.process_backend(0));
+    assert_eq!(d.net.process_backend(0), QueueSet::of(RX_QUEUE));
     assert_eq!(rx.used_idx(), 3);
     assert_eq!(rx.used(0), (0, 1000));
     assert_eq!(rx.used(1), (1, 1000));
@@ -650,7 +647,7 @@ fn rx_frame_waits_for_enough_merged_buffers() {
     rx.add(&[w(rx_buf(0), 1000)]);
     let f = frame(2000, 8);
     d.peer.send(&f);
-    assert!(!d.net.process_backend(0));
+    assert!(d.net.process_backend(0).is_empty());
     assert_eq!(rx.used_idx(), 0, "nothing returned while the frame waits");
     assert!(!d.net.backend_wants_input(0), "stop polling while a frame waits");
     // Notify once the driver goes past the chain the device already saw.
@@ -658,7 +655,7 @@ fn rx_frame_waits_for_enough_merged_buffers() {
     d.peer.send(&frame(30, 9));
     rx.add(&[w(rx_buf(1), 1000)]);
     rx.add(&[w(rx_buf(2), 1000)]);
-    assert!(d.net.process_queue(RX_QUEUE));
+    assert_eq!(d.net.process_queue(RX_QUEUE), QueueSet::of(RX_QUEUE));
     // The waiting frame first, then the next one in the third chain.
     assert_eq!(rx.used_idx(), 4 - 1);
     assert_eq!(rx.used(0), (0, 1000));
@@ -681,11 +678,11 @@ fn rx_pending_frame_is_delivered_on_refill_without_mrg() {
     let (mut d, mut rx, _tx) = rx_setup(&mem, 0, true);
     let f = frame(1500, 6);
     d.peer.send(&f);
-    assert!(!d.net.process_backend(0));
+    assert!(d.net.process_backend(0).is_empty());
     assert!(!d.net.backend_wants_input(0));
     assert_eq!(rx.avail_event(), 0, "notify on the first buffer");
     rx.add(&[w(rx_buf(0), 1526)]);
-    assert!(d.net.process_queue(RX_QUEUE));
+    assert_eq!(d.net.process_queue(RX_QUEUE), QueueSet::of(RX_QUEUE));
     assert_eq!(rx.used(0), (0, 1512));
     assert_eq!(&read_guest(&mem, rx_buf(0), 1512)[12..], &f[12..]);
 }
@@ -843,10 +840,10 @@ fn rx_batches_are_bounded() {
     for i in 0..RX_BATCH + 10 {
         d.peer.send(&frame(60, i as u8));
     }
-    assert!(d.net.process_backend(0));
+    assert_eq!(d.net.process_backend(0), QueueSet::of(RX_QUEUE));
     assert_eq!(usize::from(rx.used_idx()), RX_BATCH);
     assert!(d.net.backend_wants_input(0));
-    assert!(d.net.process_backend(0));
+    assert_eq!(d.net.process_backend(0), QueueSet::of(RX_QUEUE));
     assert_eq!(usize::from(rx.used_idx()), RX_BATCH + 10);
     assert_eq!(d.net.stats().rx_frames, (RX_BATCH + 10) as u64);
 }
@@ -857,7 +854,7 @@ fn rx_bogus_avail_index_stops_without_spinning() {
     let (mut d, rx, _tx) = rx_setup(&mem, 0, false);
     rx.set_avail_idx(1000);
     d.peer.send(&frame(60, 0));
-    assert!(!d.net.process_queue(RX_QUEUE));
+    assert!(d.net.process_queue(RX_QUEUE).is_empty());
     assert!(!d.net.backend_wants_input(0));
     assert_eq!(rx.used_idx(), 0);
 }
@@ -977,8 +974,7 @@ fn frames_cross_a_real_tap_both_ways() {
         let mut tx = Q::new(&mem, TXQ_BASE, 256);
         let mut net = Net::new(&NetConfig { tap: "tap0".into(), mac: None }).unwrap();
         net.ack_features(bit(32));
-        let intr = Arc::new(VirtioInterrupt::new(Arc::new(CountingIrq::default())));
-        net.activate(mem.clone(), intr, vec![rx.queue(false), tx.queue(false)]).unwrap();
+        net.activate(mem.clone(), vec![rx.queue(false), tx.queue(false)]).unwrap();
         let pkt = packet_socket("tap0");
 
         // Guest to host: a broadcast frame with an experimental EtherType.
