@@ -37,12 +37,13 @@
 #![no_main]
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use ember_devices::interrupt::CountingIrq;
 use ember_devices::virtio::mmio::MmioTransport;
 use ember_devices::virtio::net::{Net, NetBackend, MAX_TX_FRAME, RX_QUEUE, TX_QUEUE};
+use ember_devices::virtio::IoVecs;
 use ember_fuzz::guest;
 use ember_fuzz::input::Reader;
 use ember_fuzz::virtio::{self, addr, reg, seg_len, Driver, Rings};
@@ -73,14 +74,8 @@ impl NetBackend for Sock {
         }
     }
 
-    unsafe fn write_frame(&mut self, iov: &[libc::iovec]) -> io::Result<usize> {
-        // SAFETY: the caller guarantees the iovecs are readable.
-        let n = unsafe { libc::writev(self.0.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+    fn write_frame(&mut self, frame: &IoVecs<'_>) -> io::Result<usize> {
+        frame.write_to(self.0.as_fd())
     }
 
     fn fd(&self) -> RawFd {

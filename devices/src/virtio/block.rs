@@ -33,11 +33,12 @@ use log::{error, warn};
 use virtio_bindings::bindings::virtio_blk::*;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::chain::{ChainWalker, RawDesc};
-use super::disk::{IoVecs, SyncDisk};
+use super::disk::SyncDisk;
 use super::host_view::HostView;
+use super::iovec::{IoVecBuf, IoVecs};
 use super::{ActivateError, LogBudget, QueueSet, VirtioDevice};
 use crate::GuestMemoryMmap;
 
@@ -166,28 +167,12 @@ fn for_each_range(
     take == 0
 }
 
-/// Fills `iov` with host pointers for bytes `[skip, skip + take)` of the
+/// Fills `iov` with the guest buffers of bytes `[skip, skip + take)` of the
 /// stream formed by `descs`; `false` if any byte is outside guest memory or
 /// the scatter list overflows.
-fn map_ranges(mem: &GuestMemoryMmap, view: &HostView, iov: &mut IoVecs, descs: &[Desc], skip: u64, take: u64) -> bool {
+fn map_ranges(iov: &mut IoVecs<'_>, descs: &[Desc], skip: u64, take: u64) -> bool {
     iov.clear();
-    for_each_range(descs, skip, take, |addr, len| {
-        if let Some(p) = view.ptr(addr, len as u64) {
-            return iov.push(p, len);
-        }
-        // Outside guest memory, or spanning two regions.
-        for slice in GuestMemoryBackend::get_slices(mem, addr, len) {
-            let Ok(slice) = slice else {
-                return false;
-            };
-            // The pointer stays valid while `mem` (held by the device) keeps
-            // the mapping alive; mmap-backed memory has no per-access guard.
-            if !iov.push(slice.ptr_guard_mut().as_ptr(), slice.len()) {
-                return false;
-            }
-        }
-        true
-    }) && iov.total() as u64 == take
+    for_each_range(descs, skip, take, |addr, len| iov.push(addr, len)) && iov.total() as u64 == take
 }
 
 /// The outcome of one request: the status byte and the bytes written into
@@ -217,7 +202,7 @@ struct Backend {
     size: u64,
     id: [u8; ID_BYTES],
     descs: Vec<Desc>,
-    iov: IoVecs,
+    iov: IoVecBuf,
     bad_chain_log: LogBudget,
     io_error_log: LogBudget,
 }
@@ -324,12 +309,14 @@ impl Backend {
                 let Some(offset) = self.check_data(sector, len) else {
                     return Completion::ioerr(0);
                 };
-                if !map_ranges(mem, view, &mut self.iov, wr, 0, len) {
+                let mut iov = self.iov.start(view);
+                if !map_ranges(&mut iov, wr, 0, len) {
+                    drop(iov);
                     self.log_bad_chain(head, "IN buffer outside guest memory");
                     return Completion::ioerr(0);
                 }
-                let (n, err) = self.disk.read_vectored_at(&mut self.iov, offset);
-                self.iov.clear();
+                let (n, err) = self.disk.read_vectored_at(&mut iov, offset);
+                drop(iov);
                 // `n` <= len <= u32::MAX: a chain is at most 4 GiB long.
                 match err {
                     None => Completion::ok(n as u32),
@@ -351,12 +338,14 @@ impl Backend {
                 let Some(offset) = self.check_data(sector, len) else {
                     return Completion::ioerr(0);
                 };
-                if !map_ranges(mem, view, &mut self.iov, rd, HEADER_LEN, len) {
+                let mut iov = self.iov.start(view);
+                if !map_ranges(&mut iov, rd, HEADER_LEN, len) {
+                    drop(iov);
                     self.log_bad_chain(head, "OUT buffer outside guest memory");
                     return Completion::ioerr(0);
                 }
-                let (_, err) = self.disk.write_vectored_at(&mut self.iov, offset);
-                self.iov.clear();
+                let (_, err) = self.disk.write_vectored_at(&mut iov, offset);
+                drop(iov);
                 match err {
                     None => Completion::ok(0),
                     Some(e) => {
@@ -603,7 +592,7 @@ impl Block {
                 size,
                 id,
                 descs: Vec::with_capacity(MAX_DESCS),
-                iov: IoVecs::new(),
+                iov: IoVecBuf::new(),
                 bad_chain_log: LogBudget::new(32),
                 io_error_log: LogBudget::new(32),
             },
@@ -773,7 +762,6 @@ impl VirtioDevice for Block {
     fn reset(&mut self) {
         self.active = None;
         self.acked_features = 0;
-        self.backend.iov.clear();
     }
 }
 

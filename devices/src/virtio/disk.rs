@@ -18,57 +18,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::io::AsRawFd;
 
-/// Largest number of iovecs one request may carry (Linux `IOV_MAX`).
-pub(crate) const MAX_IOVECS: usize = 1024;
-
-/// A reusable scatter list of host buffers inside guest memory.
-///
-/// The pointers are only valid while the guest memory mapping they were
-/// taken from is alive, and only between [`IoVecs::clear`] calls of one
-/// request; the list is emptied after every request.
-pub(crate) struct IoVecs {
-    iov: Vec<libc::iovec>,
-    total: usize,
-}
-
-// SAFETY: the raw pointers are plain addresses into the guest memory
-// mapping owned by the same device; they are never dereferenced by this
-// type, only handed to the kernel while the mapping is held.
-unsafe impl Send for IoVecs {}
-
-impl IoVecs {
-    pub(crate) fn new() -> Self {
-        IoVecs { iov: Vec::with_capacity(MAX_IOVECS), total: 0 }
-    }
-
-    pub(crate) fn clear(&mut self) {
-        self.iov.clear();
-        self.total = 0;
-    }
-
-    /// Appends a host buffer; `false` if the list is full.
-    pub(crate) fn push(&mut self, ptr: *mut u8, len: usize) -> bool {
-        if len == 0 {
-            return true;
-        }
-        if self.iov.len() == MAX_IOVECS {
-            return false;
-        }
-        self.iov.push(libc::iovec { iov_base: ptr.cast(), iov_len: len });
-        self.total += len;
-        true
-    }
-
-    /// Total bytes described.
-    pub(crate) fn total(&self) -> usize {
-        self.total
-    }
-
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.iov.len()
-    }
-}
+use super::iovec::IoVecs;
 
 /// Runs `op` (a `preadv`/`pwritev` call) until `iov` is consumed.
 ///
@@ -76,17 +26,16 @@ impl IoVecs {
 /// if any. A zero-byte transfer (end of file) is an error: requests are
 /// bounds-checked against the image size before they get here.
 fn transfer_loop(
-    iov: &mut [libc::iovec],
+    iov: &mut IoVecs<'_>,
     mut offset: u64,
     mut op: impl FnMut(&[libc::iovec], libc::off_t) -> isize,
 ) -> (usize, Option<io::Error>) {
     let mut done = 0usize;
-    let mut first = 0usize;
-    while first < iov.len() {
+    while !iov.is_empty() {
         let Ok(off) = libc::off_t::try_from(offset) else {
             return (done, Some(io::Error::from_raw_os_error(libc::EOVERFLOW)));
         };
-        let ret = op(&iov[first..], off);
+        let ret = op(iov.as_raw(), off);
         if ret < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {
@@ -97,22 +46,10 @@ fn transfer_loop(
         if ret == 0 {
             return (done, Some(io::ErrorKind::UnexpectedEof.into()));
         }
-        let mut n = ret as usize;
+        let n = ret as usize;
         done += n;
         offset += n as u64;
-        while n > 0 && first < iov.len() {
-            let cur = &mut iov[first];
-            if n >= cur.iov_len {
-                n -= cur.iov_len;
-                first += 1;
-            } else {
-                // SAFETY: n < iov_len, so the advanced pointer stays inside
-                // the same buffer.
-                cur.iov_base = unsafe { cur.iov_base.cast::<u8>().add(n).cast() };
-                cur.iov_len -= n;
-                n = 0;
-            }
-        }
+        iov.advance(n);
     }
     (done, None)
 }
@@ -132,12 +69,13 @@ impl SyncDisk {
     }
 
     /// Reads into `iov` from `offset`; `(bytes read, error)`.
-    pub(crate) fn read_vectored_at(&mut self, iov: &mut IoVecs, offset: u64) -> (usize, Option<io::Error>) {
+    pub(crate) fn read_vectored_at(&mut self, iov: &mut IoVecs<'_>, offset: u64) -> (usize, Option<io::Error>) {
         let fd = self.file.as_raw_fd();
-        transfer_loop(&mut iov.iov, offset, |v, off| {
-            // SAFETY: every iovec points into mapped guest memory checked by
-            // the caller; at most MAX_IOVECS entries. A single buffer takes
-            // the cheaper pread path (no iovec import in the kernel).
+        transfer_loop(iov, offset, |v, off| {
+            // SAFETY: every iovec points into live guest memory (the
+            // invariant of IoVecs); at most MAX_IOVECS entries. A single
+            // buffer takes the cheaper pread path (no iovec import in the
+            // kernel).
             unsafe {
                 match v {
                     [one] => libc::pread(fd, one.iov_base, one.iov_len, off),
@@ -148,9 +86,9 @@ impl SyncDisk {
     }
 
     /// Writes `iov` at `offset`; `(bytes written, error)`.
-    pub(crate) fn write_vectored_at(&mut self, iov: &mut IoVecs, offset: u64) -> (usize, Option<io::Error>) {
+    pub(crate) fn write_vectored_at(&mut self, iov: &mut IoVecs<'_>, offset: u64) -> (usize, Option<io::Error>) {
         let fd = self.file.as_raw_fd();
-        transfer_loop(&mut iov.iov, offset, |v, off| {
+        transfer_loop(iov, offset, |v, off| {
             // SAFETY: as in read_vectored_at; the kernel only reads them.
             unsafe {
                 match v {
@@ -236,6 +174,8 @@ fn is_unsupported(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::virtio::host_view::HostView;
+    use crate::virtio::iovec::IoVecBuf;
     use std::os::unix::fs::FileExt;
 
     fn tmpfile(name: &str, len: u64) -> (std::path::PathBuf, File) {
@@ -249,14 +189,18 @@ mod tests {
 
     #[test]
     fn vectored_round_trip_and_partial_advance() {
+        use vm_memory::{Bytes, GuestAddress};
         let (dir, f) = tmpfile("rt", 8192);
         let mut disk = SyncDisk::new(f.try_clone().unwrap());
-        let mut a = vec![1u8; 1000];
-        let mut b = vec![2u8; 3096];
-        let mut iov = IoVecs::new();
-        assert!(iov.push(a.as_mut_ptr(), a.len()));
-        assert!(iov.push(b.as_mut_ptr(), 0));
-        assert!(iov.push(b.as_mut_ptr(), b.len()));
+        let mem = crate::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x4000)]).unwrap();
+        mem.write_slice(&[1u8; 1000], GuestAddress(0)).unwrap();
+        mem.write_slice(&[2u8; 3096], GuestAddress(0x1000)).unwrap();
+        let view = HostView::new(&mem);
+        let mut buf = IoVecBuf::new();
+        let mut iov = buf.start(&view);
+        assert!(iov.push(GuestAddress(0), 1000));
+        assert!(iov.push(GuestAddress(0x1000), 0));
+        assert!(iov.push(GuestAddress(0x1000), 3096));
         assert_eq!(iov.len(), 2);
         assert_eq!(iov.total(), 4096);
         let (n, e) = disk.write_vectored_at(&mut iov, 512);
@@ -268,9 +212,8 @@ mod tests {
         assert!(back[1000..].iter().all(|&x| x == 2));
 
         // Reading past the end stops with an error and a short count.
-        let mut big = vec![0u8; 8192];
         iov.clear();
-        iov.push(big.as_mut_ptr(), big.len());
+        iov.push(GuestAddress(0), 8192);
         let (n, e) = disk.read_vectored_at(&mut iov, 4096);
         assert_eq!(n, 4096);
         assert!(e.is_some());

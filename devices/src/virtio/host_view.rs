@@ -33,16 +33,17 @@ struct HostRegion {
 
 /// Host addresses of the regions of one `GuestMemoryMmap`.
 ///
-/// The pointers are valid as long as that `GuestMemoryMmap` (or a clone of
-/// it, which shares the mappings) is alive; the owner keeps one beside the
-/// view.
-#[derive(Debug, Default)]
+/// The view holds a clone of that `GuestMemoryMmap` (clones share the
+/// mappings), so its pointers are valid for as long as the view exists.
+#[derive(Debug)]
 pub(crate) struct HostView {
     regions: Vec<HostRegion>,
+    _mem: GuestMemoryMmap,
 }
 
-// SAFETY: the pointers are addresses of shared guest memory mappings kept
-// alive by the owner; guest memory is accessed from any thread by design.
+// SAFETY: the pointers are addresses of guest memory mappings the view
+// keeps alive (its `_mem`); guest memory is accessed from any thread by
+// design.
 unsafe impl Send for HostView {}
 
 impl HostView {
@@ -54,7 +55,7 @@ impl HostView {
                 Some(HostRegion { start: r.start_addr().raw_value(), len: r.len(), host })
             })
             .collect();
-        HostView { regions }
+        HostView { regions, _mem: mem.clone() }
     }
 
     /// The host address of `[addr, addr + len)` if the whole range lies in

@@ -21,6 +21,7 @@ pub mod block;
 mod chain;
 mod disk;
 mod host_view;
+mod iovec;
 pub mod mmio;
 pub mod net;
 mod queue_set;
@@ -28,6 +29,7 @@ pub mod tap;
 #[cfg(test)]
 mod test_utils;
 
+pub use iovec::{IoVecs, MAX_IOVECS};
 pub use queue_set::QueueSet;
 
 /// Why a device refused to start when the driver set `DRIVER_OK`.

@@ -40,7 +40,7 @@
 //! them while the device sits behind its transport's lock.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -48,10 +48,11 @@ use log::{error, warn};
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::*;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::chain::ChainWalker;
 use super::host_view::HostView;
+use super::iovec::{IoVecBuf, IoVecs};
 use super::tap::{Tap, TapError, VNET_HDR_LEN};
 use super::{ActivateError, LogBudget, QueueSet, VirtioDevice};
 use crate::GuestMemoryMmap;
@@ -74,8 +75,6 @@ const MIN_FRAME: usize = VNET_HDR_LEN + ETH_HLEN;
 /// Frames read from the backend per event before the event loop gets to
 /// serve other events (the fd is level-triggered, so it comes back).
 const RX_BATCH: usize = 64;
-/// Guest buffers one transmit frame may consist of (Linux `IOV_MAX`).
-const MAX_SEGS: usize = 1024;
 /// Size of the configuration space: mac, status, max_virtqueue_pairs.
 const CONFIG_LEN: usize = 10;
 
@@ -161,14 +160,9 @@ pub trait NetBackend: Send {
     /// is waiting. Frames longer than `buf` may be truncated.
     fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize>;
 
-    /// Writes one frame (header included) gathered from `iov`; returns the
-    /// bytes written.
-    ///
-    /// # Safety
-    ///
-    /// Every entry of `iov` must describe memory readable for the duration
-    /// of the call.
-    unsafe fn write_frame(&mut self, iov: &[libc::iovec]) -> io::Result<usize>;
+    /// Writes one frame (header included) gathered from the guest buffers
+    /// of `frame`; returns the bytes written.
+    fn write_frame(&mut self, frame: &IoVecs<'_>) -> io::Result<usize>;
 
     /// The file descriptor that becomes readable when a frame is waiting.
     fn fd(&self) -> RawFd;
@@ -185,19 +179,8 @@ impl NetBackend for Tap {
         self.read(buf)
     }
 
-    unsafe fn write_frame(&mut self, iov: &[libc::iovec]) -> io::Result<usize> {
-        if let [one] = iov {
-            // `write` skips the kernel's iovec import: measurably cheaper
-            // for the usual single-buffer frame.
-            // SAFETY: the caller guarantees the buffer is readable.
-            let n = unsafe { libc::write(self.as_raw_fd(), one.iov_base, one.iov_len) };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            return Ok(n as usize);
-        }
-        // SAFETY: forwarded from the caller.
-        unsafe { self.writev_raw(iov) }
+    fn write_frame(&mut self, frame: &IoVecs<'_>) -> io::Result<usize> {
+        frame.write_to(self.as_fd())
     }
 
     fn fd(&self) -> RawFd {
@@ -281,62 +264,6 @@ impl NetCounters {
     }
 }
 
-/// A reusable list of host buffers (iovecs) inside guest memory.
-struct Segs(Vec<libc::iovec>);
-
-// SAFETY: the pointers are addresses inside the guest memory mapping held
-// by the same device; they are used only while that mapping is alive.
-unsafe impl Send for Segs {}
-
-impl Segs {
-    fn push(&mut self, ptr: *mut u8, len: usize) -> bool {
-        if self.0.len() == MAX_SEGS {
-            return false;
-        }
-        self.0.push(libc::iovec { iov_base: ptr.cast(), iov_len: len });
-        true
-    }
-}
-
-/// Appends the host buffers of guest range `[addr, addr + len)` to
-/// `segs`; `false` if any byte is outside guest memory or the list is full.
-fn map_range(mem: &GuestMemoryMmap, view: &HostView, addr: GuestAddress, len: usize, segs: &mut Segs) -> bool {
-    if len == 0 {
-        return true;
-    }
-    if let Some(p) = view.ptr(addr, len as u64) {
-        return segs.push(p, len);
-    }
-    // Outside guest memory, or spanning two adjacent regions.
-    let mut total = 0;
-    for slice in GuestMemoryBackend::get_slices(mem, addr, len) {
-        let Ok(slice) = slice else {
-            return false;
-        };
-        total += slice.len();
-        // Valid while `mem` (held by the device) keeps the mapping alive.
-        if !segs.push(slice.ptr_guard_mut().as_ptr(), slice.len()) {
-            return false;
-        }
-    }
-    total == len
-}
-
-/// Copies `src` into the buffers of `segs`, in order.
-fn scatter(src: &[u8], segs: &[libc::iovec]) {
-    let mut off = 0;
-    for s in segs {
-        let n = s.iov_len.min(src.len() - off);
-        // SAFETY: each iovec was mapped from guest memory that stays mapped
-        // while the device is active; `src` is a host buffer.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr().add(off), s.iov_base.cast(), n) };
-        off += n;
-        if off == src.len() {
-            break;
-        }
-    }
-}
-
 /// How a receive chain fits a frame.
 enum Fit {
     /// The chain holds the remaining bytes.
@@ -349,10 +276,12 @@ enum Fit {
 
 /// The state that exists while the driver runs the device.
 struct Active {
-    mem: GuestMemoryMmap,
+    /// The guest memory (the view keeps it mapped).
     view: HostView,
     rx: Queue,
     tx: Queue,
+    /// The guest buffers of the frame being sent or received.
+    segs: IoVecBuf,
 }
 
 /// Why the driver's ring cannot be read.
@@ -405,7 +334,6 @@ struct Io {
     rx_notify_on: bool,
     /// Reading the backend failed for good; stop polling it.
     rx_failed: bool,
-    segs: Segs,
     /// (head, used length) of the chains one received frame spans.
     chains: Vec<(u16, u32)>,
     tally: NetStats,
@@ -454,7 +382,7 @@ impl Io {
     // ---- transmit ----
 
     fn process_tx(&mut self, a: &mut Active) -> bool {
-        let Active { mem, view, tx, .. } = a;
+        let Active { view, tx, segs, .. } = a;
         let mut used = false;
         let mut rounds = 0u32;
         'outer: loop {
@@ -487,7 +415,7 @@ impl Io {
                         break 'outer;
                     };
                     tx.set_next_avail(tx.next_avail().wrapping_add(1));
-                    self.send_chain(mem, view, tx, head);
+                    self.send_chain(view, tx, segs, head);
                     used |= self.complete(tx, view, head, 0);
                 }
             }
@@ -501,8 +429,8 @@ impl Io {
     }
 
     /// Sends the frame of transmit chain `head`, or drops it.
-    fn send_chain(&mut self, mem: &GuestMemoryMmap, view: &HostView, tx: &Queue, head: u16) {
-        self.segs.0.clear();
+    fn send_chain(&mut self, view: &HostView, tx: &Queue, segs: &mut IoVecBuf, head: u16) {
+        let mut frame = segs.start(view);
         let mut total = 0usize;
         let mut bad = None;
         for d in ChainWalker::new(view, tx.desc_table(), tx.size(), head) {
@@ -515,7 +443,7 @@ impl Io {
                 bad = Some("frame longer than 64 KiB plus the header");
                 break;
             }
-            if !map_range(mem, view, d.addr, d.len as usize, &mut self.segs) {
+            if !frame.push(d.addr, d.len as usize) {
                 bad = Some("buffer outside guest memory (or too many buffers)");
                 break;
             }
@@ -524,15 +452,14 @@ impl Io {
             bad = Some("frame shorter than the virtio-net and Ethernet headers");
         }
         if let Some(why) = bad {
-            self.segs.0.clear();
+            drop(frame);
             self.tally.tx_malformed += 1;
             self.tally.tx_dropped += 1;
             budget_warn!(self, tx_log, "transmit chain {head}: {why}; dropped");
             return;
         }
-        // SAFETY: the iovecs were mapped from the active guest memory.
-        let r = unsafe { self.backend.write_frame(&self.segs.0) };
-        self.segs.0.clear();
+        let r = self.backend.write_frame(&frame);
+        drop(frame);
         match r {
             Ok(n) if n == total => {
                 self.tally.tx_frames += 1;
@@ -665,21 +592,21 @@ impl Io {
         (!ok).then_some("segmentation offload the driver did not accept")
     }
 
-    /// Maps the device-writable buffers of chain `head` for up to `need`
-    /// bytes, appending them to `self.segs`.
-    fn map_rx_chain(&mut self, a: &Active, head: u16, need: usize) -> Fit {
-        if head >= a.rx.size() {
+    /// Maps the device-writable buffers of receive chain `head` for up to
+    /// `need` bytes, appending them to `segs`.
+    fn map_rx_chain(rx: &Queue, view: &HostView, segs: &mut IoVecs<'_>, head: u16, need: usize) -> Fit {
+        if head >= rx.size() {
             return Fit::Bad("descriptor head out of range");
         }
         let mut cap = 0usize;
         let mut any = false;
-        for d in ChainWalker::new(&a.view, a.rx.desc_table(), a.rx.size(), head) {
+        for d in ChainWalker::new(view, rx.desc_table(), rx.size(), head) {
             any = true;
             if !d.is_write_only() {
                 return Fit::Bad("device-readable descriptor in a receive chain");
             }
             let take = (d.len as usize).min(need - cap);
-            if !map_range(&a.mem, &a.view, d.addr, take, &mut self.segs) {
+            if !segs.push(d.addr, take) {
                 return Fit::Bad("buffer outside guest memory (or too many buffers)");
             }
             cap += d.len as usize;
@@ -708,7 +635,7 @@ impl Io {
                 Ok(k) => k,
                 Err(RingError) => return Delivery::RingError,
             };
-            self.segs.0.clear();
+            let mut segs = a.segs.start(&a.view);
             self.chains.clear();
             let mut got = 0usize;
             let mut bad = None;
@@ -722,7 +649,7 @@ impl Io {
                     Ok(h) => h,
                     Err(RingError) => return Delivery::RingError,
                 };
-                match self.map_rx_chain(a, head, n - got) {
+                match Self::map_rx_chain(&a.rx, &a.view, &mut segs, head, n - got) {
                     Fit::Fits => {
                         self.chains.push((head, (n - got) as u32));
                         got = n;
@@ -749,6 +676,7 @@ impl Io {
                     // Earlier chains of a merged frame go back unused too.
                     self.tally.rx_dropped += 1;
                 }
+                drop(segs);
                 self.take_chains(a, used, true);
                 if k > 1 {
                     return Delivery::Dropped;
@@ -757,7 +685,6 @@ impl Io {
             }
             if got < n {
                 if !mrg {
-                    self.segs.0.clear();
                     self.tally.rx_dropped += 1;
                     budget_warn!(
                         self,
@@ -767,7 +694,6 @@ impl Io {
                     return Delivery::Dropped;
                 }
                 if avail == a.rx.size() {
-                    self.segs.0.clear();
                     self.tally.rx_dropped += 1;
                     budget_warn!(
                         self,
@@ -777,13 +703,12 @@ impl Io {
                     return Delivery::Dropped;
                 }
                 // Wait for more buffers.
-                self.segs.0.clear();
                 return Delivery::NoBuffers(avail);
             }
             let nbufs = self.chains.len() as u16;
             self.rx_buf[10..12].copy_from_slice(&nbufs.to_le_bytes());
-            scatter(&self.rx_buf[..n], &self.segs.0);
-            self.segs.0.clear();
+            segs.copy_from(&self.rx_buf[..n]);
+            drop(segs);
             self.take_chains(a, used, false);
             self.tally.rx_frames += 1;
             self.tally.rx_bytes += (n - VNET_HDR_LEN) as u64;
@@ -879,7 +804,6 @@ impl Net {
                 rx_starved: false,
                 rx_notify_on: true,
                 rx_failed: false,
-                segs: Segs(Vec::with_capacity(MAX_SEGS)),
                 chains: Vec::with_capacity(usize::from(QUEUE_SIZE)),
                 tally: NetStats::default(),
                 counters: Arc::new(NetCounters::default()),
@@ -991,7 +915,7 @@ impl VirtioDevice for Net {
         // buffers the backend is not polled until the driver posts some.
         io.rx_notify_on = true;
         io.rx_starved = !matches!(avail_count(&rx, &view), Ok(n) if n > 0);
-        self.active = Some(Active { mem, view, rx, tx });
+        self.active = Some(Active { view, rx, tx, segs: IoVecBuf::new() });
         Ok(())
     }
 
@@ -1017,7 +941,6 @@ impl VirtioDevice for Net {
         io.rx_failed = false;
         io.rx_notify_on = true;
         io.acked = 0;
-        io.segs.0.clear();
         io.chains.clear();
         if let Err(e) = io.backend.set_offload(0) {
             error!("virtio-net ({}): cannot clear receive offloads: {e}", io.name);

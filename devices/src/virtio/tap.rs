@@ -22,7 +22,7 @@
 use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use virtio_bindings::virtio_net::{
@@ -302,21 +302,10 @@ impl Tap {
 
     /// Writes one frame gathered from `bufs`.
     pub fn writev(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let cnt = libc::c_int::try_from(bufs.len()).unwrap_or(libc::c_int::MAX);
         // SAFETY: IoSlice is ABI-compatible with struct iovec and each
-        // describes readable memory.
-        unsafe { self.writev_raw(std::slice::from_raw_parts(bufs.as_ptr().cast(), bufs.len())) }
-    }
-
-    /// Writes one frame gathered from raw `iov` entries.
-    ///
-    /// # Safety
-    ///
-    /// Every entry must describe memory that is readable for the duration
-    /// of the call.
-    pub unsafe fn writev_raw(&self, iov: &[libc::iovec]) -> io::Result<usize> {
-        let cnt = libc::c_int::try_from(iov.len()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: the caller guarantees the buffers are readable.
-        let n = unsafe { libc::writev(self.raw(), iov.as_ptr(), cnt) };
+        // describes memory readable for the call; the kernel only reads it.
+        let n = unsafe { libc::writev(self.raw(), bufs.as_ptr().cast(), cnt) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -327,6 +316,12 @@ impl Tap {
 impl AsRawFd for Tap {
     fn as_raw_fd(&self) -> RawFd {
         self.raw()
+    }
+}
+
+impl AsFd for Tap {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 

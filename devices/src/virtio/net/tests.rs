@@ -1,4 +1,4 @@
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Mutex;
 
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
@@ -8,6 +8,7 @@ use vm_memory::Bytes;
 
 use super::*;
 use crate::virtio::test_utils::{guest_mem, DATA_BASE, MEM_SIZE};
+use crate::virtio::IoVecs;
 
 const RXQ_BASE: u64 = 0x1000;
 const TXQ_BASE: u64 = 0x4000;
@@ -143,13 +144,8 @@ impl NetBackend for SockBackend {
         Ok(n as usize)
     }
 
-    unsafe fn write_frame(&mut self, iov: &[libc::iovec]) -> io::Result<usize> {
-        // SAFETY: the caller guarantees the buffers are readable.
-        let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), iov.len() as i32) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
+    fn write_frame(&mut self, frame: &IoVecs<'_>) -> io::Result<usize> {
+        frame.write_to(self.fd.as_fd())
     }
 
     fn fd(&self) -> RawFd {
