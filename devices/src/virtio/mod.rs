@@ -19,7 +19,6 @@ use crate::GuestMemoryMmap;
 
 pub mod block;
 mod chain;
-mod disk;
 mod host_view;
 mod iovec;
 pub mod mmio;

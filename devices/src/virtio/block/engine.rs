@@ -1,11 +1,12 @@
-//! The I/O engine behind virtio-blk: synchronous positional I/O on the
-//! image file.
+//! The I/O engine behind virtio-blk: the only code that touches the image.
 //!
-//! [`SyncDisk`] is deliberately small: vectored read and write at an offset,
-//! data sync, hole punching and zeroing. It is the seam where an
-//! asynchronous engine (io_uring) could replace it later: the block device
-//! builds the guest-memory scatter list ([`IoVecs`]) and the bounds-checked
-//! offset, and only these calls touch the file.
+//! [`DiskEngine`] is deliberately small: vectored read and write at an
+//! offset, data sync, hole punching and zeroing. The request handler
+//! builds the guest-memory scatter list ([`IoVecs`]) and the
+//! bounds-checked offset and calls it; [`SyncDisk`], synchronous
+//! positional I/O on the image file, is the engine today. An asynchronous
+//! engine (io_uring) would implement the same trait with completions
+//! collected later.
 //!
 //! Reads and writes go straight between the file and guest memory with
 //! `pread`/`pwrite` (one buffer) or `preadv`/`pwritev` (several) on iovecs
@@ -18,7 +19,28 @@ use std::fs::File;
 use std::io;
 use std::os::unix::io::AsRawFd;
 
-use super::iovec::IoVecs;
+use crate::virtio::iovec::IoVecs;
+
+/// The disk operations a virtio-blk request can turn into. Offsets and
+/// lengths are checked against the image by the caller.
+pub(crate) trait DiskEngine: Send {
+    /// Reads into `iov` from `offset`; `(bytes read, error)`.
+    fn read_vectored_at(&mut self, iov: &mut IoVecs<'_>, offset: u64) -> (usize, Option<io::Error>);
+
+    /// Writes `iov` at `offset`; `(bytes written, error)`.
+    fn write_vectored_at(&mut self, iov: &mut IoVecs<'_>, offset: u64) -> (usize, Option<io::Error>);
+
+    /// Makes written data durable.
+    fn flush(&mut self) -> io::Result<()>;
+
+    /// Deallocates `[offset, offset + len)`; it reads back as zeroes and
+    /// the image size does not change.
+    fn punch_hole(&mut self, offset: u64, len: u64) -> io::Result<()>;
+
+    /// Zeroes `[offset, offset + len)` without changing the image size;
+    /// with `unmap` the range may be deallocated.
+    fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> io::Result<()>;
+}
 
 /// Runs `op` (a `preadv`/`pwritev` call) until `iov` is consumed.
 ///
@@ -68,42 +90,6 @@ impl SyncDisk {
         SyncDisk { file, zeroes: Vec::new() }
     }
 
-    /// Reads into `iov` from `offset`; `(bytes read, error)`.
-    pub(crate) fn read_vectored_at(&mut self, iov: &mut IoVecs<'_>, offset: u64) -> (usize, Option<io::Error>) {
-        let fd = self.file.as_raw_fd();
-        transfer_loop(iov, offset, |v, off| {
-            // SAFETY: every iovec points into live guest memory (the
-            // invariant of IoVecs); at most MAX_IOVECS entries. A single
-            // buffer takes the cheaper pread path (no iovec import in the
-            // kernel).
-            unsafe {
-                match v {
-                    [one] => libc::pread(fd, one.iov_base, one.iov_len, off),
-                    _ => libc::preadv(fd, v.as_ptr(), v.len() as libc::c_int, off),
-                }
-            }
-        })
-    }
-
-    /// Writes `iov` at `offset`; `(bytes written, error)`.
-    pub(crate) fn write_vectored_at(&mut self, iov: &mut IoVecs<'_>, offset: u64) -> (usize, Option<io::Error>) {
-        let fd = self.file.as_raw_fd();
-        transfer_loop(iov, offset, |v, off| {
-            // SAFETY: as in read_vectored_at; the kernel only reads them.
-            unsafe {
-                match v {
-                    [one] => libc::pwrite(fd, one.iov_base, one.iov_len, off),
-                    _ => libc::pwritev(fd, v.as_ptr(), v.len() as libc::c_int, off),
-                }
-            }
-        })
-    }
-
-    /// Makes written data durable (`fdatasync`).
-    pub(crate) fn flush(&mut self) -> io::Result<()> {
-        self.file.sync_data()
-    }
-
     fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
         let off = libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
         let len = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
@@ -118,33 +104,6 @@ impl SyncDisk {
                 return Err(err);
             }
         }
-    }
-
-    /// Deallocates `[offset, offset + len)`; it reads back as zeroes and the
-    /// file size does not change.
-    pub(crate) fn punch_hole(&mut self, offset: u64, len: u64) -> io::Result<()> {
-        self.fallocate(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len)
-    }
-
-    /// Zeroes `[offset, offset + len)` without changing the file size.
-    ///
-    /// With `unmap` the range may be deallocated (hole punch). Falls back to
-    /// `FALLOC_FL_ZERO_RANGE` and then to writing zeroes when the file system
-    /// does not support the faster call.
-    pub(crate) fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
-        if unmap {
-            match self.punch_hole(offset, len) {
-                Ok(()) => return Ok(()),
-                Err(e) if is_unsupported(&e) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        match self.fallocate(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE, offset, len) {
-            Ok(()) => return Ok(()),
-            Err(e) if is_unsupported(&e) => {}
-            Err(e) => return Err(e),
-        }
-        self.write_zeroes_slow(offset, len)
     }
 
     fn write_zeroes_slow(&mut self, mut offset: u64, len: u64) -> io::Result<()> {
@@ -163,6 +122,67 @@ impl SyncDisk {
 
     #[cfg(test)]
     pub(crate) fn write_zeroes_fallback(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.write_zeroes_slow(offset, len)
+    }
+}
+
+impl DiskEngine for SyncDisk {
+    fn read_vectored_at(&mut self, iov: &mut IoVecs<'_>, offset: u64) -> (usize, Option<io::Error>) {
+        let fd = self.file.as_raw_fd();
+        transfer_loop(iov, offset, |v, off| {
+            // SAFETY: every iovec points into live guest memory (the
+            // invariant of IoVecs); at most MAX_IOVECS entries. A single
+            // buffer takes the cheaper pread path (no iovec import in the
+            // kernel).
+            unsafe {
+                match v {
+                    [one] => libc::pread(fd, one.iov_base, one.iov_len, off),
+                    _ => libc::preadv(fd, v.as_ptr(), v.len() as libc::c_int, off),
+                }
+            }
+        })
+    }
+
+    fn write_vectored_at(&mut self, iov: &mut IoVecs<'_>, offset: u64) -> (usize, Option<io::Error>) {
+        let fd = self.file.as_raw_fd();
+        transfer_loop(iov, offset, |v, off| {
+            // SAFETY: as in read_vectored_at; the kernel only reads them.
+            unsafe {
+                match v {
+                    [one] => libc::pwrite(fd, one.iov_base, one.iov_len, off),
+                    _ => libc::pwritev(fd, v.as_ptr(), v.len() as libc::c_int, off),
+                }
+            }
+        })
+    }
+
+    /// Makes written data durable (`fdatasync`).
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn punch_hole(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.fallocate(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len)
+    }
+
+    /// Zeroes `[offset, offset + len)` without changing the file size.
+    ///
+    /// With `unmap` the range may be deallocated (hole punch). Falls back to
+    /// `FALLOC_FL_ZERO_RANGE` and then to writing zeroes when the file system
+    /// does not support the faster call.
+    fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+        if unmap {
+            match self.punch_hole(offset, len) {
+                Ok(()) => return Ok(()),
+                Err(e) if is_unsupported(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match self.fallocate(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE, offset, len) {
+            Ok(()) => return Ok(()),
+            Err(e) if is_unsupported(&e) => {}
+            Err(e) => return Err(e),
+        }
         self.write_zeroes_slow(offset, len)
     }
 }

@@ -1,0 +1,247 @@
+//! Serving the request queue: in order, one pass over the available ring
+//! per round, each chain gathered, parsed ([`super::request`]) and executed
+//! on the disk engine ([`super::engine`]), then completed.
+//!
+//! The request path does not allocate and does not log on success; guest
+//! mistakes and I/O errors are logged within bounded budgets.
+
+use std::io;
+
+use log::{error, warn};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::Bytes;
+
+use super::engine::DiskEngine;
+use super::request::{self, Chain, Completion, Desc, Gathered, Image, Request, HEADER_LEN, MAX_DESCS};
+use super::{ID_BYTES, QUEUE_SIZE};
+use crate::virtio::chain::ChainWalker;
+use crate::virtio::host_view::HostView;
+use crate::virtio::iovec::{IoVecBuf, IoVecs};
+use crate::virtio::{LogBudget, MAX_QUEUE_ROUNDS};
+
+/// Everything the device needs to serve requests: the engine, what the
+/// image is, and scratch space reused by every request.
+pub(super) struct RequestHandler {
+    engine: Box<dyn DiskEngine>,
+    pub(super) image: Image,
+    pub(super) id: [u8; ID_BYTES],
+    descs: Vec<Desc>,
+    iov: IoVecBuf,
+    /// (head, used length) of the chains served in one pass, completed
+    /// after it; at most a queue's worth, so it never reallocates.
+    completed: Vec<(u16, u32)>,
+    bad_chain_log: LogBudget,
+    io_error_log: LogBudget,
+    queue_error_log: LogBudget,
+}
+
+/// Fills `iov` with the guest buffers of bytes `[skip, skip + take)` of the
+/// stream formed by `descs`; `false` if any byte is outside guest memory or
+/// the scatter list overflows.
+fn map_ranges(iov: &mut IoVecs<'_>, descs: &[Desc], skip: u64, take: u64) -> bool {
+    iov.clear();
+    request::for_each_range(descs, skip, take, |addr, len| iov.push(addr, len)) && iov.total() as u64 == take
+}
+
+impl RequestHandler {
+    pub(super) fn new(engine: Box<dyn DiskEngine>, image: Image, id: [u8; ID_BYTES]) -> Self {
+        RequestHandler {
+            engine,
+            image,
+            id,
+            descs: Vec::with_capacity(MAX_DESCS),
+            iov: IoVecBuf::new(),
+            completed: Vec::with_capacity(usize::from(QUEUE_SIZE)),
+            bad_chain_log: LogBudget::new(32),
+            io_error_log: LogBudget::new(32),
+            queue_error_log: LogBudget::new(8),
+        }
+    }
+
+    fn log_bad_chain(&mut self, head: u16, why: &str) {
+        if self.bad_chain_log.take("virtio-blk: malformed descriptor chain") {
+            warn!("virtio-blk: descriptor chain {head}: {why}");
+        }
+    }
+
+    fn log_io_error(&mut self, what: &str, err: &io::Error) {
+        if self.io_error_log.take("virtio-blk: I/O error") {
+            error!("virtio-blk: {what} failed: {err}");
+        }
+    }
+
+    fn log_queue_error(&mut self, what: std::fmt::Arguments<'_>) {
+        if self.queue_error_log.take("virtio-blk: queue error") {
+            error!("virtio-blk: {what}");
+        }
+    }
+
+    /// Serves every available chain of `queue`, in rounds until the driver
+    /// publishes no more (bounded by [`MAX_QUEUE_ROUNDS`]). Returns whether
+    /// the driver must be notified.
+    pub(super) fn process_queue(&mut self, queue: &mut Queue, view: &HostView) -> bool {
+        let mut used = false;
+        let mut rounds = 0u32;
+        loop {
+            rounds += 1;
+            if rounds > MAX_QUEUE_ROUNDS {
+                self.log_queue_error(format_args!(
+                    "request queue keeps refilling itself; leaving it until the next notification"
+                ));
+                break;
+            }
+            if queue.disable_notification(view).is_err() {
+                // The used ring was checked at QueueReady; nothing sensible
+                // can be done if it is not writable now.
+                break;
+            }
+            // Serve every chain published so far in one pass over the
+            // available ring (at most the queue size, bounded by
+            // virtio-queue), then complete them in order.
+            let (table, size) = (queue.desc_table(), queue.size());
+            match queue.iter(view) {
+                Ok(avail) => {
+                    for chain in avail {
+                        // virtio-queue hands out the head; the walk itself
+                        // reads descriptors through the host view with
+                        // virtio-queue's bounds (see `chain`).
+                        let head = chain.head_index();
+                        let len = self.handle_chain(view, head, ChainWalker::new(view, table, size, head));
+                        self.completed.push((head, len));
+                    }
+                }
+                Err(e) => {
+                    // A driver publishing a bogus avail index; stop rather
+                    // than spin on the same error.
+                    self.log_queue_error(format_args!("request queue: {e}"));
+                    break;
+                }
+            }
+            for i in 0..self.completed.len() {
+                let (head, len) = self.completed[i];
+                match queue.add_used(view, head, len) {
+                    Ok(()) => used = true,
+                    Err(e) => self.log_queue_error(format_args!("cannot complete descriptor {head}: {e}")),
+                }
+            }
+            self.completed.clear();
+            match queue.enable_notification(view) {
+                Ok(true) => continue,
+                _ => break,
+            }
+        }
+        used && queue.needs_notification(view).unwrap_or(true)
+    }
+
+    /// Serves one descriptor chain; returns the used length for the used
+    /// ring (0 when there was no place for a status byte).
+    fn handle_chain(&mut self, view: &HostView, head: u16, walker: ChainWalker<'_>) -> u32 {
+        let mut descs = std::mem::take(&mut self.descs);
+        let (status, done) = match request::gather(view, walker, &mut descs) {
+            Gathered::NoStatus => {
+                self.descs = descs;
+                self.log_bad_chain(head, "no device-writable status byte; dropped");
+                return 0;
+            }
+            Gathered::Malformed { status, why } => {
+                self.log_bad_chain(head, why);
+                (status, Completion::ioerr(0))
+            }
+            Gathered::Ok { status } => {
+                let chain = request::split(&descs);
+                let done = match request::parse(view, &chain, self.image) {
+                    Ok(req) => self.execute(view, head, req, &chain),
+                    Err(refused) => {
+                        if let Some(why) = refused.malformed {
+                            self.log_bad_chain(head, why);
+                        }
+                        refused.completion
+                    }
+                };
+                (status, done)
+            }
+        };
+        self.descs = descs;
+        // Checked by `gather`, and written last.
+        view.write_u8(status, done.status);
+        done.written + 1
+    }
+
+    /// Executes a parsed request on the engine.
+    fn execute(&mut self, view: &HostView, head: u16, req: Request, chain: &Chain<'_>) -> Completion {
+        match req {
+            Request::In { offset, len } => {
+                let mut iov = self.iov.start(view);
+                if !map_ranges(&mut iov, chain.writable, 0, len) {
+                    drop(iov);
+                    self.log_bad_chain(head, "IN buffer outside guest memory");
+                    return Completion::ioerr(0);
+                }
+                let (n, err) = self.engine.read_vectored_at(&mut iov, offset);
+                drop(iov);
+                // `n` <= len <= u32::MAX: a chain is at most 4 GiB long.
+                match err {
+                    None => Completion::ok(n as u32),
+                    Some(e) => {
+                        self.log_io_error("read", &e);
+                        Completion::ioerr(n as u32)
+                    }
+                }
+            }
+            Request::Out { offset, len } => {
+                let mut iov = self.iov.start(view);
+                if !map_ranges(&mut iov, chain.readable, HEADER_LEN, len) {
+                    drop(iov);
+                    self.log_bad_chain(head, "OUT buffer outside guest memory");
+                    return Completion::ioerr(0);
+                }
+                let (_, err) = self.engine.write_vectored_at(&mut iov, offset);
+                drop(iov);
+                self.io_result("write", err.map_or(Ok(()), Err))
+            }
+            Request::Flush => {
+                let r = self.engine.flush();
+                self.io_result("flush", r)
+            }
+            Request::GetId { len } => {
+                let id = self.id;
+                let mut pos = 0;
+                let ok = request::for_each_range(chain.writable, 0, len, |addr, n| {
+                    let r = view.write_slice(&id[pos..pos + n], addr).is_ok();
+                    pos += n;
+                    r
+                });
+                if ok {
+                    Completion::ok(len as u32)
+                } else {
+                    self.log_bad_chain(head, "GET_ID buffer outside guest memory");
+                    Completion::ioerr(0)
+                }
+            }
+            Request::Discard { offset, len } => {
+                let r = match self.engine.punch_hole(offset, len) {
+                    // Discard is a hint; a file system without hole punching
+                    // simply keeps the data.
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP)) => Ok(()),
+                    r => r,
+                };
+                self.io_result("discard/write-zeroes", r)
+            }
+            Request::WriteZeroes { offset, len, unmap } => {
+                let r = self.engine.write_zeroes(offset, len, unmap);
+                self.io_result("discard/write-zeroes", r)
+            }
+        }
+    }
+
+    /// `OK`, or `IOERR` with the error logged.
+    fn io_result(&mut self, what: &str, r: io::Result<()>) -> Completion {
+        match r {
+            Ok(()) => Completion::ok(0),
+            Err(e) => {
+                self.log_io_error(what, &e);
+                Completion::ioerr(0)
+            }
+        }
+    }
+}
