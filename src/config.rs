@@ -230,7 +230,12 @@ impl NetConfig {
             match k {
                 "tap" if !v.is_empty() && v.len() < 16 => tap = Some(v.to_string()),
                 "tap" => return Err(bad("tap name must be 1 to 15 bytes")),
-                "mac" => mac = Some(parse_mac(v).ok_or_else(|| bad("mac must look like 02:00:00:00:00:01"))?),
+                "mac" => {
+                    mac = Some(
+                        ember_devices::virtio::net::parse_mac(v)
+                            .ok_or_else(|| bad("mac must look like 02:00:00:00:00:01"))?,
+                    )
+                }
                 _ => return Err(bad(&format!("unknown key '{k}' (known: tap, mac)"))),
             }
         }
@@ -248,21 +253,6 @@ fn parse_on_off(v: &str) -> Option<bool> {
         "off" | "false" | "no" | "0" => Some(false),
         _ => None,
     }
-}
-
-/// Parses `AA:BB:CC:DD:EE:FF`.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in mac.iter_mut() {
-        let p = parts.next()?;
-        // Two hex digits exactly (from_str_radix alone would take "+2").
-        if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
-            return None;
-        }
-        *b = u8::from_str_radix(p, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
 }
 
 /// Everything needed to build a VM.
@@ -351,6 +341,7 @@ mod tests {
 
     #[test]
     fn macs_are_strict() {
+        use ember_devices::virtio::net::parse_mac;
         assert_eq!(parse_mac("02:00:00:00:00:0a"), Some([2, 0, 0, 0, 0, 10]));
         assert_eq!(parse_mac("+2:00:00:00:00:01"), None);
         assert_eq!(parse_mac("2:00:00:00:00:01"), None);

@@ -52,8 +52,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use ember_devices::virtio::net::tap::{if_index, Tap, VNET_HDR_LEN};
 use ember_devices::virtio::net::{Net, NetConfig, RX_QUEUE, TX_QUEUE};
-use ember_devices::virtio::tap::{if_index, Tap, VNET_HDR_LEN};
 use ember_devices::virtio::VirtioDevice;
 use ember_devices::GuestMemoryMmap;
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};

@@ -24,7 +24,6 @@ mod iovec;
 pub mod mmio;
 pub mod net;
 mod queue_set;
-pub mod tap;
 #[cfg(test)]
 mod test_utils;
 

@@ -310,14 +310,24 @@ fn bad_macs_are_refused_naming_the_interface() {
 
 #[test]
 fn mac_parsing_and_formatting() {
-    assert_eq!(parse_mac("02:aB:00:1:ff:10"), Some([2, 0xab, 0, 1, 0xff, 0x10]));
-    assert_eq!(parse_mac("02-00-00-00-00-01"), Some([2, 0, 0, 0, 0, 1]));
-    for bad in
-        ["", "02:00:00:00:00", "02:00:00:00:00:00:00", "02:00:00:00:00:100", "0g:00:00:00:00:00", "02::00:00:00:00"]
-    {
+    // One grammar: six pairs of hex digits, `:`-separated, either case.
+    assert_eq!(parse_mac("02:aB:00:01:ff:10"), Some([2, 0xab, 0, 1, 0xff, 0x10]));
+    for bad in [
+        "",
+        "02:00:00:00:00",
+        "02:00:00:00:00:00:00",
+        "02:00:00:00:00:100",
+        "0g:00:00:00:00:00",
+        "02::00:00:00:00",
+        // Single digits, other separators and signs are not MACs.
+        "02:aB:00:1:ff:10",
+        "02-00-00-00-00-01",
+        "+2:00:00:00:00:01",
+    ] {
         assert_eq!(parse_mac(bad), None, "{bad}");
     }
     assert_eq!(format_mac(&[2, 0xab, 0, 1, 0xff, 0x10]), "02:ab:00:01:ff:10");
+    assert_eq!(parse_mac(&format_mac(&[2, 0xab, 0, 1, 0xff, 0x10])), Some([2, 0xab, 0, 1, 0xff, 0x10]));
 }
 
 #[test]
@@ -946,7 +956,7 @@ fn packet_socket(ifname: &str) -> OwnedFd {
         let mut sll: libc::sockaddr_ll = std::mem::zeroed();
         sll.sll_family = libc::AF_PACKET as u16;
         sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-        sll.sll_ifindex = crate::virtio::tap::if_index(ifname).unwrap() as i32;
+        sll.sll_ifindex = crate::virtio::net::tap::if_index(ifname).unwrap() as i32;
         let r = libc::bind(
             fd.as_raw_fd(),
             (&sll as *const libc::sockaddr_ll).cast(),

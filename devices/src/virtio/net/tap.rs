@@ -25,6 +25,8 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
+use super::NetBackend;
+use crate::virtio::IoVecs;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
     VIRTIO_NET_F_GUEST_UFO,
@@ -322,6 +324,25 @@ impl AsRawFd for Tap {
 impl AsFd for Tap {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+}
+
+/// The production backend of virtio-net.
+impl NetBackend for Tap {
+    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read(buf)
+    }
+
+    fn write_frame(&mut self, frame: &IoVecs<'_>) -> io::Result<usize> {
+        frame.write_to(self.as_fd())
+    }
+
+    fn fd(&self) -> RawFd {
+        self.as_raw_fd()
+    }
+
+    fn set_offload(&mut self, features: u64) -> io::Result<()> {
+        Tap::set_offload(self, features).map_err(io::Error::other)
     }
 }
 
