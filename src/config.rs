@@ -327,7 +327,7 @@ impl VmConfig {
             }
         }
         let devices = self.disks.len() + self.nets.len();
-        let max = crate::boot::layout::max_virtio_devices();
+        let max = crate::layout::max_virtio_devices();
         if devices > max {
             return Err(ConfigError::TooManyDevices(devices, max));
         }

@@ -32,6 +32,7 @@ pub mod error;
 pub mod event_loop;
 pub mod exit;
 pub mod jail;
+pub mod layout;
 pub mod memory;
 pub mod seccomp;
 pub mod serial_capture;

@@ -2,7 +2,7 @@
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use crate::boot::layout::{FIRST_ADDR_PAST_32BITS, MMIO32_START};
+use crate::layout::{FIRST_ADDR_PAST_32BITS, MMIO32_START};
 
 /// Errors creating guest memory.
 #[derive(Debug, thiserror::Error)]

@@ -14,8 +14,12 @@ use std::time::{Duration, Instant};
 use regex_lite::Regex;
 
 use crate::config::SharedWriter;
+use crate::config::{SerialConfig, VmConfig};
 use crate::cpio::{CpioError, CpioWriter};
-use crate::{SerialCapture, SerialConfig, Vm, VmConfig, VmExit};
+use crate::error::Error;
+use crate::exit::VmExit;
+use crate::serial_capture::SerialCapture;
+use crate::vm::Vm;
 
 /// Exit status when the timeout passed (as `timeout(1)`).
 pub const EXIT_TIMEOUT: i32 = 124;
@@ -70,7 +74,7 @@ pub enum SmokeError {
     Cpio(#[from] CpioError),
     /// The VM could not be built or started.
     #[error(transparent)]
-    Vm(#[from] crate::Error),
+    Vm(#[from] Error),
 }
 
 impl SmokeError {

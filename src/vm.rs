@@ -22,10 +22,11 @@ use ember_devices::virtio::net::{format_mac, Net, NetConfig as NetDeviceConfig, 
 use ember_devices::virtio::VirtioDevice;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
+use virtio_bindings::bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::boot::{self, layout, mptable, Entry};
+use crate::boot::{self, mptable, Entry};
 use crate::bus::Bus;
 use crate::config::{SerialConfig, VmConfig};
 use crate::console::ConsoleInput;
@@ -33,16 +34,11 @@ use crate::cpuid::{self, CpuidOptions};
 use crate::error::Error;
 use crate::event_loop::{EventLoop, Subscriber};
 use crate::exit::{ExitSignal, VmExit};
+use crate::layout;
 use crate::memory;
 use crate::seccomp::{self, ThreadKind};
 use crate::terminal::RawTerminal;
 use crate::vcpu::{self, Vcpu, VcpuRunner};
-
-const COM1_PORT: u64 = 0x3f8;
-const I8042_PORT: u64 = 0x60;
-const CMOS_PORT: u64 = 0x70;
-/// The debug-exit device's I/O port.
-pub const DEBUG_EXIT_PORT: u64 = 0xf4;
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
     move |source| Error::Kvm { what, source }
@@ -69,16 +65,11 @@ fn attach_virtio(
     vm_fd.register_irqfd(&irq_evt, irq).map_err(kvm_err("KVM_IRQFD (virtio)"))?;
     let transport = MmioTransport::new(device, mem.clone(), Arc::new(irq_evt)).map_err(verr)?;
     for (q, evt) in transport.queue_events().iter().enumerate() {
-        let addr = IoEventAddress::Mmio(base + u64::from(QUEUE_NOTIFY_OFFSET));
+        let addr = IoEventAddress::Mmio(base + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY));
         vm_fd.register_ioevent(evt, &addr, q as u32).map_err(kvm_err("KVM_IOEVENTFD (virtio)"))?;
     }
     Ok(Arc::new(Mutex::new(transport)))
 }
-
-/// Test-only (feature `seccomp-probe`): the port whose write of 0x5e makes
-/// the vCPU thread call sysinfo(2), outside the seccomp allow-list.
-#[cfg(feature = "seccomp-probe")]
-pub const SECCOMP_PROBE_PORT: u64 = 0x5ec;
 
 #[cfg(feature = "seccomp-probe")]
 struct SeccompProbe;
@@ -100,9 +91,6 @@ impl BusDevice for SeccompProbe {
         }
     }
 }
-
-/// The virtio-mmio QueueNotify register.
-const QUEUE_NOTIFY_OFFSET: u32 = 0x50;
 
 /// Whether this host's KVM runs guest code by emulating it (PVM), which
 /// lacks some instructions a VMM can hide (CMPXCHG16B).
@@ -243,7 +231,7 @@ impl Vm {
             out,
             input_ready.as_ref().map(|e| e.try_clone()).transpose().map_err(io_err("duplicating an eventfd"))?,
         )));
-        pio.insert(COM1_PORT, 8, serial.clone())?;
+        pio.insert(layout::COM1_PORT, layout::COM1_PORT_LEN, serial.clone())?;
         let console_input = input_ready.map(|evt| {
             // SAFETY: isatty only inspects fd 0.
             let tty = unsafe { libc::isatty(0) } == 1;
@@ -251,13 +239,17 @@ impl Vm {
         });
 
         let exit_line: Arc<dyn ExitLine> = exit.clone();
-        pio.insert(I8042_PORT, 5, Arc::new(Mutex::new(I8042::new(exit_line.clone()))))?;
-        pio.insert(CMOS_PORT, 2, Arc::new(Mutex::new(Cmos::new())))?;
+        pio.insert(layout::I8042_PORT, layout::I8042_PORT_LEN, Arc::new(Mutex::new(I8042::new(exit_line.clone()))))?;
+        pio.insert(layout::CMOS_PORT, layout::CMOS_PORT_LEN, Arc::new(Mutex::new(Cmos::new())))?;
         if config.debug_exit {
-            pio.insert(DEBUG_EXIT_PORT, 4, Arc::new(Mutex::new(DebugExit::new(exit_line))))?;
+            pio.insert(
+                layout::DEBUG_EXIT_PORT,
+                layout::DEBUG_EXIT_PORT_LEN,
+                Arc::new(Mutex::new(DebugExit::new(exit_line))),
+            )?;
         }
         #[cfg(feature = "seccomp-probe")]
-        pio.insert(SECCOMP_PROBE_PORT, 1, Arc::new(Mutex::new(SeccompProbe)))?;
+        pio.insert(layout::SECCOMP_PROBE_PORT, 1, Arc::new(Mutex::new(SeccompProbe)))?;
         let quiet: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(QuietPorts));
         for &(base, len) in QUIET_PORT_RANGES {
             pio.insert(base as u64, len as u64, quiet.clone())?;

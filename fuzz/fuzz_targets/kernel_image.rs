@@ -30,7 +30,8 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use ember::boot::{self, image, layout, Entry};
+use ember::boot::{self, image, Entry};
+use ember::layout;
 use ember::BootProtocol;
 use libfuzzer_sys::fuzz_target;
 use vm_memory::GuestMemoryMmap;

@@ -4,7 +4,7 @@
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::layout::{
+use crate::layout::{
     BOOT_STACK_POINTER, GDT_START, IDENTITY_MAP_SIZE, IDT_START, PDE_START, PDPTE_START, PML4_START, PVH_INFO_START,
     ZERO_PAGE_START,
 };

@@ -7,7 +7,6 @@
 
 pub mod cpu_state;
 pub mod image;
-pub mod layout;
 pub mod mptable;
 
 use std::fs::File;
@@ -19,9 +18,9 @@ use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::config::BootProtocol;
+use crate::layout::*;
 use crate::memory::low_ram_end;
 use image::{ImageInfo, ImageKind};
-use layout::*;
 
 /// E820 type of usable RAM.
 pub const E820_RAM: u32 = 1;

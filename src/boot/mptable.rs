@@ -4,7 +4,7 @@
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::layout::{APIC_START, EBDA_START, IOAPIC_START, LOW_RAM_END};
+use crate::layout::{APIC_START, EBDA_START, IOAPIC_START, LOW_RAM_END};
 
 /// Pins on the in-kernel IOAPIC.
 pub const IOAPIC_PINS: u8 = 24;

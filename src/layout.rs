@@ -1,6 +1,9 @@
-//! Every guest-physical address ember uses, in one place.
+//! The machine ember builds: every guest-physical address, I/O port and
+//! interrupt line, in one place at the bottom of the module graph (it
+//! imports nothing from the crate).
 //!
-//! `docs/boot.md` draws this map; a unit test there checks the two agree.
+//! `docs/boot.md` draws this map and lists the ports; a unit test here
+//! checks the two agree.
 //!
 //! ```text
 //! 0x0000_0000 ..0x0000_0500   real-mode IVT and BIOS data area (left zero)
@@ -14,6 +17,7 @@
 //! 0x0009_fc00 ..0x000a_0000   MP table (in the EBDA, where Linux scans for it)
 //! 0x0010_0000 ..              kernel, then the initrd at the top of low RAM
 //! 0xc000_0000 ..0x1_0000_0000 32-bit MMIO hole (no RAM):
+//!     0xc000_0000 ..0xd000_0000   free (room for a PCI MMIO window)
 //!     0xd000_0000 ..          virtio-mmio devices, 4 KiB apart, IRQ 5 upwards
 //!     0xfec0_0000             IOAPIC (in-kernel)
 //!     0xfee0_0000             local APICs (in-kernel)
@@ -21,6 +25,10 @@
 //!     0xfffb_d000 ..+3 pages  TSS (KVM)
 //! 0x1_0000_0000 ..            RAM beyond 3 GiB continues here
 //! ```
+
+use ember_devices::virtio::mmio::MMIO_SIZE;
+
+// ---- Low memory: boot structures -------------------------------------
 
 /// Where the boot GDT is written.
 pub const GDT_START: u64 = 0x500;
@@ -56,29 +64,33 @@ pub const EBDA_START: u64 = 0x9fc00;
 pub const LOW_RAM_END: u64 = 0xa0000;
 /// Start of high memory: kernels load at or above it.
 pub const HIMEM_START: u64 = 0x10_0000;
+// ---- RAM and the 32-bit MMIO hole -------------------------------------
+
 /// Start of the 32-bit MMIO hole; guest RAM stops here and resumes at 4 GiB.
 pub const MMIO32_START: u64 = 0xc000_0000;
 /// Size of the 32-bit MMIO hole.
 pub const MMIO32_SIZE: u64 = FIRST_ADDR_PAST_32BITS - MMIO32_START;
 /// 4 GiB.
 pub const FIRST_ADDR_PAST_32BITS: u64 = 1 << 32;
-/// First virtio-mmio device.
+// ---- Inside the MMIO hole ----------------------------------------------
+//
+// 0xc000_0000..0xd000_0000 is free: a PCI MMIO window (BARs) and the ECAM
+// configuration space will go here when PCI is added.
+
+/// First virtio-mmio device. Each gets one transport window of
+/// [`MMIO_SIZE`] (the transport's property, from ember-devices).
 pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
-/// Space given to each virtio-mmio device.
-pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
 /// IRQ (IOAPIC pin / GSI) of the first virtio-mmio device.
 pub const VIRTIO_IRQ_BASE: u32 = 5;
 /// Last IRQ usable for virtio-mmio devices (the IOAPIC has 24 pins).
 pub const VIRTIO_IRQ_LAST: u32 = 23;
-/// IRQ of the COM1 UART.
-pub const SERIAL_IRQ: u32 = 4;
 /// IOAPIC base (served in the kernel).
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// Local APIC base (served in the kernel).
 pub const APIC_START: u64 = 0xfee0_0000;
-/// KVM's EPT identity-map page.
+/// KVM's EPT identity-map page (`KVM_SET_IDENTITY_MAP_ADDR`).
 pub const KVM_IDENTITY_MAP_START: u64 = 0xfffb_c000;
-/// KVM's three-page TSS area.
+/// KVM's three-page TSS area (`KVM_SET_TSS_ADDR`).
 pub const KVM_TSS_START: u64 = 0xfffb_d000;
 
 /// How many virtio-mmio devices fit: one IRQ each from
@@ -89,8 +101,34 @@ pub const fn max_virtio_devices() -> usize {
 
 /// Address and IRQ of virtio-mmio device number `index`.
 pub const fn virtio_slot(index: usize) -> (u64, u32) {
-    (VIRTIO_MMIO_START + index as u64 * VIRTIO_MMIO_SIZE, VIRTIO_IRQ_BASE + index as u32)
+    (VIRTIO_MMIO_START + index as u64 * MMIO_SIZE, VIRTIO_IRQ_BASE + index as u32)
 }
+
+// ---- I/O ports and legacy interrupt lines --------------------------------
+
+/// COM1, an 8250 UART: eight registers from here.
+pub const COM1_PORT: u64 = 0x3f8;
+/// Number of COM1 registers.
+pub const COM1_PORT_LEN: u64 = 8;
+/// IRQ (IOAPIC pin) of the COM1 UART.
+pub const SERIAL_IRQ: u32 = 4;
+/// The i8042 controller: data at 0x60, command/status at 0x64 (its reset
+/// command ends the VM).
+pub const I8042_PORT: u64 = 0x60;
+/// Ports from [`I8042_PORT`] the i8042 answers (0x60..=0x64).
+pub const I8042_PORT_LEN: u64 = 5;
+/// The CMOS RTC: index at 0x70, data at 0x71.
+pub const CMOS_PORT: u64 = 0x70;
+/// Ports of the CMOS RTC.
+pub const CMOS_PORT_LEN: u64 = 2;
+/// The debug-exit device (`--debug-exit`): a guest's `outb N` here ends the
+/// VM with status N.
+pub const DEBUG_EXIT_PORT: u64 = 0xf4;
+/// Ports the debug-exit device answers (0xf4..=0xf7).
+pub const DEBUG_EXIT_PORT_LEN: u64 = 4;
+/// Test-only (feature `seccomp-probe`): a write of 0x5e here makes the vCPU
+/// thread call sysinfo(2), outside the seccomp allow-list.
+pub const SECCOMP_PROBE_PORT: u64 = 0x5ec;
 
 #[cfg(test)]
 mod tests {
@@ -99,7 +137,7 @@ mod tests {
     /// docs/boot.md's memory-map table must agree with these constants.
     #[test]
     fn docs_table_matches_constants() {
-        let doc = include_str!("../../docs/boot.md");
+        let doc = include_str!("../docs/boot.md");
         let consts: &[(&str, u64)] = &[
             ("GDT_START", GDT_START),
             ("IDT_START", IDT_START),
@@ -122,6 +160,10 @@ mod tests {
             ("KVM_IDENTITY_MAP_START", KVM_IDENTITY_MAP_START),
             ("KVM_TSS_START", KVM_TSS_START),
             ("FIRST_ADDR_PAST_32BITS", FIRST_ADDR_PAST_32BITS),
+            ("COM1_PORT", COM1_PORT),
+            ("I8042_PORT", I8042_PORT),
+            ("CMOS_PORT", CMOS_PORT),
+            ("DEBUG_EXIT_PORT", DEBUG_EXIT_PORT),
         ];
         for (name, value) in consts {
             let row = doc
@@ -144,7 +186,7 @@ mod tests {
     #[test]
     fn virtio_window_fits_below_the_ioapic() {
         let (last, irq) = virtio_slot(max_virtio_devices() - 1);
-        assert!(last + VIRTIO_MMIO_SIZE <= IOAPIC_START);
+        assert!(last + MMIO_SIZE <= IOAPIC_START);
         assert_eq!(irq, VIRTIO_IRQ_LAST);
     }
 }
