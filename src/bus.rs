@@ -5,6 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use ember_devices::bus::BusDevice;
 
+use crate::sync::lock;
+
 /// Errors building a bus.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BusError {
@@ -74,7 +76,7 @@ impl Bus {
     }
 
     fn note_unknown(&self, addr: u64, what: &str, len: usize) {
-        let mut seen = self.unknown_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = lock(&self.unknown_seen);
         if seen.len() < 4096 && seen.insert(addr) {
             log::info!("{} {what} of {len} bytes at {addr:#x}: no device there (logged once per address)", self.name);
         }
@@ -83,7 +85,7 @@ impl Bus {
     /// Handles a guest read; unclaimed addresses read as all-ones.
     pub fn read(&self, addr: u64, data: &mut [u8]) {
         match self.find(addr) {
-            Some((e, off)) => e.device.lock().unwrap_or_else(|e| e.into_inner()).read(off, data),
+            Some((e, off)) => lock(&e.device).read(off, data),
             None => {
                 data.fill(0xff);
                 self.note_unknown(addr, "read", data.len());
@@ -94,7 +96,7 @@ impl Bus {
     /// Handles a guest write; unclaimed addresses ignore it.
     pub fn write(&self, addr: u64, data: &[u8]) {
         match self.find(addr) {
-            Some((e, off)) => e.device.lock().unwrap_or_else(|e| e.into_inner()).write(off, data),
+            Some((e, off)) => lock(&e.device).write(off, data),
             None => self.note_unknown(addr, "write", data.len()),
         }
     }

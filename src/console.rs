@@ -13,6 +13,7 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::exit::{ExitSignal, VmExit};
+use crate::sync::lock;
 
 const CTRL_A: u8 = 0x01;
 
@@ -92,7 +93,7 @@ impl ConsoleInput {
         if self.pending.is_empty() {
             return;
         }
-        let n = self.serial.lock().unwrap_or_else(|e| e.into_inner()).enqueue_input(&self.pending);
+        let n = lock(&self.serial).enqueue_input(&self.pending);
         self.pending.drain(..n);
     }
 

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use ember_devices::legacy::{ExitLine, GuestExitRequest};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::sync::{lock, wait, wait_timeout};
+
 /// Why a VM stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VmExit {
@@ -128,7 +130,7 @@ impl ExitSignal {
     /// Records `exit` unless an exit is already recorded. Returns whether
     /// this call was the first.
     pub fn request(&self, exit: VmExit) -> bool {
-        let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = lock(&self.reason);
         if r.is_some() {
             return false;
         }
@@ -141,30 +143,31 @@ impl ExitSignal {
 
     /// The recorded exit, if any.
     pub fn get(&self) -> Option<VmExit> {
-        self.reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        lock(&self.reason).clone()
     }
 
     /// Whether an exit is recorded.
     pub fn is_set(&self) -> bool {
-        self.reason.lock().map(|r| r.is_some()).unwrap_or(true)
+        // A lock poisoned by a panic counts as an exit: the VM must stop.
+        self.reason.is_poisoned() || lock(&self.reason).is_some()
     }
 
     /// Blocks until an exit is recorded, or `timeout` passes.
     pub fn wait_timeout(&self, timeout: Option<Duration>) -> Option<VmExit> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = lock(&self.reason);
         loop {
             if let Some(x) = r.as_ref() {
                 return Some(x.clone());
             }
             r = match deadline {
-                None => self.cv.wait(r).unwrap_or_else(|e| e.into_inner()),
+                None => wait(&self.cv, r),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
                         return None;
                     }
-                    self.cv.wait_timeout(r, d - now).unwrap_or_else(|e| e.into_inner()).0
+                    wait_timeout(&self.cv, r, d - now)
                 }
             };
         }

@@ -37,6 +37,7 @@ pub mod memory;
 pub mod seccomp;
 pub mod serial_capture;
 pub mod smoke;
+mod sync;
 pub mod terminal;
 pub mod vcpu;
 pub mod vm;

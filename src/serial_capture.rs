@@ -4,6 +4,8 @@ use std::io::{self, Write};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::sync::{lock, wait_timeout};
+
 #[derive(Default)]
 struct Inner {
     bytes: Vec<u8>,
@@ -38,8 +40,8 @@ impl SerialCapture {
     pub fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let needle = needle.as_bytes();
-        let (lock, cv) = &*self.inner;
-        let mut g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (mutex, cv) = &*self.inner;
+        let mut g = lock(mutex);
         loop {
             if contains(&g.bytes, needle) {
                 return true;
@@ -48,7 +50,7 @@ impl SerialCapture {
             if g.closed || now >= deadline {
                 return false;
             }
-            g = cv.wait_timeout(g, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+            g = wait_timeout(cv, g, deadline - now);
         }
     }
 
@@ -57,15 +59,15 @@ impl SerialCapture {
     /// none) and whether the capture is closed.
     pub fn wait_beyond(&self, seen: usize, timeout: Duration) -> (Vec<u8>, bool) {
         let deadline = Instant::now() + timeout;
-        let (lock, cv) = &*self.inner;
-        let mut g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (mutex, cv) = &*self.inner;
+        let mut g = lock(mutex);
         loop {
             let now = Instant::now();
             if g.bytes.len() > seen || g.closed || now >= deadline {
                 let new = g.bytes.get(seen..).map(<[u8]>::to_vec).unwrap_or_default();
                 return (new, g.closed);
             }
-            g = cv.wait_timeout(g, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+            g = wait_timeout(cv, g, deadline - now);
         }
     }
 
@@ -76,7 +78,7 @@ impl SerialCapture {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.0.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.inner.0)
     }
 }
 

@@ -19,6 +19,7 @@ use crate::cpio::{CpioError, CpioWriter};
 use crate::error::Error;
 use crate::exit::VmExit;
 use crate::serial_capture::SerialCapture;
+use crate::sync::lock;
 use crate::vm::Vm;
 
 /// Exit status when the timeout passed (as `timeout(1)`).
@@ -413,7 +414,7 @@ impl Streamer {
     fn raw(&mut self, bytes: &[u8]) {
         if !self.quiet && !bytes.is_empty() {
             if let Some(o) = &self.out {
-                let mut w = o.lock().unwrap_or_else(|e| e.into_inner());
+                let mut w = lock(o);
                 let _ = w.write_all(bytes);
                 let _ = w.flush();
             }
@@ -434,7 +435,7 @@ impl Streamer {
         }
         if self.inside {
             if let Some(o) = &self.out {
-                let mut w = o.lock().unwrap_or_else(|e| e.into_inner());
+                let mut w = lock(o);
                 let _ = writeln!(w, "{line}");
                 let _ = w.flush();
             }

@@ -37,6 +37,7 @@ use crate::exit::{ExitSignal, VmExit};
 use crate::layout;
 use crate::memory;
 use crate::seccomp::{self, ThreadKind};
+use crate::sync::lock;
 use crate::terminal::RawTerminal;
 use crate::vcpu::{self, Vcpu, VcpuRunner};
 
@@ -122,11 +123,11 @@ struct Shared(crate::config::SharedWriter);
 
 impl Write for Shared {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).write(buf)
+        lock(&self.0).write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).flush()
+        lock(&self.0).flush()
     }
 }
 
