@@ -15,6 +15,7 @@
 //! 0x0000_9000 ..0x0000_f000   identity page tables: PML4, PDPT, 4 PDs (4 GiB, 2 MiB pages)
 //! 0x0002_0000 ..0x0003_0000   kernel command line (NUL-terminated)
 //! 0x0009_fc00 ..0x000a_0000   MP table (in the EBDA, where Linux scans for it)
+//! 0x000f_0000 ..0x0010_0000   MP table with more than 37 vCPUs (BIOS area)
 //! 0x0010_0000 ..              kernel, then the initrd at the top of low RAM
 //! 0xc000_0000 ..0x1_0000_0000 32-bit MMIO hole (no RAM):
 //!     0xc000_0000 ..0xd000_0000   free (room for a PCI MMIO window)
@@ -62,6 +63,11 @@ pub const CMDLINE_MAX_SIZE: usize = 0x10000;
 pub const EBDA_START: u64 = 0x9fc00;
 /// End of conventional memory (start of the VGA/ROM hole).
 pub const LOW_RAM_END: u64 = 0xa0000;
+/// The 64 KiB BIOS area, where Linux also scans for the MP table: used
+/// when the table does not fit in the EBDA (more than 37 vCPUs).
+pub const BIOS_AREA_START: u64 = 0xf0000;
+/// Size of the BIOS area.
+pub const BIOS_AREA_SIZE: u64 = 0x10000;
 /// Start of high memory: kernels load at or above it.
 pub const HIMEM_START: u64 = 0x10_0000;
 // ---- RAM and the 32-bit MMIO hole -------------------------------------
@@ -151,6 +157,7 @@ mod tests {
             ("PDE_START", PDE_START),
             ("CMDLINE_START", CMDLINE_START),
             ("EBDA_START", EBDA_START),
+            ("BIOS_AREA_START", BIOS_AREA_START),
             ("LOW_RAM_END", LOW_RAM_END),
             ("HIMEM_START", HIMEM_START),
             ("MMIO32_START", MMIO32_START),

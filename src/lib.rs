@@ -33,6 +33,7 @@ pub mod event_loop;
 pub mod exit;
 pub mod jail;
 pub mod layout;
+mod machine;
 pub mod memory;
 pub mod seccomp;
 pub mod serial_capture;
@@ -48,3 +49,14 @@ pub use exit::VmExit;
 pub use serial_capture::SerialCapture;
 pub use smoke::{Smoke, SmokeReport};
 pub use vm::{RunningVm, Vm, VmHandle};
+
+/// Internals the fuzz targets (`fuzz/`) drive directly. Built only with the
+/// `fuzzing` feature; not part of the supported API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::boot::image;
+    pub use crate::boot::{load_kernel, place_initrd, Entry, InitrdPlacement, LoadedKernel};
+    pub use crate::machine::{write_cmdline, write_pvh_info, write_zero_page};
+    pub use crate::memory::{GuestRam, RamLayout};
+}

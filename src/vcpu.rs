@@ -109,7 +109,7 @@ impl Vcpu {
     /// Puts the boot vCPU at the kernel's entry. Application processors are
     /// left in their reset state: with the in-kernel LAPIC they wait for
     /// INIT/SIPI from the guest.
-    pub fn set_boot_entry(&self, entry: Entry) -> Result<(), VcpuError> {
+    pub(crate) fn set_boot_entry(&self, entry: Entry) -> Result<(), VcpuError> {
         let id = self.id;
         let mut sregs = self.fd.get_sregs().map_err(kvm_err(id, "KVM_GET_SREGS"))?;
         let regs = match entry {

@@ -20,13 +20,13 @@ use ember_devices::virtio::block::{Block, BlockConfig};
 use ember_devices::virtio::mmio::{MmioTransport, MMIO_SIZE};
 use ember_devices::virtio::net::{format_mac, Net, NetConfig as NetDeviceConfig, NetCounters, NetStats};
 use ember_devices::virtio::VirtioDevice;
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use virtio_bindings::bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY;
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::boot::{self, mptable, Entry};
+use crate::boot::{self, Entry};
 use crate::bus::Bus;
 use crate::config::{SerialConfig, VmConfig};
 use crate::console::ConsoleInput;
@@ -35,7 +35,8 @@ use crate::error::Error;
 use crate::event_loop::{EventLoop, Subscriber};
 use crate::exit::{ExitSignal, VmExit};
 use crate::layout;
-use crate::memory;
+use crate::machine;
+use crate::memory::{GuestRam, RamLayout};
 use crate::seccomp::{self, ThreadKind};
 use crate::sync::lock;
 use crate::terminal::RawTerminal;
@@ -175,19 +176,9 @@ impl Vm {
         vcpu::install_kick_handler().map_err(io_err("installing the vCPU kick signal handler"))?;
         let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
 
-        let mem = memory::create_guest_memory(config.memory)?;
-        for (slot, region) in mem.iter().enumerate() {
-            let r = kvm_userspace_memory_region {
-                slot: slot as u32,
-                guest_phys_addr: region.start_addr().0,
-                memory_size: region.len(),
-                userspace_addr: region.as_ptr() as u64,
-                flags: 0,
-            };
-            // SAFETY: the region is a live mapping owned by `mem`, which the
-            // Vm keeps for as long as the VM fd exists.
-            unsafe { vm_fd.set_user_memory_region(r) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
-        }
+        let ram = GuestRam::create(RamLayout::new(config.memory))?;
+        ram.register(&vm_fd)?;
+        let mem = ram.memory().clone();
         vm_fd.set_tss_address(layout::KVM_TSS_START as usize).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
         vm_fd.set_identity_map_address(layout::KVM_IDENTITY_MAP_START).map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
         vm_fd.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
@@ -195,14 +186,7 @@ impl Vm {
         vm_fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
 
         // The kernel, its command line, initrd and the machine description.
-        let kernel = boot::load_kernel(&mem, config.memory, &config.kernel, config.boot)?;
-        let initrd = boot::load_initrd(
-            &mem,
-            config.memory,
-            &kernel,
-            config.initrd.as_deref(),
-            config.initrd_bytes.as_deref().map(|v| v.as_slice()),
-        )?;
+        let boot_info = boot::load(&ram, &config)?;
 
         let exit = Arc::new(ExitSignal::new().map_err(io_err("creating the exit eventfd"))?);
         let mut pio = Bus::new("port I/O");
@@ -285,13 +269,7 @@ impl Vm {
             cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
         }
         let cmdline = cmdline.trim_start().to_string();
-        boot::write_cmdline(&mem, &kernel, &cmdline)?;
-        boot::cpu_state::write_tables(&mem).map_err(boot::BootError::Memory)?;
-        mptable::write(&mem, config.vcpus).map_err(boot::BootError::Mptable)?;
-        match kernel.entry {
-            Entry::Linux64(_) => boot::write_zero_page(&mem, config.memory, &kernel, cmdline.len(), initrd)?,
-            Entry::Pvh(_) => boot::write_pvh_info(&mem, config.memory, initrd)?,
-        }
+        machine::describe(&ram, &boot_info, &cmdline, config.vcpus)?;
 
         // vCPUs last: the irqchip must exist before them.
         let supported =
@@ -301,12 +279,12 @@ impl Vm {
         for id in 0..config.vcpus {
             let v = Vcpu::new(&vm_fd, id, &cpuid::for_vcpu(&supported, id, opts))?;
             if id == 0 {
-                v.set_boot_entry(kernel.entry)?;
+                v.set_boot_entry(boot_info.entry())?;
             }
             vcpus.push(v);
         }
         log::info!("kernel command line: {cmdline}");
-        log::debug!("entry: {:?}, initrd: {:?}", kernel.entry, initrd);
+        log::debug!("entry: {:?}, initrd: {:?}", boot_info.entry(), boot_info.initrd);
 
         Ok(Vm {
             config,
@@ -320,7 +298,7 @@ impl Vm {
             subscribers,
             console_input,
             cmdline,
-            entry: kernel.entry,
+            entry: boot_info.entry(),
             net_stats,
         })
     }

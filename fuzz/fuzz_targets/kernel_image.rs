@@ -13,8 +13,8 @@
 //! ```
 //!
 //! The image is written to a memfd and loaded by path with
-//! `ember::boot::load_kernel` into 64 MiB of guest memory; it is also
-//! inspected with `ember::boot::image::inspect`. This covers ember's image
+//! `load_kernel` (ember's boot loader, through the `fuzzing` feature) into
+//! 64 MiB of guest memory; it is also inspected with `image::inspect`. This covers ember's image
 //! recognition (ELF, bzImage) and linux-loader's ELF (with the PVH note)
 //! and bzImage loaders as ember drives them.
 //!
@@ -30,13 +30,14 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use ember::boot::{self, image, Entry};
+use ember::fuzzing::{self as boot, image, Entry, GuestRam, RamLayout};
 use ember::layout;
 use ember::BootProtocol;
 use libfuzzer_sys::fuzz_target;
 use vm_memory::GuestMemoryMmap;
 
 const MEM_SIZE: u64 = 64 << 20;
+const RAM: RamLayout = RamLayout::new(MEM_SIZE);
 
 struct Ctx {
     mem: GuestMemoryMmap,
@@ -47,7 +48,7 @@ struct Ctx {
 fn ctx() -> &'static Ctx {
     static CTX: OnceLock<Ctx> = OnceLock::new();
     CTX.get_or_init(|| {
-        let mem = ember::memory::create_guest_memory(MEM_SIZE).expect("guest memory");
+        let mem = GuestRam::create(RAM).expect("guest memory").memory().clone();
         let (file, path) = ember_fuzz::image::scratch_file("kernel");
         Ctx { mem, file, path }
     })
@@ -69,7 +70,7 @@ fuzz_target!(|data: &[u8]| {
     let mut f = File::open(&c.path).expect("open image");
     let info = image::inspect(&c.path, &mut f);
 
-    let Ok(k) = boot::load_kernel(&c.mem, MEM_SIZE, &c.path, boot) else {
+    let Ok(k) = boot::load_kernel(&c.mem, RAM, &c.path, boot) else {
         return;
     };
     let info = info.expect("load_kernel accepted an image inspect refused");
@@ -92,19 +93,19 @@ fuzz_target!(|data: &[u8]| {
     let initrd = if size == 0 {
         None
     } else {
-        match boot::place_initrd(MEM_SIZE, &k, size) {
+        match boot::place_initrd(RAM, &k, size) {
             Ok(p) => {
                 assert_eq!(p.size, size);
                 assert_eq!(p.addr % 4096, 0, "{p:?}");
                 assert!(p.addr >= k.kernel_end.max(layout::HIMEM_START), "{p:?} {k:?}");
                 let end = p.addr.checked_add(p.size).expect("initrd end overflows");
-                assert!(end <= ember::memory::low_ram_end(MEM_SIZE), "{p:?}");
+                assert!(end <= RAM.low_end(), "{p:?}");
                 assert!(end <= k.initrd_addr_max.saturating_add(1), "{p:?} {k:?}");
                 Some(p)
             }
             Err(_) => None,
         }
     };
-    let _ = boot::write_zero_page(&c.mem, MEM_SIZE, &k, cmdline.len(), initrd);
-    let _ = boot::write_pvh_info(&c.mem, MEM_SIZE, initrd);
+    let _ = boot::write_zero_page(&c.mem, RAM, &k, initrd);
+    let _ = boot::write_pvh_info(&c.mem, RAM, initrd);
 });

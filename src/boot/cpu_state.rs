@@ -150,7 +150,7 @@ pub fn pvh_regs(entry: u64) -> kvm_regs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::create_guest_memory;
+    use crate::memory::test_memory;
 
     #[test]
     fn gdt_segments_decode() {
@@ -169,7 +169,7 @@ mod tests {
 
     #[test]
     fn identity_map_covers_4gib() {
-        let mem = create_guest_memory(64 << 20).unwrap();
+        let mem = test_memory(64 << 20);
         write_tables(&mem).unwrap();
         let pml4: u64 = mem.read_obj(GuestAddress(PML4_START)).unwrap();
         assert_eq!(pml4, PDPTE_START | 3);

@@ -4,10 +4,11 @@
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::layout::{APIC_START, EBDA_START, IOAPIC_START, LOW_RAM_END};
+use crate::boot::BootError;
+use crate::layout::{APIC_START, BIOS_AREA_SIZE, BIOS_AREA_START, EBDA_START, IOAPIC_START, LOW_RAM_END};
 
 /// Pins on the in-kernel IOAPIC.
-pub const IOAPIC_PINS: u8 = 24;
+pub(crate) const IOAPIC_PINS: u8 = 24;
 const APIC_VERSION: u8 = 0x14;
 const IOAPIC_VERSION: u8 = 0x11;
 const CPU_ENABLED: u8 = 1;
@@ -23,17 +24,6 @@ const INT_TYPE_EXTINT: u8 = 3;
 const FLOATING_SIZE: usize = 16;
 const HEADER_SIZE: usize = 44;
 
-/// Errors writing the MP table.
-#[derive(Debug, thiserror::Error)]
-pub enum MptableError {
-    /// More CPUs than fit before the end of the EBDA.
-    #[error("an MP table for {0} vCPUs does not fit in the EBDA")]
-    TooManyCpus(u8),
-    /// Guest memory write failed.
-    #[error("cannot write the MP table to guest memory: {0}")]
-    Write(#[from] vm_memory::GuestMemoryError),
-}
-
 fn checksum(bytes: &[u8]) -> u8 {
     bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)).wrapping_neg()
 }
@@ -41,7 +31,7 @@ fn checksum(bytes: &[u8]) -> u8 {
 /// Where the table goes for `num_cpus` CPUs: the EBDA when it fits there
 /// (up to 37 CPUs), else the BIOS area at [`BIOS_AREA_START`], the other
 /// place Linux scans.
-pub fn table_base(num_cpus: u8) -> u64 {
+pub(crate) fn table_base(num_cpus: u8) -> u64 {
     if table_size(num_cpus) <= (LOW_RAM_END - EBDA_START) as usize {
         EBDA_START
     } else {
@@ -49,16 +39,13 @@ pub fn table_base(num_cpus: u8) -> u64 {
     }
 }
 
-/// Start of the 64 KiB BIOS area (0xf0000), the fallback place for the table.
-pub const BIOS_AREA_START: u64 = 0xf0000;
-
 fn table_size(num_cpus: u8) -> usize {
     FLOATING_SIZE + HEADER_SIZE + 20 * num_cpus as usize + 8 * (2 + IOAPIC_PINS as usize + 2)
 }
 
 /// The table's bytes (floating pointer first, then the configuration table)
 /// as they go at `base`, for `num_cpus` CPUs with APIC IDs `0..num_cpus`.
-pub fn build(num_cpus: u8, base: u64) -> Result<Vec<u8>, MptableError> {
+pub(crate) fn build(num_cpus: u8, base: u64) -> Result<Vec<u8>, BootError> {
     let ioapic_id = num_cpus; // first ID after the CPUs
     let mut entries: Vec<u8> = Vec::new();
     let mut count: u16 = 0;
@@ -93,9 +80,9 @@ pub fn build(num_cpus: u8, base: u64) -> Result<Vec<u8>, MptableError> {
     count += 2;
 
     let table_len = HEADER_SIZE + entries.len();
-    let room = if base == EBDA_START { LOW_RAM_END - EBDA_START } else { 0x10000 };
+    let room = if base == EBDA_START { LOW_RAM_END - EBDA_START } else { BIOS_AREA_SIZE };
     if num_cpus == 0 || FLOATING_SIZE + table_len > room as usize {
-        return Err(MptableError::TooManyCpus(num_cpus));
+        return Err(BootError::MptableTooBig(num_cpus));
     }
     let table_addr = base as u32 + FLOATING_SIZE as u32;
 
@@ -124,7 +111,7 @@ pub fn build(num_cpus: u8, base: u64) -> Result<Vec<u8>, MptableError> {
 }
 
 /// Writes the MP table for `num_cpus` CPUs into guest memory.
-pub fn write(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<(), MptableError> {
+pub(crate) fn write(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<(), BootError> {
     let base = table_base(num_cpus);
     let bytes = build(num_cpus, base)?;
     mem.write_slice(&bytes, GuestAddress(base))?;
@@ -180,7 +167,7 @@ mod tests {
 
     #[test]
     fn too_many_cpus_for_the_ebda_is_an_error() {
-        assert!(matches!(build(38, EBDA_START), Err(MptableError::TooManyCpus(38))));
-        assert!(matches!(build(0, EBDA_START), Err(MptableError::TooManyCpus(0))));
+        assert!(matches!(build(38, EBDA_START), Err(BootError::MptableTooBig(38))));
+        assert!(matches!(build(0, EBDA_START), Err(BootError::MptableTooBig(0))));
     }
 }
