@@ -7,7 +7,6 @@ use crate::bus::BusError;
 use crate::config::ConfigError;
 use crate::event_loop::EventLoopError;
 use crate::memory::MemoryError;
-use crate::vcpu::VcpuError;
 
 /// Everything that can stop a VM from being built or started.
 #[derive(Debug, thiserror::Error)]
@@ -18,9 +17,11 @@ pub enum Error {
     /// `/dev/kvm` could not be opened.
     #[error("cannot open /dev/kvm: {0} (ember needs KVM: is the kvm module loaded and /dev/kvm readable and writable by this user?)")]
     KvmOpen(kvm_ioctls::Error),
-    /// A VM-level KVM ioctl failed.
-    #[error("{what} failed: {source}")]
+    /// A KVM ioctl on the VM or on a vCPU failed.
+    #[error("{}{what} failed: {source}", vcpu.map(|v| format!("vCPU {v}: ")).unwrap_or_default())]
     Kvm {
+        /// The vCPU whose ioctl failed (`None` for the VM's).
+        vcpu: Option<u8>,
         /// The ioctl.
         what: &'static str,
         /// The error.
@@ -40,9 +41,6 @@ pub enum Error {
     /// The kernel or initrd could not be loaded.
     #[error(transparent)]
     Boot(#[from] BootError),
-    /// A vCPU could not be set up.
-    #[error(transparent)]
-    Vcpu(#[from] VcpuError),
     /// Devices overlap.
     #[error(transparent)]
     Bus(#[from] BusError),
@@ -54,24 +52,16 @@ pub enum Error {
         /// The error.
         source: std::io::Error,
     },
-    /// A `--disk` image cannot be used.
+    /// A disk image cannot be used.
     #[error(transparent)]
     Disk(#[from] ember_devices::virtio::block::BlockError),
-    /// A `--net` TAP device cannot be used.
-    #[error("{0}")]
-    Net(String),
-    /// More virtio devices than the MMIO window has slots for.
-    #[error("{count} virtio devices requested; at most {max} fit (docs/boot.md)")]
-    TooManyDevices {
-        /// How many were asked for.
-        count: usize,
-        /// The limit.
-        max: usize,
-    },
+    /// A NIC's TAP device or MAC address cannot be used.
+    #[error(transparent)]
+    Net(#[from] ember_devices::virtio::net::NetError),
     /// A virtio transport could not be set up.
     #[error("setting up virtio device {index}: {source}")]
     Virtio {
-        /// Which device (in --disk, then --net order).
+        /// Which device (disks first, then NICs, in configuration order).
         index: usize,
         /// The error.
         source: std::io::Error,
@@ -104,10 +94,35 @@ impl Error {
             | Error::TooManyVcpus { .. }
             | Error::SerialFile { .. }
             | Error::Disk(_)
-            | Error::Net(_)
-            | Error::TooManyDevices { .. } => true,
+            | Error::Net(_) => true,
             Error::Boot(b) => !matches!(b, BootError::Memory(_)),
             _ => false,
         }
+    }
+}
+
+/// The error of a failed KVM ioctl `what`, on vCPU `vcpu` or (`None`) on
+/// the VM.
+pub(crate) fn kvm_err(vcpu: Option<u8>, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+    move |source| Error::Kvm { vcpu, what, source }
+}
+
+/// The error of a host resource (eventfd, thread, signal handler) that
+/// failed while doing `what`.
+pub(crate) fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Io { what, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kvm_errors_name_the_ioctl_and_the_vcpu() {
+        let e = kvm_err(None, "KVM_CREATE_VM")(kvm_ioctls::Error::new(libc::ENOMEM));
+        assert!(e.to_string().starts_with("KVM_CREATE_VM failed: "), "{e}");
+        let e = kvm_err(Some(3), "KVM_SET_CPUID2")(kvm_ioctls::Error::new(libc::EINVAL));
+        assert!(e.to_string().starts_with("vCPU 3: KVM_SET_CPUID2 failed: "), "{e}");
+        assert!(!e.is_usage());
     }
 }

@@ -54,6 +54,12 @@ pub enum VmExit {
         /// What happened.
         message: String,
     },
+    /// One of ember's own threads failed (the event loop, or a thread that
+    /// could not install its seccomp filter or be spawned).
+    VmmError {
+        /// What happened, naming the thread.
+        message: String,
+    },
 }
 
 impl VmExit {
@@ -67,7 +73,8 @@ impl VmExit {
         }
     }
 
-    /// Whether the guest crashed (as opposed to ending on purpose).
+    /// Whether the VM ended by failure (the guest crashed, or KVM or ember
+    /// could not go on) as opposed to ending on purpose.
     pub fn is_crash(&self) -> bool {
         matches!(
             self,
@@ -75,6 +82,7 @@ impl VmExit {
                 | VmExit::InternalError { .. }
                 | VmExit::FailEntry { .. }
                 | VmExit::VcpuError { .. }
+                | VmExit::VmmError { .. }
         )
     }
 }
@@ -104,6 +112,7 @@ impl fmt::Display for VmExit {
                 write!(f, "vCPU {vcpu}: KVM could not enter the guest (KVM_EXIT_FAIL_ENTRY), reason {reason:#x}")
             }
             VmExit::VcpuError { vcpu, message } => write!(f, "vCPU {vcpu}: {message}"),
+            VmExit::VmmError { message } => write!(f, "ember failed: {message}"),
         }
     }
 }

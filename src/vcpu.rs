@@ -10,22 +10,8 @@ use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
 use crate::boot::{cpu_state, Entry};
 use crate::bus::Bus;
+use crate::error::{kvm_err, Error};
 use crate::exit::{ExitSignal, VmExit};
-
-/// Errors setting up a vCPU.
-#[derive(Debug, thiserror::Error)]
-pub enum VcpuError {
-    /// A KVM ioctl failed.
-    #[error("vCPU {vcpu}: {what} failed: {source}")]
-    Kvm {
-        /// Which vCPU.
-        vcpu: u8,
-        /// The ioctl.
-        what: &'static str,
-        /// The error.
-        source: kvm_ioctls::Error,
-    },
-}
 
 const APIC_LVT0: usize = 0x350;
 const APIC_LVT1: usize = 0x360;
@@ -49,10 +35,6 @@ pub struct Vcpu {
     id: u8,
 }
 
-fn kvm_err(vcpu: u8, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
-    move |source| VcpuError::Kvm { vcpu, what, source }
-}
-
 fn set_lapic_lvt(lapic: &mut kvm_bindings::kvm_lapic_state, reg: usize, mode: u32) {
     let mut b = [0u8; 4];
     for (i, x) in b.iter_mut().enumerate() {
@@ -67,9 +49,9 @@ fn set_lapic_lvt(lapic: &mut kvm_bindings::kvm_lapic_state, reg: usize, mode: u3
 impl Vcpu {
     /// Creates vCPU `id` and gives it what every vCPU needs: CPUID, boot
     /// MSRs, an initialised FPU and LINT0/LINT1 wired as on a PC.
-    pub fn new(vm: &VmFd, id: u8, cpuid: &CpuId) -> Result<Self, VcpuError> {
-        let fd = vm.create_vcpu(id as u64).map_err(kvm_err(id, "KVM_CREATE_VCPU"))?;
-        fd.set_cpuid2(cpuid).map_err(kvm_err(id, "KVM_SET_CPUID2"))?;
+    pub fn new(vm: &VmFd, id: u8, cpuid: &CpuId) -> Result<Self, Error> {
+        let fd = vm.create_vcpu(id as u64).map_err(kvm_err(Some(id), "KVM_CREATE_VCPU"))?;
+        fd.set_cpuid2(cpuid).map_err(kvm_err(Some(id), "KVM_SET_CPUID2"))?;
 
         let entries: Vec<kvm_msr_entry> = [
             (MSR_IA32_SYSENTER_CS, 0),
@@ -87,7 +69,7 @@ impl Vcpu {
         .map(|&(index, data)| kvm_msr_entry { index, data, ..Default::default() })
         .collect();
         let msrs = Msrs::from_entries(&entries).expect("a handful of MSRs fits");
-        let set = fd.set_msrs(&msrs).map_err(kvm_err(id, "KVM_SET_MSRS"))?;
+        let set = fd.set_msrs(&msrs).map_err(kvm_err(Some(id), "KVM_SET_MSRS"))?;
         if set != entries.len() {
             log::debug!(
                 "vCPU {id}: KVM took {set} of {} boot MSRs (stopped at {:#x})",
@@ -97,21 +79,21 @@ impl Vcpu {
         }
 
         let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
-        fd.set_fpu(&fpu).map_err(kvm_err(id, "KVM_SET_FPU"))?;
+        fd.set_fpu(&fpu).map_err(kvm_err(Some(id), "KVM_SET_FPU"))?;
 
-        let mut lapic = fd.get_lapic().map_err(kvm_err(id, "KVM_GET_LAPIC"))?;
+        let mut lapic = fd.get_lapic().map_err(kvm_err(Some(id), "KVM_GET_LAPIC"))?;
         set_lapic_lvt(&mut lapic, APIC_LVT0, APIC_MODE_EXTINT);
         set_lapic_lvt(&mut lapic, APIC_LVT1, APIC_MODE_NMI);
-        fd.set_lapic(&lapic).map_err(kvm_err(id, "KVM_SET_LAPIC"))?;
+        fd.set_lapic(&lapic).map_err(kvm_err(Some(id), "KVM_SET_LAPIC"))?;
         Ok(Vcpu { fd, id })
     }
 
     /// Puts the boot vCPU at the kernel's entry. Application processors are
     /// left in their reset state: with the in-kernel LAPIC they wait for
     /// INIT/SIPI from the guest.
-    pub(crate) fn set_boot_entry(&self, entry: Entry) -> Result<(), VcpuError> {
+    pub(crate) fn set_boot_entry(&self, entry: Entry) -> Result<(), Error> {
         let id = self.id;
-        let mut sregs = self.fd.get_sregs().map_err(kvm_err(id, "KVM_GET_SREGS"))?;
+        let mut sregs = self.fd.get_sregs().map_err(kvm_err(Some(id), "KVM_GET_SREGS"))?;
         let regs = match entry {
             Entry::Linux64(rip) => {
                 cpu_state::linux64_sregs(&mut sregs);
@@ -122,8 +104,8 @@ impl Vcpu {
                 cpu_state::pvh_regs(rip)
             }
         };
-        self.fd.set_sregs(&sregs).map_err(kvm_err(id, "KVM_SET_SREGS"))?;
-        self.fd.set_regs(&regs).map_err(kvm_err(id, "KVM_SET_REGS"))?;
+        self.fd.set_sregs(&sregs).map_err(kvm_err(Some(id), "KVM_SET_SREGS"))?;
+        self.fd.set_regs(&regs).map_err(kvm_err(Some(id), "KVM_SET_REGS"))?;
         Ok(())
     }
 

@@ -31,7 +31,7 @@ use crate::bus::Bus;
 use crate::config::{SerialConfig, VmConfig};
 use crate::console::ConsoleInput;
 use crate::cpuid::{self, CpuidOptions};
-use crate::error::Error;
+use crate::error::{io_err, kvm_err, Error};
 use crate::event_loop::{EventLoop, Subscriber};
 use crate::exit::{ExitSignal, VmExit};
 use crate::layout;
@@ -41,14 +41,6 @@ use crate::seccomp::{self, ThreadKind};
 use crate::sync::lock;
 use crate::terminal::RawTerminal;
 use crate::vcpu::{self, Vcpu, VcpuRunner};
-
-fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
-    move |source| Error::Kvm { what, source }
-}
-
-fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> Error {
-    move |source| Error::Io { what, source }
-}
 
 /// Puts `device` behind a virtio-mmio transport at `base`: its interrupt is
 /// an irqfd on `irq`, and each queue's notification (a write of the queue
@@ -64,11 +56,11 @@ fn attach_virtio(
 ) -> Result<Arc<Mutex<MmioTransport>>, Error> {
     let verr = |source: io::Error| Error::Virtio { index, source };
     let irq_evt = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(verr)?;
-    vm_fd.register_irqfd(&irq_evt, irq).map_err(kvm_err("KVM_IRQFD (virtio)"))?;
+    vm_fd.register_irqfd(&irq_evt, irq).map_err(kvm_err(None, "KVM_IRQFD (virtio)"))?;
     let transport = MmioTransport::new(device, mem.clone(), Arc::new(irq_evt)).map_err(verr)?;
     for (q, evt) in transport.queue_events().iter().enumerate() {
         let addr = IoEventAddress::Mmio(base + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY));
-        vm_fd.register_ioevent(evt, &addr, q as u32).map_err(kvm_err("KVM_IOEVENTFD (virtio)"))?;
+        vm_fd.register_ioevent(evt, &addr, q as u32).map_err(kvm_err(None, "KVM_IOEVENTFD (virtio)"))?;
     }
     Ok(Arc::new(Mutex::new(transport)))
 }
@@ -174,16 +166,18 @@ impl Vm {
             return Err(Error::TooManyVcpus { requested: config.vcpus, max });
         }
         vcpu::install_kick_handler().map_err(io_err("installing the vCPU kick signal handler"))?;
-        let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
+        let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_err(None, "KVM_CREATE_VM"))?);
 
         let ram = GuestRam::create(RamLayout::new(config.memory))?;
         ram.register(&vm_fd)?;
         let mem = ram.memory().clone();
-        vm_fd.set_tss_address(layout::KVM_TSS_START as usize).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        vm_fd.set_identity_map_address(layout::KVM_IDENTITY_MAP_START).map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
-        vm_fd.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        vm_fd.set_tss_address(layout::KVM_TSS_START as usize).map_err(kvm_err(None, "KVM_SET_TSS_ADDR"))?;
+        vm_fd
+            .set_identity_map_address(layout::KVM_IDENTITY_MAP_START)
+            .map_err(kvm_err(None, "KVM_SET_IDENTITY_MAP_ADDR"))?;
+        vm_fd.create_irq_chip().map_err(kvm_err(None, "KVM_CREATE_IRQCHIP"))?;
         let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
-        vm_fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+        vm_fd.create_pit2(pit).map_err(kvm_err(None, "KVM_CREATE_PIT2"))?;
 
         // The kernel, its command line, initrd and the machine description.
         let boot_info = boot::load(&ram, &config)?;
@@ -195,7 +189,7 @@ impl Vm {
 
         // COM1.
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(io_err("creating an eventfd"))?;
-        vm_fd.register_irqfd(&serial_irq, layout::SERIAL_IRQ).map_err(kvm_err("KVM_IRQFD (COM1)"))?;
+        vm_fd.register_irqfd(&serial_irq, layout::SERIAL_IRQ).map_err(kvm_err(None, "KVM_IRQFD (COM1)"))?;
         let (out, input): (SerialOutput, bool) = match &config.serial {
             SerialConfig::Stdio => (Box::new(Stdout), true),
             SerialConfig::File(p) => {
@@ -248,15 +242,10 @@ impl Vm {
         }
         let mut net_stats = Vec::new();
         for (i, n) in config.nets.iter().enumerate() {
-            let net =
-                Net::new(&NetDeviceConfig { tap: n.tap.clone(), mac: n.mac }).map_err(|e| Error::Net(e.to_string()))?;
+            let net = Net::new(&NetDeviceConfig { tap: n.tap.clone(), mac: n.mac })?;
             log::info!("net{i}: tap {} mac {}", n.tap, format_mac(&net.mac()));
             net_stats.push((format!("net{i} ({})", n.tap), net.stats_handle()));
             devices.push(Box::new(net));
-        }
-        let max = layout::max_virtio_devices();
-        if devices.len() > max {
-            return Err(Error::TooManyDevices { count: devices.len(), max });
         }
         let mut cmdline = config.cmdline.clone();
         let mut subscribers = subscribers;
@@ -272,8 +261,9 @@ impl Vm {
         machine::describe(&ram, &boot_info, &cmdline, config.vcpus)?;
 
         // vCPUs last: the irqchip must exist before them.
-        let supported =
-            kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let supported = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err(None, "KVM_GET_SUPPORTED_CPUID"))?;
         let opts = CpuidOptions { vcpus: config.vcpus, hide_cx16: host_emulates_guests() };
         let mut vcpus = Vec::with_capacity(config.vcpus as usize);
         for id in 0..config.vcpus {
@@ -356,7 +346,7 @@ impl Vm {
                     let r = seccomp::install(ThreadKind::Vmm, &bpf);
                     gate.wait();
                     if let Err(e) = r {
-                        ev_exit.request(VmExit::VcpuError { vcpu: 0, message: e.to_string() });
+                        ev_exit.request(VmExit::VmmError { message: format!("event loop thread: {e}") });
                         return;
                     }
                 }
@@ -411,7 +401,7 @@ impl Vm {
             let r = seccomp::install(ThreadKind::Vmm, bpf);
             gate.wait();
             if let Err(e) = r {
-                exit.request(VmExit::VcpuError { vcpu: 0, message: e.to_string() });
+                exit.request(VmExit::VmmError { message: format!("main thread: {e}") });
             }
         }
         Ok(RunningVm {
