@@ -1,19 +1,83 @@
-//! Console input: stdin into COM1, with QEMU's Ctrl-A escapes on a terminal.
+//! The console: where COM1's output goes ([`serial_output`]) and stdin into
+//! COM1 ([`ConsoleInput`]), with QEMU's Ctrl-A escapes on a terminal.
 //!
 //! Input never outruns the UART: when its 64-byte FIFO is full the rest is
 //! held back and stdin is taken off the event loop until the guest has read
 //! the FIFO empty, so nothing typed or piped is dropped.
 
-use std::io::{self, Read};
+use std::fs::File;
+use std::io::{self, Read, Write};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
-use ember_devices::legacy::SerialDevice;
+use ember_devices::legacy::{SerialDevice, SerialOutput};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::config::{SerialConfig, SharedWriter};
+use crate::error::Error;
 use crate::exit::{ExitSignal, VmExit};
 use crate::sync::lock;
+
+/// Where COM1's output goes for `serial`, and whether stdin feeds its input
+/// (only for [`SerialConfig::Stdio`]).
+pub(crate) fn serial_output(serial: &SerialConfig) -> Result<(SerialOutput, bool), Error> {
+    Ok(match serial {
+        SerialConfig::Stdio => (Box::new(Stdout), true),
+        SerialConfig::File(p) => {
+            let f = File::create(p).map_err(|source| Error::SerialFile { path: p.clone(), source })?;
+            (Box::new(f), false)
+        }
+        SerialConfig::Capture(c) => (Box::new(c.clone()), false),
+        SerialConfig::Writer(w) => (Box::new(Shared(w.clone())), false),
+        SerialConfig::None => (Box::new(Sink), false),
+    })
+}
+
+/// Writes to stdout with no buffering in between.
+struct Stdout;
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // SAFETY: writes from a valid buffer to fd 1.
+        let n = unsafe { libc::write(1, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Forwards to a writer shared with the caller.
+struct Shared(SharedWriter);
+
+impl Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        lock(&self.0).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        lock(&self.0).flush()
+    }
+}
+
+/// Discards everything.
+struct Sink;
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
 
 const CTRL_A: u8 = 0x01;
 

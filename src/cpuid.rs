@@ -102,6 +102,12 @@ pub fn for_vcpu(supported: &CpuId, apic_id: u8, opts: CpuidOptions) -> CpuId {
     cpuid
 }
 
+/// Whether this host's KVM runs guest code by emulating it (PVM), which
+/// lacks some instructions a VMM can hide (CMPXCHG16B).
+pub(crate) fn host_emulates_guests() -> bool {
+    std::path::Path::new("/sys/module/kvm_pvm").exists()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,6 +28,7 @@ pub mod config;
 pub mod console;
 pub mod cpio;
 pub mod cpuid;
+mod device_manager;
 pub mod error;
 pub mod event_loop;
 pub mod exit;

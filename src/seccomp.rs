@@ -17,6 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
@@ -200,6 +201,60 @@ pub fn filter(kind: ThreadKind, mode: SeccompMode) -> Result<Option<BpfProgram>,
 pub fn install(kind: ThreadKind, bpf: &BpfProgram) -> Result<(), SeccompError> {
     install_sigsys_handler();
     seccompiler::apply_filter(bpf).map_err(|source| SeccompError::Install { kind, source })
+}
+
+/// The filters of one VM's threads and the gate they pass together: with
+/// filters on, no vCPU enters the guest until every thread (the one that
+/// starts the VM included) has its filter, so no unfiltered thread runs
+/// beside guest code.
+pub(crate) struct ThreadFilters {
+    vcpu: Option<BpfProgram>,
+    vmm: Option<BpfProgram>,
+    /// Waited at by every thread once its filter is installed.
+    gate: Option<Barrier>,
+}
+
+impl ThreadFilters {
+    /// Builds the filters for `mode`, with a gate for `threads` threads
+    /// (every vCPU thread, the event loop and the starting thread).
+    pub(crate) fn new(mode: SeccompMode, threads: usize) -> Result<Arc<Self>, SeccompError> {
+        let vcpu = filter(ThreadKind::Vcpu, mode)?;
+        let vmm = filter(ThreadKind::Vmm, mode)?;
+        let gate = vmm.as_ref().map(|_| Barrier::new(threads));
+        Ok(Arc::new(ThreadFilters { vcpu, vmm, gate }))
+    }
+
+    /// Installs the filter of `kind` on the calling thread, then waits at
+    /// the gate for the others. A filter the kernel refused is reported
+    /// after the wait, so no other thread is left waiting for this one.
+    pub(crate) fn enter(&self, kind: ThreadKind) -> Result<(), SeccompError> {
+        let bpf = match kind {
+            ThreadKind::Vcpu => &self.vcpu,
+            ThreadKind::Vmm => &self.vmm,
+        };
+        let (Some(bpf), Some(gate)) = (bpf, &self.gate) else {
+            return Ok(());
+        };
+        let r = install(kind, bpf);
+        gate.wait();
+        r
+    }
+
+    /// Passes the gate on behalf of `n` threads that will never start (a
+    /// vCPU thread that could not be spawned), so the others go on.
+    pub(crate) fn stand_in(self: &Arc<Self>, n: usize) {
+        if self.gate.is_none() {
+            return;
+        }
+        for _ in 0..n {
+            let me = self.clone();
+            std::thread::spawn(move || {
+                if let Some(g) = &me.gate {
+                    g.wait();
+                }
+            });
+        }
+    }
 }
 
 /// Prints the blocked call and lets SIGSYS kill the process. Only

@@ -1,0 +1,253 @@
+//! The VM's devices: the port-I/O and MMIO buses the vCPUs dispatch to, the
+//! event-loop subscribers that serve the devices' file descriptors, and the
+//! virtio devices with their place on a transport.
+//!
+//! [`DeviceManager::add_legacy_devices`] puts the PC devices on their ports
+//! ([`crate::layout`]); [`DeviceManager::add_virtio_devices`] puts each disk
+//! and NIC behind a transport and records where ([`Transport`]). What the
+//! guest is told about the virtio devices (kernel command line today, ACPI
+//! tables and PCI later) is derived from that one list.
+
+use std::sync::{Arc, Mutex};
+
+use ember_devices::bus::BusDevice;
+use ember_devices::interrupt::IrqLine;
+use ember_devices::legacy::{Cmos, DebugExit, ExitLine, QuietPorts, SerialDevice, I8042, QUIET_PORT_RANGES};
+use ember_devices::virtio::block::{Block, BlockConfig};
+use ember_devices::virtio::mmio::{MmioTransport, MMIO_SIZE};
+use ember_devices::virtio::net::{format_mac, Net, NetCounters, NetStats};
+use ember_devices::virtio::VirtioDevice;
+use kvm_ioctls::{IoEventAddress, VmFd};
+use virtio_bindings::bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::bus::Bus;
+use crate::config::{DiskConfig, NetConfig, VmConfig};
+use crate::console::{self, ConsoleInput};
+use crate::error::{io_err, kvm_err, Error};
+use crate::event_loop::Subscriber;
+use crate::exit::ExitSignal;
+use crate::layout;
+
+/// Where a virtio device is attached, and so how the guest finds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// A virtio-mmio register window at `base` ([`MMIO_SIZE`] bytes) whose
+    /// interrupt is IOAPIC pin `irq`.
+    Mmio {
+        /// Guest-physical address of the register window.
+        base: u64,
+        /// The interrupt line (GSI).
+        irq: u32,
+    },
+}
+
+impl Transport {
+    /// The kernel command line parameter that tells Linux about the device
+    /// (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES).
+    pub(crate) fn cmdline_param(&self) -> String {
+        match *self {
+            Transport::Mmio { base, irq } => format!("virtio_mmio.device={}K@{base:#x}:{irq}", MMIO_SIZE >> 10),
+        }
+    }
+}
+
+/// A virtio device on its transport.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct VirtioPlacement {
+    /// The virtio device ID (`VIRTIO_ID_*`).
+    pub(crate) device_type: u32,
+    /// Where it is.
+    pub(crate) transport: Transport,
+}
+
+/// Every device of a VM, built before its vCPUs.
+pub(crate) struct DeviceManager {
+    /// Port I/O, dispatched by the vCPU threads.
+    pub(crate) pio: Bus,
+    /// MMIO, dispatched by the vCPU threads.
+    pub(crate) mmio: Bus,
+    /// What the event loop serves: queue notifications, TAP fds, stdin.
+    pub(crate) subscribers: Vec<Subscriber>,
+    /// The virtio devices, in guest order (disks, then NICs).
+    pub(crate) virtio: Vec<VirtioPlacement>,
+    /// Stdin into COM1, when the console is on stdio.
+    pub(crate) console_input: Option<ConsoleInput>,
+    /// Each NIC's name (`net0 (tap0)`) and live counters.
+    pub(crate) net_counters: Vec<(String, Arc<NetCounters>)>,
+}
+
+impl DeviceManager {
+    /// No devices yet.
+    pub(crate) fn new() -> Self {
+        DeviceManager {
+            pio: Bus::new("port I/O"),
+            mmio: Bus::new("MMIO"),
+            subscribers: Vec::new(),
+            virtio: Vec::new(),
+            console_input: None,
+            net_counters: Vec::new(),
+        }
+    }
+
+    /// The PC devices: COM1 (with stdin when the console is on stdio), the
+    /// i8042 reset line, the CMOS clock, the debug-exit port when
+    /// configured, and quiet stand-ins for the ports Linux probes.
+    pub(crate) fn add_legacy_devices(
+        &mut self,
+        vm: &VmFd,
+        config: &VmConfig,
+        exit: &Arc<ExitSignal>,
+    ) -> Result<(), Error> {
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(io_err("creating an eventfd"))?;
+        vm.register_irqfd(&serial_irq, layout::SERIAL_IRQ).map_err(kvm_err(None, "KVM_IRQFD (COM1)"))?;
+        let (out, input) = console::serial_output(&config.serial)?;
+        let input_ready = if input {
+            Some(EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(io_err("creating an eventfd"))?)
+        } else {
+            None
+        };
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            Arc::new(serial_irq) as Arc<dyn IrqLine>,
+            out,
+            input_ready.as_ref().map(|e| e.try_clone()).transpose().map_err(io_err("duplicating an eventfd"))?,
+        )));
+        self.pio.insert(layout::COM1_PORT, layout::COM1_PORT_LEN, serial.clone())?;
+        self.console_input = input_ready.map(|evt| {
+            // SAFETY: isatty only inspects fd 0.
+            let tty = unsafe { libc::isatty(0) } == 1;
+            ConsoleInput::new(0, tty, serial, evt, exit.clone())
+        });
+
+        let exit_line: Arc<dyn ExitLine> = exit.clone();
+        let i8042 = Arc::new(Mutex::new(I8042::new(exit_line.clone())));
+        self.pio.insert(layout::I8042_PORT, layout::I8042_PORT_LEN, i8042)?;
+        self.pio.insert(layout::CMOS_PORT, layout::CMOS_PORT_LEN, Arc::new(Mutex::new(Cmos::new())))?;
+        if config.debug_exit {
+            let debug_exit = Arc::new(Mutex::new(DebugExit::new(exit_line)));
+            self.pio.insert(layout::DEBUG_EXIT_PORT, layout::DEBUG_EXIT_PORT_LEN, debug_exit)?;
+        }
+        #[cfg(feature = "seccomp-probe")]
+        self.pio.insert(layout::SECCOMP_PROBE_PORT, 1, Arc::new(Mutex::new(SeccompProbe)))?;
+        let quiet: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(QuietPorts));
+        for &(base, len) in QUIET_PORT_RANGES {
+            self.pio.insert(u64::from(base), u64::from(len), quiet.clone())?;
+        }
+        Ok(())
+    }
+
+    /// The disks, then the NICs, each behind a virtio transport in the next
+    /// free place.
+    pub(crate) fn add_virtio_devices(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        config: &VmConfig,
+    ) -> Result<(), Error> {
+        for disk in &config.disks {
+            self.add_virtio(vm, mem, Box::new(block_device(disk)?))?;
+        }
+        for (i, nic) in config.nets.iter().enumerate() {
+            let net = net_device(nic)?;
+            log::info!("net{i}: tap {} mac {}", nic.tap, format_mac(&net.mac()));
+            self.net_counters.push((format!("net{i} ({})", nic.tap), net.stats_handle()));
+            self.add_virtio(vm, mem, Box::new(net))?;
+        }
+        Ok(())
+    }
+
+    /// Puts `device` behind a virtio-mmio transport in the next slot: its
+    /// interrupt is an irqfd, and each queue's notification (a write of the
+    /// queue index to QueueNotify) is an ioeventfd, so the data path never
+    /// exits to a vCPU thread in user space.
+    fn add_virtio(&mut self, vm: &VmFd, mem: &GuestMemoryMmap, device: Box<dyn VirtioDevice>) -> Result<(), Error> {
+        let index = self.virtio.len();
+        // VmConfig::validate checked the count against the slots.
+        let (base, irq) = layout::virtio_slot(index);
+        let verr = |source: std::io::Error| Error::Virtio { index, source };
+        let device_type = device.device_type();
+        let irq_evt = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(verr)?;
+        vm.register_irqfd(&irq_evt, irq).map_err(kvm_err(None, "KVM_IRQFD (virtio)"))?;
+        let transport = MmioTransport::new(device, mem.clone(), Arc::new(irq_evt)).map_err(verr)?;
+        for (q, evt) in transport.queue_events().iter().enumerate() {
+            let addr = IoEventAddress::Mmio(base + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY));
+            vm.register_ioevent(evt, &addr, q as u32).map_err(kvm_err(None, "KVM_IOEVENTFD (virtio)"))?;
+        }
+        let transport = Arc::new(Mutex::new(transport));
+        self.mmio.insert(base, MMIO_SIZE, transport.clone())?;
+        self.subscribers.push(transport);
+        self.virtio.push(VirtioPlacement { device_type, transport: Transport::Mmio { base, irq } });
+        Ok(())
+    }
+
+    /// `base` followed by what the kernel needs to find the virtio devices.
+    pub(crate) fn kernel_cmdline(&self, base: &str) -> String {
+        let mut cmdline = base.to_string();
+        for v in &self.virtio {
+            cmdline.push(' ');
+            cmdline.push_str(&v.transport.cmdline_param());
+        }
+        cmdline.trim_start().to_string()
+    }
+
+    /// The NICs' counters now, by name.
+    pub(crate) fn net_stats(counters: &[(String, Arc<NetCounters>)]) -> Vec<(String, NetStats)> {
+        counters.iter().map(|(n, c)| (n.clone(), c.snapshot())).collect()
+    }
+}
+
+/// The virtio-blk device for a configured disk.
+fn block_device(disk: &DiskConfig) -> Result<Block, Error> {
+    let cfg = BlockConfig { path: disk.path.clone(), readonly: disk.read_only, id: disk.id.clone() };
+    Ok(Block::new(&cfg)?)
+}
+
+/// The virtio-net device for a configured NIC.
+fn net_device(nic: &NetConfig) -> Result<Net, Error> {
+    let cfg = ember_devices::virtio::net::NetConfig { tap: nic.tap.clone(), mac: nic.mac };
+    Ok(Net::new(&cfg)?)
+}
+
+/// Test-only (feature `seccomp-probe`): a port whose write of 0x5e makes
+/// the vCPU thread call sysinfo(2), outside the seccomp allow-list.
+#[cfg(feature = "seccomp-probe")]
+struct SeccompProbe;
+
+#[cfg(feature = "seccomp-probe")]
+impl BusDevice for SeccompProbe {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn write(&mut self, _offset: u64, data: &[u8]) {
+        if data.first() == Some(&0x5e) {
+            // SAFETY: libc::sysinfo is plain integers, for which all-zero
+            // bytes are a valid value.
+            let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+            // SAFETY: sysinfo fills the struct we pass.
+            let r = unsafe { libc::syscall(libc::SYS_sysinfo, &mut info) };
+            eprintln!("ember: seccomp-probe: sysinfo returned {r}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_lists_each_virtio_device() {
+        let mut dm = DeviceManager::new();
+        assert_eq!(dm.kernel_cmdline("console=ttyS0"), "console=ttyS0");
+        for i in 0..2 {
+            let (base, irq) = layout::virtio_slot(i);
+            dm.virtio.push(VirtioPlacement { device_type: 2, transport: Transport::Mmio { base, irq } });
+        }
+        assert_eq!(
+            dm.kernel_cmdline("console=ttyS0"),
+            "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
+        );
+        assert_eq!(dm.kernel_cmdline(""), "virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6");
+    }
+}
