@@ -17,7 +17,6 @@
 //!    map, zero page or PVH start info, MP table;
 //! 8. [`create_vcpus`], last: the irqchip must exist before them.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -40,7 +39,7 @@ use crate::machine;
 use crate::memory::{GuestRam, RamLayout};
 use crate::seccomp::{ThreadFilters, ThreadKind};
 use crate::terminal::RawTerminal;
-use crate::vcpu::{self, Vcpu, VcpuRunner};
+use crate::vcpu::{self, Vcpu, VcpuControl, VcpuRunner};
 
 /// Step 2: opens KVM, checks the vCPU count against it, and creates the VM.
 fn create_vm(config: &VmConfig) -> Result<(Kvm, VmFd), Error> {
@@ -177,14 +176,14 @@ impl Vm {
             })
             .map_err(io_err("spawning the event loop thread"))?;
 
-        let stop = Arc::new(AtomicBool::new(false));
-        let vcpu_threads = spawn_vcpus(vcpus, Arc::new(pio), Arc::new(mmio), &exit, &stop, &filters);
+        let control = Arc::new(VcpuControl::default());
+        let vcpu_threads = spawn_vcpus(vcpus, Arc::new(pio), Arc::new(mmio), &exit, &control, &filters);
         if let Err(e) = filters.enter(ThreadKind::Vmm) {
             exit.request(VmExit::VmmError { message: format!("main thread: {e}") });
         }
         Ok(RunningVm {
             exit,
-            stop,
+            control,
             vcpu_threads,
             event_thread: Some(event_thread),
             raw_terminal,
@@ -210,14 +209,14 @@ fn spawn_vcpus(
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     exit: &Arc<ExitSignal>,
-    stop: &Arc<AtomicBool>,
+    control: &Arc<VcpuControl>,
     filters: &Arc<ThreadFilters>,
 ) -> Vec<JoinHandle<()>> {
     let count = vcpus.len();
     let mut threads = Vec::with_capacity(count);
     for v in vcpus {
         let id = v.id();
-        let runner = VcpuRunner::new(v, pio.clone(), mmio.clone(), exit.clone(), stop.clone());
+        let runner = VcpuRunner::new(v, pio.clone(), mmio.clone(), exit.clone(), control.clone());
         let (filters_t, exit_t) = (filters.clone(), exit.clone());
         let t = std::thread::Builder::new().name(format!("ember-vcpu{id}")).stack_size(256 << 10).spawn(move || {
             if let Err(e) = filters_t.enter(ThreadKind::Vcpu) {
@@ -241,7 +240,7 @@ fn spawn_vcpus(
 /// A running VM.
 pub struct RunningVm {
     exit: Arc<ExitSignal>,
-    stop: Arc<AtomicBool>,
+    control: Arc<VcpuControl>,
     vcpu_threads: Vec<JoinHandle<()>>,
     event_thread: Option<JoinHandle<()>>,
     raw_terminal: Option<RawTerminal>,
@@ -302,7 +301,7 @@ impl RunningVm {
             return;
         }
         self.exit.request(VmExit::Stopped);
-        self.stop.store(true, Ordering::SeqCst);
+        self.control.request_stop();
         // Kick every vCPU out of KVM_RUN until its thread has finished.
         for t in self.vcpu_threads.drain(..) {
             while !t.is_finished() {

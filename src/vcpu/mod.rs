@@ -1,17 +1,21 @@
 //! One vCPU: its initial state, and the thread that runs it and turns its
-//! exits into bus accesses or a reason for the VM to end.
+//! exits into bus accesses or a reason for the VM to end (what each exit
+//! means is decided in [`exits`]).
+
+mod exits;
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_run, CpuId, Msrs, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
-use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_run, CpuId, Msrs};
+use kvm_ioctls::{VcpuFd, VmFd};
 
 use crate::boot::{cpu_state, Entry};
 use crate::bus::Bus;
 use crate::error::{kvm_err, Error};
 use crate::exit::{ExitSignal, VmExit};
+use exits::{handle_exit, Crash, ExitAction};
 
 const APIC_LVT0: usize = 0x350;
 const APIC_LVT1: usize = 0x360;
@@ -30,7 +34,7 @@ const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
 const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 
 /// A created, configured vCPU that has not started running.
-pub struct Vcpu {
+pub(crate) struct Vcpu {
     fd: VcpuFd,
     id: u8,
 }
@@ -49,7 +53,7 @@ fn set_lapic_lvt(lapic: &mut kvm_bindings::kvm_lapic_state, reg: usize, mode: u3
 impl Vcpu {
     /// Creates vCPU `id` and gives it what every vCPU needs: CPUID, boot
     /// MSRs, an initialised FPU and LINT0/LINT1 wired as on a PC.
-    pub fn new(vm: &VmFd, id: u8, cpuid: &CpuId) -> Result<Self, Error> {
+    pub(crate) fn new(vm: &VmFd, id: u8, cpuid: &CpuId) -> Result<Self, Error> {
         let fd = vm.create_vcpu(id as u64).map_err(kvm_err(Some(id), "KVM_CREATE_VCPU"))?;
         fd.set_cpuid2(cpuid).map_err(kvm_err(Some(id), "KVM_SET_CPUID2"))?;
 
@@ -110,7 +114,7 @@ impl Vcpu {
     }
 
     /// This vCPU's index (and APIC ID).
-    pub fn id(&self) -> u8 {
+    pub(crate) fn id(&self) -> u8 {
         self.id
     }
 }
@@ -122,7 +126,7 @@ thread_local! {
 }
 
 /// The signal used to kick a vCPU thread out of `KVM_RUN`.
-pub fn kick_signal() -> libc::c_int {
+pub(crate) fn kick_signal() -> libc::c_int {
     libc::SIGRTMIN()
 }
 
@@ -136,7 +140,7 @@ extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
 }
 
 /// Installs the kick signal handler (idempotent).
-pub fn install_kick_handler() -> std::io::Result<()> {
+pub(crate) fn install_kick_handler() -> std::io::Result<()> {
     static INSTALLED: std::sync::OnceLock<Result<(), i32>> = std::sync::OnceLock::new();
     INSTALLED
         .get_or_init(|| {
@@ -145,29 +149,81 @@ pub fn install_kick_handler() -> std::io::Result<()> {
         .map_err(std::io::Error::from_raw_os_error)
 }
 
+/// What the VMM asks of its vCPU threads. Each reads it before every entry
+/// into the guest; the VMM kicks the threads ([`kick_signal`]) so that one
+/// inside `KVM_RUN` sees a new request at once.
+#[derive(Debug, Default)]
+pub(crate) struct VcpuControl {
+    stop: AtomicBool,
+}
+
+/// A request from the VMM, as a vCPU thread sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RunRequest {
+    /// Keep running the guest.
+    Run,
+    /// Return from the run loop: the VM is ending.
+    Stop,
+    // A `Pause` request (snapshots, the API's pause/resume) will park the
+    // thread outside KVM_RUN until it is resumed.
+}
+
+impl VcpuControl {
+    /// Asks every vCPU thread to return from its run loop.
+    pub(crate) fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// What is asked now.
+    pub(crate) fn request(&self) -> RunRequest {
+        if self.stop.load(Ordering::SeqCst) {
+            RunRequest::Stop
+        } else {
+            RunRequest::Run
+        }
+    }
+}
+
 /// What a vCPU thread needs while it runs.
-pub struct VcpuRunner {
+pub(crate) struct VcpuRunner {
     vcpu: Vcpu,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     exit: Arc<ExitSignal>,
-    stop: Arc<AtomicBool>,
+    control: Arc<VcpuControl>,
 }
 
 impl VcpuRunner {
-    /// Binds a vCPU to the buses it dispatches to and the VM's exit signal.
-    /// `stop` tells it to return after the current exit.
-    pub fn new(vcpu: Vcpu, pio: Arc<Bus>, mmio: Arc<Bus>, exit: Arc<ExitSignal>, stop: Arc<AtomicBool>) -> Self {
-        VcpuRunner { vcpu, pio, mmio, exit, stop }
+    /// Binds a vCPU to the buses it dispatches to, the VM's exit signal and
+    /// the VMM's requests.
+    pub(crate) fn new(
+        vcpu: Vcpu,
+        pio: Arc<Bus>,
+        mmio: Arc<Bus>,
+        exit: Arc<ExitSignal>,
+        control: Arc<VcpuControl>,
+    ) -> Self {
+        VcpuRunner { vcpu, pio, mmio, exit, control }
     }
 
     fn rip(&self) -> u64 {
         self.vcpu.fd.get_regs().map(|r| r.rip).unwrap_or(0)
     }
 
+    /// Ends the VM for `exit`; every vCPU thread then stops.
     fn end(&self, exit: VmExit) {
         self.exit.request(exit);
-        self.stop.store(true, Ordering::SeqCst);
+        self.control.request_stop();
+    }
+
+    /// KVM's suberror and data words of an internal-error exit.
+    fn internal_error(&mut self) -> (u32, Vec<u64>) {
+        let run = self.vcpu.fd.get_kvm_run();
+        // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR (the caller got
+        // that exit), so `internal` is the active union field.
+        let ie = unsafe { run.__bindgen_anon_1.internal };
+        let n = (ie.ndata as usize).min(ie.data.len());
+        (ie.suberror, ie.data[..n].to_vec())
     }
 
     /// Handles a port-I/O exit straight from `kvm_run`, so string
@@ -194,53 +250,28 @@ impl VcpuRunner {
     }
 
     /// Runs the vCPU until the VM ends.
-    pub fn run(mut self) {
+    pub(crate) fn run(mut self) {
         let id = self.vcpu.id;
         KVM_RUN.with(|c| c.set(self.vcpu.fd.get_kvm_run() as *mut kvm_run));
-        while !self.stop.load(Ordering::SeqCst) && !self.exit.is_set() {
-            let mut io_exit = false;
-            let mut unhandled = None;
-            match self.vcpu.fd.run() {
-                Ok(VcpuExit::IoIn(..)) | Ok(VcpuExit::IoOut(..)) => io_exit = true,
-                Ok(VcpuExit::MmioRead(addr, data)) => self.mmio.read(addr, data),
-                Ok(VcpuExit::MmioWrite(addr, data)) => self.mmio.write(addr, data),
-                Ok(VcpuExit::Shutdown) => {
-                    let rip = self.rip();
-                    self.end(VmExit::TripleFault { vcpu: id, rip })
-                }
-                Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
-                    KVM_SYSTEM_EVENT_RESET | KVM_SYSTEM_EVENT_SHUTDOWN => self.end(VmExit::Reset),
-                    other => log::warn!("vCPU {id}: ignoring KVM system event {other}"),
-                },
-                Ok(VcpuExit::InternalError) => {
-                    let run = self.vcpu.fd.get_kvm_run();
-                    // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR.
-                    let ie = unsafe { run.__bindgen_anon_1.internal };
-                    let n = (ie.ndata as usize).min(ie.data.len());
-                    let data = ie.data[..n].to_vec();
-                    let rip = self.rip();
-                    self.end(VmExit::InternalError { vcpu: id, suberror: ie.suberror, rip, data })
-                }
-                Ok(VcpuExit::FailEntry(reason, _)) => self.end(VmExit::FailEntry { vcpu: id, reason }),
-                Ok(VcpuExit::Hlt) => {
-                    // Only without an in-kernel irqchip; ember always has one.
-                    let rip = self.rip();
-                    self.end(VmExit::VcpuError { vcpu: id, message: format!("unexpected HLT exit at RIP {rip:#x}") })
-                }
-                Ok(VcpuExit::Intr) => {}
-                Ok(other) => unhandled = Some(format!("{other:?}")),
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                    self.vcpu.fd.set_kvm_immediate_exit(0);
-                }
-                Err(e) => self.end(VmExit::VcpuError { vcpu: id, message: format!("KVM_RUN failed: {e}") }),
+        loop {
+            // What the VMM asks, before every entry into the guest.
+            match self.control.request() {
+                RunRequest::Run if !self.exit.is_set() => {}
+                RunRequest::Run | RunRequest::Stop => break,
             }
-            if io_exit {
-                self.handle_io();
-            }
-            if let Some(what) = unhandled {
-                let rip = self.rip();
-                let message = format!("unhandled KVM exit {what} at RIP {rip:#x}");
-                self.end(VmExit::VcpuError { vcpu: id, message });
+            match handle_exit(id, self.vcpu.fd.run()) {
+                ExitAction::Resume => {}
+                ExitAction::Ignore(what) => log::warn!("{what}"),
+                ExitAction::PortIo => self.handle_io(),
+                ExitAction::MmioRead(addr, data) => self.mmio.read(addr, data),
+                ExitAction::MmioWrite(addr, data) => self.mmio.write(addr, data),
+                ExitAction::Kicked => self.vcpu.fd.set_kvm_immediate_exit(0),
+                ExitAction::End(exit) => self.end(exit),
+                ExitAction::Crash(crash) => {
+                    let rip = self.rip();
+                    let internal = (crash == Crash::InternalError).then(|| self.internal_error());
+                    self.end(crash.into_exit(id, rip, internal));
+                }
             }
         }
         KVM_RUN.with(|c| c.set(std::ptr::null_mut()));
