@@ -119,7 +119,7 @@ impl EscapeFilter {
 }
 
 /// Reads stdin (or any fd) into the UART.
-pub struct ConsoleInput {
+pub(crate) struct ConsoleInput {
     input: RawFd,
     escapes: Option<EscapeFilter>,
     serial: Arc<Mutex<SerialDevice>>,
@@ -134,7 +134,7 @@ impl ConsoleInput {
     /// Feeds `input` into `serial`. `escapes` turns on Ctrl-A handling (for
     /// a terminal). `input_ready` must be the eventfd the UART signals when
     /// its receive FIFO empties.
-    pub fn new(
+    pub(crate) fn new(
         input: RawFd,
         escapes: bool,
         serial: Arc<Mutex<SerialDevice>>,

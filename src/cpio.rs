@@ -124,6 +124,7 @@ impl CpioWriter {
 
 /// One entry read back from a newc archive (for tests and checks).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub struct CpioEntry {
     /// Path inside the archive.
     pub name: String,
@@ -137,6 +138,7 @@ pub struct CpioEntry {
 
 /// Parses a newc archive up to its trailer. Returns `None` on any
 /// malformation.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn parse(mut buf: &[u8]) -> Option<Vec<CpioEntry>> {
     let mut entries = Vec::new();
     let total = buf.len();
@@ -165,6 +167,7 @@ pub fn parse(mut buf: &[u8]) -> Option<Vec<CpioEntry>> {
     }
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
 fn align4(x: usize) -> usize {
     (x + 3) & !3
 }

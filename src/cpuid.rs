@@ -19,9 +19,9 @@ const EXT_ECX_CMP_LEGACY: u32 = 1 << 1;
 
 /// Per-VM CPUID choices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CpuidOptions {
+pub(crate) struct CpuidOptions {
     /// Number of vCPUs (one core each, one package).
-    pub vcpus: u8,
+    pub(crate) vcpus: u8,
     /// Hide CMPXCHG16B. Set on hosts whose KVM emulates guest code
     /// instruction by instruction (PVM) and lacks that instruction.
     pub hide_cx16: bool,
@@ -61,7 +61,7 @@ fn topology_entry(e: &mut kvm_cpuid_entry2, apic_id: u8, vcpus: u8) {
 
 /// Returns the CPUID for the vCPU with `apic_id`, derived from KVM's
 /// supported list.
-pub fn for_vcpu(supported: &CpuId, apic_id: u8, opts: CpuidOptions) -> CpuId {
+pub(crate) fn for_vcpu(supported: &CpuId, apic_id: u8, opts: CpuidOptions) -> CpuId {
     let mut cpuid = supported.clone();
     for e in cpuid.as_mut_slice() {
         match e.function {

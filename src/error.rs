@@ -1,12 +1,17 @@
-//! The crate's top-level error.
+//! The errors of building and starting a VM: [`Error`], and the error
+//! types its variants carry.
 
 use std::path::PathBuf;
 
-use crate::boot::BootError;
-use crate::bus::BusError;
-use crate::config::ConfigError;
-use crate::event_loop::EventLoopError;
-use crate::memory::MemoryError;
+pub use crate::boot::BootError;
+pub use crate::bus::BusError;
+pub use crate::config::ConfigError;
+pub use crate::event_loop::EventLoopError;
+pub use crate::jail::JailError;
+pub use crate::memory::MemoryError;
+pub use crate::seccomp::{SeccompError, ThreadKind};
+pub use ember_devices::virtio::block::BlockError;
+pub use ember_devices::virtio::net::NetError;
 
 /// Everything that can stop a VM from being built or started.
 #[derive(Debug, thiserror::Error)]
@@ -54,10 +59,10 @@ pub enum Error {
     },
     /// A disk image cannot be used.
     #[error(transparent)]
-    Disk(#[from] ember_devices::virtio::block::BlockError),
+    Disk(#[from] BlockError),
     /// A NIC's TAP device or MAC address cannot be used.
     #[error(transparent)]
-    Net(#[from] ember_devices::virtio::net::NetError),
+    Net(#[from] NetError),
     /// A virtio transport could not be set up.
     #[error("setting up virtio device {index}: {source}")]
     Virtio {
@@ -68,10 +73,10 @@ pub enum Error {
     },
     /// A seccomp filter could not be built or installed.
     #[error(transparent)]
-    Seccomp(#[from] crate::seccomp::SeccompError),
+    Seccomp(#[from] SeccompError),
     /// Privileges could not be dropped.
     #[error(transparent)]
-    Jail(#[from] crate::jail::JailError),
+    Jail(#[from] JailError),
     /// The event loop could not be set up.
     #[error(transparent)]
     EventLoop(#[from] EventLoopError),

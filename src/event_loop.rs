@@ -9,7 +9,7 @@ use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber
 use vmm_sys_util::eventfd::EventFd;
 
 /// Anything the loop serves.
-pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+pub(crate) type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
 /// Ends the loop when the VM's exit eventfd fires.
 struct ExitWatcher {
@@ -44,14 +44,14 @@ pub enum EventLoopError {
 }
 
 /// A loop ready to run on its own thread.
-pub struct EventLoop {
+pub(crate) struct EventLoop {
     manager: EventManager<Subscriber>,
     done: Arc<AtomicBool>,
 }
 
 impl EventLoop {
     /// A loop that ends once `exit_evt` (the VM's exit eventfd) is readable.
-    pub fn new(exit_evt: &EventFd, subscribers: Vec<Subscriber>) -> Result<Self, EventLoopError> {
+    pub(crate) fn new(exit_evt: &EventFd, subscribers: Vec<Subscriber>) -> Result<Self, EventLoopError> {
         let mut manager = EventManager::<Subscriber>::new().map_err(EventLoopError::Setup)?;
         let done = Arc::new(AtomicBool::new(false));
         let watcher = ExitWatcher { evt: exit_evt.try_clone()?, done: done.clone() };
@@ -63,7 +63,7 @@ impl EventLoop {
     }
 
     /// Serves events until the exit eventfd fires.
-    pub fn run(mut self) {
+    pub(crate) fn run(mut self) {
         while !self.done.load(Ordering::SeqCst) {
             if let Err(e) = self.manager.run_with_timeout(-1) {
                 log::error!("event loop failed: {e:?}");

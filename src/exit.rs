@@ -120,7 +120,7 @@ impl fmt::Display for VmExit {
 /// Records the first reason to end the VM and wakes whoever waits for it:
 /// callers blocked in [`ExitSignal::wait_timeout`] and the event loop (through
 /// [`ExitSignal::eventfd`]).
-pub struct ExitSignal {
+pub(crate) struct ExitSignal {
     reason: Mutex<Option<VmExit>>,
     cv: Condvar,
     evt: EventFd,
@@ -128,7 +128,7 @@ pub struct ExitSignal {
 
 impl ExitSignal {
     /// A signal with no exit recorded.
-    pub fn new() -> std::io::Result<Self> {
+    pub(crate) fn new() -> std::io::Result<Self> {
         Ok(ExitSignal {
             reason: Mutex::new(None),
             cv: Condvar::new(),
@@ -138,7 +138,7 @@ impl ExitSignal {
 
     /// Records `exit` unless an exit is already recorded. Returns whether
     /// this call was the first.
-    pub fn request(&self, exit: VmExit) -> bool {
+    pub(crate) fn request(&self, exit: VmExit) -> bool {
         let mut r = lock(&self.reason);
         if r.is_some() {
             return false;
@@ -151,18 +151,18 @@ impl ExitSignal {
     }
 
     /// The recorded exit, if any.
-    pub fn get(&self) -> Option<VmExit> {
+    pub(crate) fn get(&self) -> Option<VmExit> {
         lock(&self.reason).clone()
     }
 
     /// Whether an exit is recorded.
-    pub fn is_set(&self) -> bool {
+    pub(crate) fn is_set(&self) -> bool {
         // A lock poisoned by a panic counts as an exit: the VM must stop.
         self.reason.is_poisoned() || lock(&self.reason).is_some()
     }
 
     /// Blocks until an exit is recorded, or `timeout` passes.
-    pub fn wait_timeout(&self, timeout: Option<Duration>) -> Option<VmExit> {
+    pub(crate) fn wait_timeout(&self, timeout: Option<Duration>) -> Option<VmExit> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut r = lock(&self.reason);
         loop {
@@ -183,7 +183,7 @@ impl ExitSignal {
     }
 
     /// An eventfd that becomes readable once an exit is recorded.
-    pub fn eventfd(&self) -> &EventFd {
+    pub(crate) fn eventfd(&self) -> &EventFd {
         &self.evt
     }
 }

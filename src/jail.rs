@@ -36,20 +36,6 @@ pub enum JailError {
     NotDropped(u32),
 }
 
-/// Parses `UID[:GID]` (numbers; the gid defaults to the uid).
-pub fn parse_user(s: &str) -> Option<(u32, u32)> {
-    let (u, g) = match s.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (s, None),
-    };
-    let uid: u32 = u.parse().ok()?;
-    let gid: u32 = match g {
-        Some(g) => g.parse().ok()?,
-        None => uid,
-    };
-    Some((uid, gid))
-}
-
 fn step(what: impl Into<String>, r: libc::c_int) -> Result<(), JailError> {
     if r == 0 {
         Ok(())
@@ -61,7 +47,7 @@ fn step(what: impl Into<String>, r: libc::c_int) -> Result<(), JailError> {
 impl Jail {
     /// Enters the jail. Call before any other thread exists, so every
     /// thread has the new credentials.
-    pub fn enter(&self) -> Result<(), JailError> {
+    pub(crate) fn enter(&self) -> Result<(), JailError> {
         if let Some(dir) = &self.chroot {
             chroot(dir)?;
         }
@@ -92,18 +78,4 @@ fn chroot(dir: &Path) -> Result<(), JailError> {
         step("chdir /", libc::chdir(c"/".as_ptr()))?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn users() {
-        assert_eq!(parse_user("65534"), Some((65534, 65534)));
-        assert_eq!(parse_user("1000:100"), Some((1000, 100)));
-        assert_eq!(parse_user("nobody"), None);
-        assert_eq!(parse_user("1:"), None);
-        assert_eq!(parse_user("-1"), None);
-    }
 }

@@ -74,8 +74,6 @@ pub const HIMEM_START: u64 = 0x10_0000;
 
 /// Start of the 32-bit MMIO hole; guest RAM stops here and resumes at 4 GiB.
 pub const MMIO32_START: u64 = 0xc000_0000;
-/// Size of the 32-bit MMIO hole.
-pub const MMIO32_SIZE: u64 = FIRST_ADDR_PAST_32BITS - MMIO32_START;
 /// 4 GiB.
 pub const FIRST_ADDR_PAST_32BITS: u64 = 1 << 32;
 // ---- Inside the MMIO hole ----------------------------------------------
@@ -127,13 +125,14 @@ pub const I8042_PORT_LEN: u64 = 5;
 pub const CMOS_PORT: u64 = 0x70;
 /// Ports of the CMOS RTC.
 pub const CMOS_PORT_LEN: u64 = 2;
-/// The debug-exit device (`--debug-exit`): a guest's `outb N` here ends the
+/// The debug-exit device (`VmConfig::debug_exit`): a guest's `outb N` here ends the
 /// VM with status N.
 pub const DEBUG_EXIT_PORT: u64 = 0xf4;
 /// Ports the debug-exit device answers (0xf4..=0xf7).
 pub const DEBUG_EXIT_PORT_LEN: u64 = 4;
 /// Test-only (feature `seccomp-probe`): a write of 0x5e here makes the vCPU
 /// thread call sysinfo(2), outside the seccomp allow-list.
+#[cfg(feature = "seccomp-probe")]
 pub const SECCOMP_PROBE_PORT: u64 = 0x5ec;
 
 #[cfg(test)]

@@ -19,37 +19,60 @@
 //! println!("{}", vm.wait());
 //! # Ok::<(), ember::Error>(())
 //! ```
+//!
+//! [`Smoke`] runs a kernel smoke test (boot, run one command or wait for
+//! console patterns, give a verdict) the way `ember smoke` does.
+//!
+//! The modules below are internal; docs/architecture.md draws their graph.
+//! Every import runs down it (tests/module_graph.rs checks).
 #![deny(missing_docs)]
 
-pub mod boot;
-pub mod bus;
-pub mod cli;
-pub mod config;
-pub mod console;
-pub mod cpio;
-pub mod cpuid;
-mod device_manager;
-pub mod error;
-pub mod event_loop;
-pub mod exit;
-pub mod jail;
-pub mod layout;
-mod machine;
-pub mod memory;
-pub mod seccomp;
-pub mod serial_capture;
-pub mod smoke;
+// Layer 0: depends on nothing in the crate.
+mod cpio;
+mod cpuid;
+mod jail;
+mod layout;
+mod seccomp;
 mod sync;
-pub mod terminal;
-pub mod vcpu;
-pub mod vm;
+mod terminal;
+// Layer 1: values and small mechanisms.
+mod bus;
+mod config;
+mod event_loop;
+mod exit;
+mod memory;
+mod serial_capture;
+// Layer 2: getting the guest going.
+mod boot;
+mod machine;
+// Layer 3: the crate's error, over the layers below.
+pub mod error;
+// Layer 4: the VM's parts.
+mod console;
+mod device_manager;
+mod vcpu;
+// Layer 5: the VM, and what is built on it.
+mod vm;
+// Layer 6.
+mod smoke;
 
-pub use config::{BootProtocol, DiskConfig, NetConfig, SerialConfig, VmConfig};
+pub use config::{BootProtocol, ConfigError, DiskConfig, NetConfig, SerialConfig, SharedWriter, VmConfig};
+pub use cpio::{CpioError, CpioWriter};
+pub use ember_devices::virtio::net::NetStats;
 pub use error::Error;
 pub use exit::VmExit;
+pub use jail::Jail;
+pub use seccomp::SeccompMode;
 pub use serial_capture::SerialCapture;
-pub use smoke::{Smoke, SmokeReport};
+pub use smoke::{Expectation, Smoke, SmokeError, SmokeReport, Verdict};
 pub use vm::{RunningVm, Vm, VmHandle};
+
+/// Restores the terminal (if a [`Vm`] put it in raw mode) before the
+/// process dies of SIGTERM, SIGINT, SIGHUP or SIGQUIT, or panics. For
+/// binaries; a library embedding ember keeps its own signal policy.
+pub fn restore_terminal_on_fatal_signals() {
+    terminal::restore_on_fatal_signals();
+}
 
 /// Internals the fuzz targets (`fuzz/`) drive directly. Built only with the
 /// `fuzzing` feature; not part of the supported API.
@@ -58,6 +81,13 @@ pub use vm::{RunningVm, Vm, VmHandle};
 pub mod fuzzing {
     pub use crate::boot::image;
     pub use crate::boot::{load_kernel, place_initrd, Entry, InitrdPlacement, LoadedKernel};
+    pub use crate::bus::Bus;
+    pub use crate::cpio::{parse as parse_cpio, CpioEntry, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG};
+    /// The machine layout (guest-physical addresses and ports).
+    pub mod layout {
+        pub use crate::layout::*;
+    }
     pub use crate::machine::{write_cmdline, write_pvh_info, write_zero_page};
     pub use crate::memory::{GuestRam, RamLayout};
+    pub use crate::smoke::{build_initramfs, init_script};
 }

@@ -35,18 +35,6 @@ pub enum SeccompMode {
     Log,
 }
 
-impl SeccompMode {
-    /// Parses `kill`, `log` or `off`.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "kill" => Some(SeccompMode::Kill),
-            "log" => Some(SeccompMode::Log),
-            "off" => Some(SeccompMode::Off),
-            _ => None,
-        }
-    }
-}
-
 /// The thread kinds that get their own filter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ThreadKind {
@@ -94,13 +82,13 @@ const IOC_READ: u64 = 2;
 const KVM: u64 = 0xae;
 
 /// `KVM_RUN`.
-pub const KVM_RUN: u64 = ioc(IOC_NONE, KVM, 0x80, 0);
+pub(crate) const KVM_RUN: u64 = ioc(IOC_NONE, KVM, 0x80, 0);
 /// `KVM_GET_REGS` (crash reports read RIP).
-pub const KVM_GET_REGS: u64 = ioc(IOC_READ, KVM, 0x81, 144);
+pub(crate) const KVM_GET_REGS: u64 = ioc(IOC_READ, KVM, 0x81, 144);
 /// `KVM_GET_SREGS`.
-pub const KVM_GET_SREGS: u64 = ioc(IOC_READ, KVM, 0x83, 312);
+pub(crate) const KVM_GET_SREGS: u64 = ioc(IOC_READ, KVM, 0x83, 312);
 /// `TUNSETOFFLOAD` (a driver acknowledged offload features).
-pub const TUNSETOFFLOAD: u64 = ioc(IOC_WRITE, b'T' as u64, 208, 4);
+pub(crate) const TUNSETOFFLOAD: u64 = ioc(IOC_WRITE, b'T' as u64, 208, 4);
 /// `TCGETS`/`TCSETS*`: restoring the terminal.
 const TERMIOS: [u64; 4] = [0x5401, 0x5402, 0x5403, 0x5404];
 
@@ -184,7 +172,7 @@ fn rules_for(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccom
 }
 
 /// Builds the BPF program for `kind` under `mode` (`None` when off).
-pub fn filter(kind: ThreadKind, mode: SeccompMode) -> Result<Option<BpfProgram>, SeccompError> {
+pub(crate) fn filter(kind: ThreadKind, mode: SeccompMode) -> Result<Option<BpfProgram>, SeccompError> {
     let mismatch = match mode {
         SeccompMode::Off => return Ok(None),
         SeccompMode::Kill => SeccompAction::Trap,
@@ -198,7 +186,7 @@ pub fn filter(kind: ThreadKind, mode: SeccompMode) -> Result<Option<BpfProgram>,
 }
 
 /// Installs `bpf` on the calling thread (and sets `no_new_privs`).
-pub fn install(kind: ThreadKind, bpf: &BpfProgram) -> Result<(), SeccompError> {
+pub(crate) fn install(kind: ThreadKind, bpf: &BpfProgram) -> Result<(), SeccompError> {
     install_sigsys_handler();
     seccompiler::apply_filter(bpf).map_err(|source| SeccompError::Install { kind, source })
 }
@@ -364,13 +352,5 @@ mod tests {
         .join()
         .unwrap();
         assert!(r > 0);
-    }
-
-    #[test]
-    fn modes_parse() {
-        assert_eq!(SeccompMode::parse("kill"), Some(SeccompMode::Kill));
-        assert_eq!(SeccompMode::parse("log"), Some(SeccompMode::Log));
-        assert_eq!(SeccompMode::parse("off"), Some(SeccompMode::Off));
-        assert_eq!(SeccompMode::parse("on"), None);
     }
 }

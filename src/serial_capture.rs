@@ -72,7 +72,7 @@ impl SerialCapture {
     }
 
     /// Marks the capture as finished: waiters stop waiting.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.lock().closed = true;
         self.inner.1.notify_all();
     }

@@ -18,28 +18,15 @@ use crate::config::{SerialConfig, VmConfig};
 use crate::cpio::{CpioError, CpioWriter};
 use crate::error::Error;
 use crate::exit::VmExit;
+use crate::seccomp::SeccompMode;
 use crate::serial_capture::SerialCapture;
 use crate::sync::lock;
 use crate::vm::Vm;
 
-/// Exit status when the timeout passed (as `timeout(1)`).
-pub const EXIT_TIMEOUT: i32 = 124;
-/// Exit status when ember itself failed (bad input, VM set-up), as
-/// `timeout(1)` uses 125 for its own failures.
-pub const EXIT_EMBER: i32 = 125;
-/// Exit status for a kernel panic, oops or BUG seen on the console.
-pub const EXIT_PANIC: i32 = 120;
-/// Exit status for a guest crash reported by KVM (triple fault, an
-/// instruction KVM could not run).
-pub const EXIT_CRASH: i32 = 121;
-/// Exit status when the VM ended before every expectation matched or before
-/// the command reported its status.
-pub const EXIT_INCOMPLETE: i32 = 122;
-
 /// The console markers `/init` prints around the command.
-pub const BEGIN_MARKER: &str = "===EMBER-SMOKE-BEGIN===";
+const BEGIN_MARKER: &str = "===EMBER-SMOKE-BEGIN===";
 /// Followed by the decimal exit status and `===`.
-pub const EXIT_MARKER: &str = "===EMBER-SMOKE-EXIT=";
+const EXIT_MARKER: &str = "===EMBER-SMOKE-EXIT=";
 
 /// Console lines that mean the kernel is dead or dying.
 const PANIC_PATTERNS: &[&str] =
@@ -62,8 +49,8 @@ pub enum SmokeError {
         /// Why.
         source: std::io::Error,
     },
-    /// An `--expect` pattern is not a valid regular expression.
-    #[error("invalid --expect pattern {pattern:?}: {message}")]
+    /// An expected console pattern is not a valid regular expression.
+    #[error("invalid expect pattern {pattern:?}: {message}")]
     Pattern {
         /// The pattern.
         pattern: String,
@@ -103,7 +90,7 @@ pub struct Smoke {
     initrd: Option<PathBuf>,
     command: Vec<String>,
     output: Option<SharedWriter>,
-    seccomp: crate::seccomp::SeccompMode,
+    seccomp: SeccompMode,
 }
 
 impl std::fmt::Debug for Smoke {
@@ -154,7 +141,7 @@ pub struct SmokeReport {
     pub command_status: Option<i32>,
     /// The command as given.
     pub command: Vec<String>,
-    /// Each `--expect`, in order.
+    /// Each expectation, in order.
     pub expectations: Vec<Expectation>,
     /// How the VM ended.
     pub vm_exit: VmExit,
@@ -169,6 +156,20 @@ pub struct SmokeReport {
 }
 
 impl Smoke {
+    /// Exit status when the timeout passed (as `timeout(1)`).
+    pub const EXIT_TIMEOUT: i32 = 124;
+    /// Exit status when ember itself failed (bad input, VM set-up), as
+    /// `timeout(1)` uses 125 for its own failures.
+    pub const EXIT_EMBER: i32 = 125;
+    /// Exit status for a kernel panic, oops or BUG seen on the console.
+    pub const EXIT_PANIC: i32 = 120;
+    /// Exit status for a guest crash reported by KVM (triple fault, an
+    /// instruction KVM could not run).
+    pub const EXIT_CRASH: i32 = 121;
+    /// Exit status when the VM ended before every expectation matched or
+    /// before the command reported its status.
+    pub const EXIT_INCOMPLETE: i32 = 122;
+
     /// A smoke test of `kernel` with the defaults: 256 MiB, 1 vCPU, 60 s.
     pub fn new(kernel: impl Into<PathBuf>) -> Self {
         Smoke {
@@ -183,12 +184,12 @@ impl Smoke {
             initrd: None,
             command: Vec::new(),
             output: None,
-            seccomp: crate::seccomp::SeccompMode::Off,
+            seccomp: SeccompMode::Off,
         }
     }
-    /// seccomp filters on the VM's threads and the calling thread (see
-    /// [`crate::seccomp`]; default off for library use).
-    pub fn seccomp(mut self, mode: crate::seccomp::SeccompMode) -> Self {
+    /// seccomp filters on the VM's threads and the calling thread (default
+    /// off for library use; see [`VmConfig::seccomp`]).
+    pub fn seccomp(mut self, mode: SeccompMode) -> Self {
         self.seccomp = mode;
         self
     }
@@ -264,7 +265,7 @@ impl Smoke {
     }
 
     /// Builds the initramfs for command mode (ember's archive, then the
-    /// user's `--initrd`), or returns the user's initrd alone.
+    /// user's [`initrd`](Smoke::initrd)), or returns the user's initrd alone.
     pub fn initramfs(&self) -> Result<Option<Vec<u8>>, SmokeError> {
         let user = match &self.initrd {
             Some(p) => Some(std::fs::read(p).map_err(|source| SmokeError::Read { path: p.clone(), source })?),
@@ -273,7 +274,7 @@ impl Smoke {
         if self.command.is_empty() {
             return Ok(user);
         }
-        let busybox = find_busybox(self.busybox.as_deref())?;
+        let busybox = Smoke::find_busybox(self.busybox.as_deref())?;
         let bb = std::fs::read(&busybox).map_err(|source| SmokeError::Read { path: busybox.clone(), source })?;
         let mut archive = build_initramfs(&bb, &applets(&busybox), &init_script(&self.command))?;
         if let Some(u) = user {
@@ -449,10 +450,10 @@ impl SmokeReport {
         match &self.verdict {
             Verdict::Passed => 0,
             Verdict::CommandFailed(n) => *n,
-            Verdict::Timeout => EXIT_TIMEOUT,
-            Verdict::Panic(_) => EXIT_PANIC,
-            Verdict::Crash(_) => EXIT_CRASH,
-            Verdict::Incomplete(_) => EXIT_INCOMPLETE,
+            Verdict::Timeout => Smoke::EXIT_TIMEOUT,
+            Verdict::Panic(_) => Smoke::EXIT_PANIC,
+            Verdict::Crash(_) => Smoke::EXIT_CRASH,
+            Verdict::Incomplete(_) => Smoke::EXIT_INCOMPLETE,
         }
     }
 
@@ -647,8 +648,16 @@ fn applets(busybox: &Path) -> Vec<String> {
     }
 }
 
+impl Smoke {
+    /// Finds a static busybox for the initramfs: `given`, else Debian's
+    /// busybox-static; the error says how to get one.
+    pub fn find_busybox(given: Option<&Path>) -> Result<PathBuf, SmokeError> {
+        find_busybox(given)
+    }
+}
+
 /// Finds a static busybox: the given path, else Debian's busybox-static.
-pub fn find_busybox(given: Option<&Path>) -> Result<PathBuf, SmokeError> {
+fn find_busybox(given: Option<&Path>) -> Result<PathBuf, SmokeError> {
     let candidates: Vec<PathBuf> = match given {
         Some(p) => vec![p.to_path_buf()],
         None => BUSYBOX_CANDIDATES.iter().map(PathBuf::from).collect(),
@@ -665,7 +674,7 @@ pub fn find_busybox(given: Option<&Path>) -> Result<PathBuf, SmokeError> {
         }
     }
     Err(SmokeError::Busybox(format!(
-        "no static busybox for the initramfs ({}); install Debian's busybox-static (apt-get install busybox-static) or pass --busybox PATH",
+        "no static busybox for the initramfs ({}); install Debian's busybox-static (apt-get install busybox-static) or give the path of a static busybox",
         why.join("; ")
     )))
 }

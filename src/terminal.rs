@@ -28,7 +28,7 @@ static SAVED: Saved = Saved {
 };
 
 /// Puts the saved settings back, if any. Async-signal safe.
-pub fn restore() {
+pub(crate) fn restore() {
     if SAVED.set.swap(false, Ordering::AcqRel) {
         // SAFETY: set was true, so termios was initialised; tcsetattr is
         // async-signal safe.
@@ -39,13 +39,13 @@ pub fn restore() {
 }
 
 /// A terminal in raw mode; dropping it restores the previous mode.
-pub struct RawTerminal {
+pub(crate) struct RawTerminal {
     _private: (),
 }
 
 impl RawTerminal {
     /// Puts `fd` in raw mode if it is a terminal; `Ok(None)` if it is not.
-    pub fn enter(fd: RawFd) -> io::Result<Option<RawTerminal>> {
+    pub(crate) fn enter(fd: RawFd) -> io::Result<Option<RawTerminal>> {
         // SAFETY: isatty only inspects the fd.
         if unsafe { libc::isatty(fd) } != 1 {
             return Ok(None);
@@ -95,7 +95,7 @@ extern "C" fn on_fatal_signal(sig: libc::c_int) {
 /// Restores the terminal before the process dies of SIGTERM, SIGINT,
 /// SIGHUP or SIGQUIT, or panics. For binaries; a library embedding ember
 /// keeps its own signal policy.
-pub fn restore_on_fatal_signals() {
+pub(crate) fn restore_on_fatal_signals() {
     for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
         // SAFETY: installs a handler that only calls async-signal-safe functions.
         unsafe { libc::signal(sig, on_fatal_signal as *const () as libc::sighandler_t) };

@@ -279,7 +279,7 @@ fn hardware_user_space(name: &str, command: &[&str], extra: &[String], prefix: V
         eprintln!("skipped: {name}: no vmx/svm in /proc/cpuinfo (user space needs hardware KVM)");
         return None;
     }
-    let busybox = ember::smoke::find_busybox(None).expect("busybox-static");
+    let busybox = ember::Smoke::find_busybox(None).expect("busybox-static");
     let d = scratch(name);
     let initrd = d.join("initramfs.cpio");
     let archive =

@@ -13,7 +13,7 @@ use common::*;
 const T: Duration = Duration::from_secs(120);
 
 fn busybox() -> Option<std::path::PathBuf> {
-    match ember::smoke::find_busybox(None) {
+    match ember::Smoke::find_busybox(None) {
         Ok(p) => Some(p),
         Err(e) => {
             if std::env::var("EMBER_REQUIRE_KVM").as_deref() == Ok("1") {
@@ -140,7 +140,7 @@ fn user_initrd_is_appended() {
         return;
     }
     let d = scratch("smoke-extra");
-    let mut w = ember::cpio::CpioWriter::new();
+    let mut w = ember::CpioWriter::new();
     w.dir("lib", 0o755).unwrap();
     w.file("lib/extra.ko", 0o644, b"module").unwrap();
     let p = d.join("extra.cpio");

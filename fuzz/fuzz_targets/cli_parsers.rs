@@ -1,12 +1,13 @@
-//! Everything a user types: the option parsers of `ember::config`, the
-//! clap command line, and the smoke test's `/init` quoting of the command
-//! after `--`.
+//! Everything a user types: the `ember` binary's value parsers
+//! (src/bin/ember/parse.rs) and clap command line (src/bin/ember/args.rs),
+//! both compiled into this target by path, and the smoke test's `/init`
+//! quoting of the command after `--`.
 //!
 //! The input, as (lossy) UTF-8, goes whole to `parse_size`,
-//! `parse_duration`, `parse_mac`, `DiskConfig::parse`, `NetConfig::parse`,
-//! `SerialConfig::parse` and `BootProtocol::parse`; split at NUL bytes it
-//! is the argv of `ember` (`Cli::try_parse_from`) and the command of
-//! `ember smoke -- ...` (`init_script`).
+//! `parse_duration`, `parse_mac`, `parse_disk`, `parse_net`,
+//! `parse_serial` and `parse_boot`; split at NUL bytes it is the argv of
+//! `ember` (`Cli::try_parse_from`) and the command of `ember smoke -- ...`
+//! (`init_script`).
 //!
 //! Invariants: no panic, and
 //! * `parse_size` accepts exactly `<digits>[k|m|g|t][b|ib]` / `<digits>b`
@@ -16,7 +17,7 @@
 //! * `parse_mac` (ember's one MAC grammar, in
 //!   `ember_devices::virtio::net`) accepts exactly six `:`-separated pairs
 //!   of hex digits (any case) and reads its canonical form back;
-//! * a `DiskConfig` / `NetConfig` / `SerialConfig` that parses has the
+//! * a disk / NIC / serial spec that parses has the
 //!   documented limits and survives a format-and-parse round trip;
 //! * a command line clap accepts yields a configuration `validate()` can
 //!   judge (no panic either way);
@@ -31,11 +32,20 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use clap::Parser;
-use ember::cli::{Cli, Command};
-use ember::config::{parse_duration, parse_size};
+use ember::{BootProtocol, SerialConfig};
 use ember_devices::virtio::net::parse_mac;
-use ember::{BootProtocol, DiskConfig, NetConfig, SerialConfig};
 use libfuzzer_sys::fuzz_target;
+
+// The binary's own modules, as `crate::args` and `crate::parse`.
+#[allow(dead_code)]
+#[path = "../../src/bin/ember/args.rs"]
+mod args;
+#[allow(dead_code)]
+#[path = "../../src/bin/ember/parse.rs"]
+mod parse;
+
+use args::{Cli, Command};
+use parse::{parse_boot, parse_disk, parse_duration, parse_net, parse_serial, parse_size};
 
 fn strict() -> bool {
     static STRICT: OnceLock<bool> = OnceLock::new();
@@ -112,7 +122,7 @@ fn shell_words(line: &str) -> Vec<String> {
 }
 
 fn check_init_script(args: &[String]) {
-    let script = ember::smoke::init_script(args);
+    let script = ember::fuzzing::init_script(args);
     // The command is the line after `cd /` and the start marker, up to
     // the `rc=$?` line that follows it.
     let start = script.find("\ncd /\necho ").expect("start marker line");
@@ -152,7 +162,7 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // Device options.
-    if let Ok(d) = DiskConfig::parse(s) {
+    if let Ok(d) = parse_disk(s) {
         let path = d.path.to_str().expect("path from a str");
         assert!(!path.is_empty());
         assert!(d.id.as_ref().is_none_or(|id| id.len() <= 20), "{d:?}");
@@ -160,26 +170,26 @@ fuzz_target!(|data: &[u8]| {
         if let Some(id) = &d.id {
             again.push_str(&format!(",id={id}"));
         }
-        assert_eq!(DiskConfig::parse(&again).as_ref(), Ok(&d), "{again:?}");
+        assert_eq!(parse_disk(&again).as_ref(), Ok(&d), "{again:?}");
     }
-    if let Ok(n) = NetConfig::parse(s) {
+    if let Ok(n) = parse_net(s) {
         assert!((1..16).contains(&n.tap.len()), "{n:?}");
         let mut again = format!("tap={}", n.tap);
         if let Some(m) = &n.mac {
             again.push_str(&format!(",mac={}", format_mac(m)));
         }
-        assert_eq!(NetConfig::parse(&again).as_ref(), Ok(&n), "{again:?}");
+        assert_eq!(parse_net(&again).as_ref(), Ok(&n), "{again:?}");
     }
-    if let Ok(SerialConfig::File(p)) = SerialConfig::parse(s) {
+    if let Ok(SerialConfig::File(p)) = parse_serial(s) {
         assert!(!p.as_os_str().is_empty());
     }
-    if let Some(b) = BootProtocol::parse(s) {
+    if let Ok(b) = parse_boot(s) {
         let name = match b {
             BootProtocol::Auto => "auto",
             BootProtocol::Linux64 => "linux64",
             BootProtocol::Pvh => "pvh",
         };
-        assert_eq!(BootProtocol::parse(name), Some(b));
+        assert_eq!(parse_boot(name), Ok(b));
     }
 
     // The command line, split at NULs.

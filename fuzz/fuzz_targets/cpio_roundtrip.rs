@@ -1,5 +1,6 @@
 //! The initramfs cpio writer and reader: arbitrary entries into
-//! `ember::cpio::CpioWriter`, then `ember::cpio::parse` must give back
+//! `ember::CpioWriter`, then ember's cpio reader (`parse_cpio`, through the
+//! `fuzzing` feature) must give back
 //! exactly the entries the writer accepted.
 //!
 //! Input: operations until the input ends, each an opcode byte (modulo 6):
@@ -23,11 +24,12 @@
 //! (type bits plus `perm & 0o7777`; 0o777 for symlinks), data and device
 //! numbers; any strict prefix of the archive does not parse; `parse` of the
 //! raw input does not panic. Finally, when the input names applets,
-//! `ember::smoke::build_initramfs` with them: when it succeeds, its archive parses and holds
+//! the smoke test's `build_initramfs` with them: when it succeeds, its archive parses and holds
 //! `/init`, `bin/busybox` and `dev/console` as given.
 #![no_main]
 
-use ember::cpio::{self, CpioEntry, CpioError, CpioWriter, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG};
+use ember::fuzzing::{self as cpio, CpioEntry, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG};
+use ember::{CpioError, CpioWriter};
 use ember_fuzz::input::Reader;
 use libfuzzer_sys::fuzz_target;
 
@@ -49,7 +51,7 @@ fn valid_name(n: &str) -> bool {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let _ = cpio::parse(data);
+    let _ = cpio::parse_cpio(data);
 
     let mut r = Reader::new(data);
     let mut w = CpioWriter::new();
@@ -112,19 +114,19 @@ fuzz_target!(|data: &[u8]| {
 
     let archive = w.finish();
     assert_eq!(archive.len() % 4, 0);
-    let parsed = cpio::parse(&archive).expect("the writer's archive does not parse");
+    let parsed = cpio::parse_cpio(&archive).expect("the writer's archive does not parse");
     assert!(parsed == accepted, "round trip:\n wrote {accepted:?}\n read {parsed:?}");
     let cut = data.len() % archive.len();
-    assert!(cpio::parse(&archive[..cut]).is_none(), "a {cut}-byte prefix parsed");
-    assert!(cpio::parse(&archive[..archive.len() - 1]).is_none());
+    assert!(cpio::parse_cpio(&archive[..cut]).is_none(), "a {cut}-byte prefix parsed");
+    assert!(cpio::parse_cpio(&archive[..archive.len() - 1]).is_none());
 
     if applets.is_empty() {
         return;
     }
     let busybox = &data[..data.len().min(64)];
-    let init = ember::smoke::init_script(&applets);
-    if let Ok(a) = ember::smoke::build_initramfs(busybox, &applets, &init) {
-        let e = cpio::parse(&a).expect("initramfs does not parse");
+    let init = ember::fuzzing::init_script(&applets);
+    if let Ok(a) = ember::fuzzing::build_initramfs(busybox, &applets, &init) {
+        let e = cpio::parse_cpio(&a).expect("initramfs does not parse");
         let find = |n: &str| e.iter().find(|x| x.name == n).unwrap_or_else(|| panic!("no {n}"));
         assert_eq!(find("init").data, init.as_bytes());
         assert_eq!(find("bin/busybox").data, busybox);

@@ -30,8 +30,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use ember::fuzzing::{self as boot, image, Entry, GuestRam, RamLayout};
-use ember::layout;
+use ember::fuzzing::{self as boot, image, layout, Entry, GuestRam, RamLayout};
 use ember::BootProtocol;
 use libfuzzer_sys::fuzz_target;
 use vm_memory::GuestMemoryMmap;

@@ -1,4 +1,4 @@
-//! The port I/O space of the PC a guest sees: `ember::bus::Bus` with the
+//! The port I/O space of the PC a guest sees: ember's `Bus` with the
 //! legacy devices where ember's VM puts them (COM1 8250 UART at 0x3f8, the
 //! i8042 at 0x60-0x64, the CMOS RTC at 0x70-0x71, the debug-exit port at
 //! 0xf4, the quiet stand-ins on `QUIET_PORT_RANGES`), under arbitrary port
@@ -25,7 +25,7 @@
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 
-use ember::bus::Bus;
+use ember::fuzzing::Bus;
 use ember_devices::bus::BusDevice;
 use ember_devices::interrupt::CountingIrq;
 use ember_devices::legacy::{

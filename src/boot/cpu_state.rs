@@ -27,7 +27,7 @@ const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 
 /// The boot GDT: null, null, code64, data, TSS, code32.
-pub const GDT: [u64; 6] = [
+pub(crate) const GDT: [u64; 6] = [
     0,
     0,
     gdt_entry(0xa09b, 0, 0xfffff),
@@ -71,7 +71,7 @@ fn segment(index: usize) -> kvm_segment {
 
 /// Writes the GDT, an empty IDT and identity page tables covering the first
 /// [`IDENTITY_MAP_SIZE`] bytes (2 MiB pages) into guest memory.
-pub fn write_tables(mem: &GuestMemoryMmap) -> Result<(), vm_memory::GuestMemoryError> {
+pub(crate) fn write_tables(mem: &GuestMemoryMmap) -> Result<(), vm_memory::GuestMemoryError> {
     let mut gdt = [0u8; GDT.len() * 8];
     for (i, e) in GDT.iter().enumerate() {
         gdt[i * 8..i * 8 + 8].copy_from_slice(&e.to_le_bytes());
@@ -112,7 +112,7 @@ fn common_sregs(sregs: &mut kvm_sregs) {
 
 /// Special registers for the Linux 64-bit boot protocol: long mode, paging
 /// on with the identity map, `__BOOT_CS`/`__BOOT_DS` loaded.
-pub fn linux64_sregs(sregs: &mut kvm_sregs) {
+pub(crate) fn linux64_sregs(sregs: &mut kvm_sregs) {
     common_sregs(sregs);
     sregs.cs = segment(GDT_CODE64);
     sregs.cr3 = PML4_START;
@@ -122,7 +122,7 @@ pub fn linux64_sregs(sregs: &mut kvm_sregs) {
 }
 
 /// General registers for the Linux 64-bit boot protocol.
-pub fn linux64_regs(entry: u64) -> kvm_regs {
+pub(crate) fn linux64_regs(entry: u64) -> kvm_regs {
     kvm_regs {
         rip: entry,
         rsp: BOOT_STACK_POINTER,
@@ -134,7 +134,7 @@ pub fn linux64_regs(entry: u64) -> kvm_regs {
 }
 
 /// Special registers for the PVH entry: 32-bit protected mode, paging off.
-pub fn pvh_sregs(sregs: &mut kvm_sregs) {
+pub(crate) fn pvh_sregs(sregs: &mut kvm_sregs) {
     common_sregs(sregs);
     sregs.cs = segment(GDT_CODE32);
     sregs.cr0 = (sregs.cr0 | CR0_PE | CR0_ET) & !CR0_PG;
@@ -143,7 +143,7 @@ pub fn pvh_sregs(sregs: &mut kvm_sregs) {
 }
 
 /// General registers for the PVH entry: EBX holds the `hvm_start_info`.
-pub fn pvh_regs(entry: u64) -> kvm_regs {
+pub(crate) fn pvh_regs(entry: u64) -> kvm_regs {
     kvm_regs { rip: entry, rbx: PVH_INFO_START, rflags: 0x2, ..Default::default() }
 }
 

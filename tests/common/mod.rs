@@ -352,7 +352,7 @@ pub fn test_init() -> PathBuf {
 
 /// An initramfs holding only /dev/console and the no-syscall /init.
 pub fn init_cpio() -> Vec<u8> {
-    let mut w = ember::cpio::CpioWriter::new();
+    let mut w = ember::CpioWriter::new();
     w.dir("dev", 0o755).unwrap();
     w.char_dev("dev/console", 0o600, 5, 1).unwrap();
     w.file("init", 0o755, &std::fs::read(test_init()).unwrap()).unwrap();

@@ -1,0 +1,105 @@
+//! The `ember` command: `ember run` boots a kernel, `ember smoke`
+//! smoke-tests one. Flags become the library's configuration ([`args`],
+//! [`parse`]); everything else is the library's.
+
+mod args;
+mod logger;
+mod parse;
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use clap::Parser;
+use ember::{SharedWriter, Smoke, SmokeError, Verdict, Vm, VmExit};
+
+use args::{Cli, Command, RunArgs, SmokeArgs};
+
+/// Exit status for a usage error (a bad flag or value).
+const EXIT_USAGE: u8 = 2;
+/// Exit status for a run-time failure.
+const EXIT_FAILURE: u8 = 1;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = e.exit_code();
+            let _ = e.print();
+            return ExitCode::from(code as u8);
+        }
+    };
+    match cli.command {
+        Command::Run(a) => run(a),
+        Command::Smoke(a) => smoke(a),
+    }
+}
+
+/// Prints an error the way every ember error is printed, and picks the
+/// exit status.
+fn fail(e: &ember::Error) -> ExitCode {
+    eprintln!("ember: error: {e}");
+    ExitCode::from(if e.is_usage() { EXIT_USAGE } else { EXIT_FAILURE })
+}
+
+/// `ember run`.
+fn run(args: RunArgs) -> ExitCode {
+    logger::init(args.log_level);
+    ember::restore_terminal_on_fatal_signals();
+    let exit = match Vm::new(args.to_config()).and_then(|vm| vm.run()) {
+        Ok(x) => x,
+        Err(e) => return fail(&e),
+    };
+    report(&exit);
+    ExitCode::from(exit.status() as u8)
+}
+
+/// Says how the VM ended: crashes always, clean ends at info level.
+fn report(exit: &VmExit) {
+    if exit.is_crash() {
+        eprintln!("ember: guest crashed: {exit}");
+    } else {
+        log::info!("VM ended: {exit}");
+    }
+}
+
+/// `ember smoke`.
+fn smoke(args: SmokeArgs) -> ExitCode {
+    let ember_failed = ExitCode::from(Smoke::EXIT_EMBER as u8);
+    logger::init(args.log_level);
+    // The JUnit file is opened before the VM starts: with seccomp on, this
+    // thread cannot open files later.
+    let mut junit = match &args.junit {
+        Some(j) => match std::fs::File::create(j) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!("ember smoke: error: cannot write {}: {e}", j.display());
+                return ember_failed;
+            }
+        },
+        None => None,
+    };
+    let out: SharedWriter = Arc::new(Mutex::new(std::io::stdout()));
+    let report = match args.to_smoke().output(out).run() {
+        Ok(r) => r,
+        Err(e) => {
+            let hint = if matches!(e, SmokeError::Busybox(_)) { " (--busybox PATH)" } else { "" };
+            eprintln!("ember smoke: error: {e}{hint}");
+            return ember_failed;
+        }
+    };
+    if matches!(report.verdict, Verdict::Timeout) {
+        eprintln!("ember smoke: last console lines:");
+        for l in report.last_lines(20) {
+            eprintln!("  | {l}");
+        }
+    }
+    if let (Some(f), Some(j)) = (junit.as_mut(), &args.junit) {
+        if let Err(e) = f.write_all(report.junit_xml().as_bytes()) {
+            eprintln!("ember smoke: error: cannot write {}: {e}", j.display());
+            return ember_failed;
+        }
+    }
+    eprintln!("{}", report.summary());
+    ExitCode::from(report.exit_status() as u8)
+}

@@ -1,0 +1,283 @@
+//! The grammar of the command line's values: sizes, durations and the
+//! `key=value,...` device specs, each turned into the library's
+//! configuration types, with an error naming the bad value.
+//!
+//! The fuzz crate's `cli_parsers` target compiles this file too (by path).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ember::{BootProtocol, DiskConfig, NetConfig, SeccompMode, SerialConfig};
+
+/// A value on the command line that is not understood.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    /// A size string could not be parsed.
+    #[error("invalid size '{0}': expected a number of MiB or a number with a K, M, G or T suffix (e.g. 512M, 2G)")]
+    Size(String),
+    /// A duration string could not be parsed.
+    #[error("invalid duration '{0}': expected e.g. 90s, 500ms, 2m or a plain number of seconds")]
+    Duration(String),
+    /// A `--serial` value that is not understood.
+    #[error("invalid serial option '{0}': expected stdio, file=PATH or none")]
+    Serial(String),
+    /// A `--boot` value that is not understood.
+    #[error("invalid boot protocol '{0}': expected auto, linux64 or pvh")]
+    Boot(String),
+    /// A `--seccomp` value that is not understood.
+    #[error("invalid seccomp mode '{0}': expected kill, log or off")]
+    Seccomp(String),
+    /// A `--user` value that is not understood.
+    #[error("invalid user '{0}': expected a numeric UID or UID:GID")]
+    User(String),
+    /// A `key=value,...` device option string is malformed.
+    #[error("invalid {what} option '{value}': {why}")]
+    DeviceOption {
+        /// Which option (`--disk`, `--net`).
+        what: &'static str,
+        /// The offending text.
+        value: String,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
+/// Parses a memory size: a plain number is MiB; `K`, `M`, `G`, `T` suffixes
+/// (optionally followed by `iB` or `B`) are binary multiples.
+pub fn parse_size(s: &str) -> Result<u64, ParseError> {
+    let bad = || ParseError::Size(s.to_string());
+    let t = s.trim();
+    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    if digits_end == 0 {
+        return Err(bad());
+    }
+    let n: u64 = t[..digits_end].parse().map_err(|_| bad())?;
+    let suffix = t[digits_end..].to_ascii_lowercase();
+    let unit = match suffix.as_str() {
+        "" | "m" | "mb" | "mib" => 1 << 20,
+        "k" | "kb" | "kib" => 1 << 10,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1u64 << 40,
+        "b" => 1,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(unit).ok_or_else(bad)
+}
+
+/// Parses a duration: `90s`, `500ms`, `2m`, `1h` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, ParseError> {
+    let bad = || ParseError::Duration(s.to_string());
+    let t = s.trim();
+    let num_end = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    if num_end == 0 {
+        return Err(bad());
+    }
+    let n: f64 = t[..num_end].parse().map_err(|_| bad())?;
+    let secs = match &t[num_end..] {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(bad()),
+    };
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses `--serial`: `stdio`, `file=PATH` or `none`.
+pub fn parse_serial(s: &str) -> Result<SerialConfig, ParseError> {
+    match s {
+        "stdio" => Ok(SerialConfig::Stdio),
+        "none" | "off" => Ok(SerialConfig::None),
+        _ => match s.strip_prefix("file=") {
+            Some(p) if !p.is_empty() => Ok(SerialConfig::File(PathBuf::from(p))),
+            _ => Err(ParseError::Serial(s.to_string())),
+        },
+    }
+}
+
+/// Parses `--boot`: `auto`, `linux64` or `pvh`.
+pub fn parse_boot(s: &str) -> Result<BootProtocol, ParseError> {
+    match s {
+        "auto" => Ok(BootProtocol::Auto),
+        "linux64" | "linux" | "elf" => Ok(BootProtocol::Linux64),
+        "pvh" => Ok(BootProtocol::Pvh),
+        _ => Err(ParseError::Boot(s.to_string())),
+    }
+}
+
+/// Parses `--seccomp`: `kill`, `log` or `off`.
+pub fn parse_seccomp(s: &str) -> Result<SeccompMode, ParseError> {
+    match s {
+        "kill" => Ok(SeccompMode::Kill),
+        "log" => Ok(SeccompMode::Log),
+        "off" => Ok(SeccompMode::Off),
+        _ => Err(ParseError::Seccomp(s.to_string())),
+    }
+}
+
+/// Parses `--user`: `UID[:GID]` (numbers; the gid defaults to the uid).
+pub fn parse_user(s: &str) -> Result<(u32, u32), ParseError> {
+    let bad = || ParseError::User(s.to_string());
+    let (u, g) = match s.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (s, None),
+    };
+    let uid: u32 = u.parse().map_err(|_| bad())?;
+    let gid: u32 = match g {
+        Some(g) => g.parse().map_err(|_| bad())?,
+        None => uid,
+    };
+    Ok((uid, gid))
+}
+
+/// Parses `--disk`: `path=IMG[,readonly=on|off][,id=STRING]`.
+pub fn parse_disk(s: &str) -> Result<DiskConfig, ParseError> {
+    let bad = |why: &str| ParseError::DeviceOption { what: "--disk", value: s.to_string(), why: why.to_string() };
+    let mut path = None;
+    let mut read_only = false;
+    let mut id = None;
+    for kv in split_options(s) {
+        let (k, v) = kv.split_once('=').ok_or_else(|| bad("expected key=value"))?;
+        match k {
+            "path" if !v.is_empty() => path = Some(PathBuf::from(v)),
+            "readonly" | "ro" => read_only = parse_on_off(v).ok_or_else(|| bad("readonly takes on or off"))?,
+            "id" | "serial" => {
+                if v.len() > 20 {
+                    return Err(bad("id is at most 20 bytes"));
+                }
+                id = Some(v.to_string())
+            }
+            _ => return Err(bad(&format!("unknown key '{k}' (known: path, readonly, id)"))),
+        }
+    }
+    Ok(DiskConfig { path: path.ok_or_else(|| bad("path=IMG is required"))?, read_only, id })
+}
+
+/// Parses `--net`: `tap=NAME[,mac=AA:BB:CC:DD:EE:FF]` (the MAC in ember's
+/// one grammar, [`ember_devices::virtio::net::parse_mac`]).
+pub fn parse_net(s: &str) -> Result<NetConfig, ParseError> {
+    let bad = |why: &str| ParseError::DeviceOption { what: "--net", value: s.to_string(), why: why.to_string() };
+    let mut tap = None;
+    let mut mac = None;
+    for kv in split_options(s) {
+        let (k, v) = kv.split_once('=').ok_or_else(|| bad("expected key=value"))?;
+        match k {
+            "tap" if !v.is_empty() && v.len() < 16 => tap = Some(v.to_string()),
+            "tap" => return Err(bad("tap name must be 1 to 15 bytes")),
+            "mac" => {
+                let m = ember_devices::virtio::net::parse_mac(v);
+                mac = Some(m.ok_or_else(|| bad("mac must look like 02:00:00:00:00:01"))?);
+            }
+            _ => return Err(bad(&format!("unknown key '{k}' (known: tap, mac)"))),
+        }
+    }
+    Ok(NetConfig { tap: tap.ok_or_else(|| bad("tap=NAME is required"))?, mac })
+}
+
+fn split_options(s: &str) -> impl Iterator<Item = &str> {
+    s.split(',').filter(|p| !p.is_empty())
+}
+
+fn parse_on_off(v: &str) -> Option<bool> {
+    match v {
+        "on" | "true" | "yes" | "1" => Some(true),
+        "off" | "false" | "no" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_are_strict() {
+        use ember_devices::virtio::net::parse_mac;
+        assert_eq!(parse_mac("02:00:00:00:00:0a"), Some([2, 0, 0, 0, 0, 10]));
+        assert_eq!(parse_mac("+2:00:00:00:00:01"), None);
+        assert_eq!(parse_mac("2:00:00:00:00:01"), None);
+        assert_eq!(parse_mac("02:00:00:00:00"), None);
+        assert_eq!(parse_mac("02:00:00:00:00:01:02"), None);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_size("128").unwrap(), 128 << 20);
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1t").unwrap(), 1 << 40);
+        assert_eq!(parse_size("4096K").unwrap(), 4 << 20);
+        for bad in ["", "M", "12Q", "-1", "1.5G", "99999999999999999999", "18446744073709551615G"] {
+            assert_eq!(parse_size(bad), Err(ParseError::Size(bad.into())), "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        for bad in ["", "s", "5x", "1e999", "-3s", "1.2.3"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn serial_options() {
+        assert!(matches!(parse_serial("stdio"), Ok(SerialConfig::Stdio)));
+        assert!(matches!(parse_serial("none"), Ok(SerialConfig::None)));
+        assert!(
+            matches!(parse_serial("file=/tmp/x"), Ok(SerialConfig::File(p)) if p == std::path::Path::new("/tmp/x"))
+        );
+        assert!(parse_serial("file=").is_err());
+        assert!(parse_serial("tcp").is_err());
+    }
+
+    #[test]
+    fn disk_options() {
+        let d = parse_disk("path=/x.img,readonly=on,id=abc").unwrap();
+        assert_eq!(d, DiskConfig { path: "/x.img".into(), read_only: true, id: Some("abc".into()) });
+        assert!(!parse_disk("path=/x.img").unwrap().read_only);
+        assert!(parse_disk("readonly=on").is_err());
+        assert!(parse_disk("path=/x,readonly=maybe").is_err());
+        assert!(parse_disk("path=/x,color=red").is_err());
+        assert!(parse_disk("path=/x,id=123456789012345678901").is_err());
+        assert!(parse_disk("/x.img").is_err());
+    }
+
+    #[test]
+    fn net_options() {
+        let n = parse_net("tap=tap0,mac=02:00:00:00:00:01").unwrap();
+        assert_eq!(n.tap, "tap0");
+        assert_eq!(n.mac, Some([2, 0, 0, 0, 0, 1]));
+        assert!(parse_net("tap=tap0,mac=02:00:00:00:00").is_err());
+        assert!(parse_net("tap=tap0,mac=02:00:00:00:00:01:02").is_err());
+        assert!(parse_net("tap=waytoolonginterfacename").is_err());
+        assert!(parse_net("mac=02:00:00:00:00:01").is_err());
+    }
+
+    #[test]
+    fn users() {
+        assert_eq!(parse_user("65534"), Ok((65534, 65534)));
+        assert_eq!(parse_user("1000:100"), Ok((1000, 100)));
+        assert!(parse_user("nobody").is_err());
+        assert!(parse_user("1:").is_err());
+        assert!(parse_user("-1").is_err());
+    }
+
+    #[test]
+    fn modes_parse() {
+        assert_eq!(parse_seccomp("kill"), Ok(SeccompMode::Kill));
+        assert_eq!(parse_seccomp("log"), Ok(SeccompMode::Log));
+        assert_eq!(parse_seccomp("off"), Ok(SeccompMode::Off));
+        assert!(parse_seccomp("on").is_err());
+        assert_eq!(parse_boot("pvh"), Ok(BootProtocol::Pvh));
+        assert!(parse_boot("uefi").is_err());
+    }
+}

@@ -1,5 +1,0 @@
-//! The `ember` command; all of it lives in [`ember::cli`].
-
-fn main() -> std::process::ExitCode {
-    ember::cli::main()
-}
