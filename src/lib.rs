@@ -23,37 +23,43 @@
 //! [`Smoke`] runs a kernel smoke test (boot, run one command or wait for
 //! console patterns, give a verdict) the way `ember smoke` does.
 //!
-//! The modules below are internal; docs/architecture.md draws their graph.
-//! Every import runs down it (tests/module_graph.rs checks).
+//! Errors are in [`error`]. The other modules are internal;
+//! docs/architecture.md draws their graph, and every import runs down it
+//! (tests/module_graph.rs checks).
 #![deny(missing_docs)]
 
-// Layer 0: depends on nothing in the crate.
+// Layers, bottom up (docs/architecture.md, "Module graph"): a module uses
+// only modules of lower layers.
+// 0: nothing from the crate.
 mod cpio;
 mod cpuid;
+mod event_loop;
 mod jail;
 mod layout;
 mod seccomp;
 mod sync;
 mod terminal;
-// Layer 1: values and small mechanisms.
+// 1
 mod bus;
-mod config;
-mod event_loop;
 mod exit;
 mod memory;
 mod serial_capture;
-// Layer 2: getting the guest going.
+// 2
+mod config;
+// 3
 mod boot;
+// 4
 mod machine;
-// Layer 3: the crate's error, over the layers below.
+// 5
 pub mod error;
-// Layer 4: the VM's parts.
+// 6
 mod console;
-mod device_manager;
 mod vcpu;
-// Layer 5: the VM, and what is built on it.
+// 7
+mod device_manager;
+// 8
 mod vm;
-// Layer 6.
+// 9
 mod smoke;
 
 pub use config::{BootProtocol, ConfigError, DiskConfig, NetConfig, SerialConfig, SharedWriter, VmConfig};
