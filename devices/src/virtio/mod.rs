@@ -2,13 +2,19 @@
 //!
 //! * [`mmio`]: the virtio-mmio transport (virtio 1.x, register layout
 //!   version 2). It owns the register file, feature negotiation, the device
-//!   status state machine and the queue configuration, and hands a device its
-//!   queues once the driver sets `DRIVER_OK`.
+//!   status state machine, the queue configuration and the interrupt
+//!   (`InterruptStatus` and its line, [`mmio::MmioInterrupt`]), and hands a
+//!   device its queues once the driver sets `DRIVER_OK`.
 //! * [`block`]: the virtio-blk device model on a raw image file.
+//! * [`net`]: the virtio-net device model on a TAP interface.
+//! * [`IoVecs`]: the scatter lists of guest buffers the devices do their
+//!   vectored I/O on, safe by construction.
 //!
-//! A device model implements [`VirtioDevice`] and never sees registers; the
-//! transport implements [`crate::bus::BusDevice`] for the vCPU threads and
-//! [`event_manager::MutEventSubscriber`] for the queue notifications.
+//! A device model implements [`VirtioDevice`] and never sees registers or
+//! interrupts: the transport implements [`crate::bus::BusDevice`] for the
+//! vCPU threads and [`event_manager::MutEventSubscriber`] for the queue
+//! notifications, calls the device to process a queue, and signals the
+//! guest for the [`QueueSet`] of queues the device reports as used.
 
 use std::io;
 use std::os::unix::io::RawFd;
