@@ -137,6 +137,17 @@ pub trait VirtioDevice: Send {
     }
 }
 
+/// Reads a device's configuration space `config` at `offset` into `data`;
+/// bytes past its end (or an offset past it) read as zero.
+pub(crate) fn read_config_space(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Some(start) = usize::try_from(offset).ok().filter(|&s| s < config.len()) else {
+        return;
+    };
+    let n = data.len().min(config.len() - start);
+    data[..n].copy_from_slice(&config[start..start + n]);
+}
+
 /// How many passes over a queue one notification may trigger. A legitimate
 /// driver needs a handful (a re-check after re-enabling notifications); a
 /// hostile layout whose used-ring writes land on the available ring could
@@ -176,6 +187,18 @@ impl LogBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_space_reads_zero_past_the_end() {
+        let cfg = [1u8, 2, 3, 4];
+        let mut d = [0xffu8; 3];
+        read_config_space(&cfg, 2, &mut d);
+        assert_eq!(d, [3, 4, 0]);
+        read_config_space(&cfg, 4, &mut d);
+        assert_eq!(d, [0, 0, 0]);
+        read_config_space(&cfg, u64::MAX, &mut d);
+        assert_eq!(d, [0, 0, 0]);
+    }
 
     #[test]
     fn log_budget_runs_out() {

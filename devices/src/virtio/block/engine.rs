@@ -126,34 +126,34 @@ impl SyncDisk {
     }
 }
 
-impl DiskEngine for SyncDisk {
-    fn read_vectored_at(&mut self, iov: &mut IoVecs<'_>, offset: u64) -> (usize, Option<io::Error>) {
+impl SyncDisk {
+    /// Reads into (`write` false) or writes from `iov` at `offset`.
+    fn vectored_at(&mut self, iov: &mut IoVecs<'_>, offset: u64, write: bool) -> (usize, Option<io::Error>) {
         let fd = self.file.as_raw_fd();
         transfer_loop(iov, offset, |v, off| {
             // SAFETY: every iovec points into live guest memory (the
-            // invariant of IoVecs); at most MAX_IOVECS entries. A single
-            // buffer takes the cheaper pread path (no iovec import in the
-            // kernel).
+            // invariant of IoVecs); at most MAX_IOVECS entries, which fits
+            // a c_int. A single buffer takes the cheaper pread/pwrite path
+            // (no iovec import in the kernel).
             unsafe {
-                match v {
-                    [one] => libc::pread(fd, one.iov_base, one.iov_len, off),
-                    _ => libc::preadv(fd, v.as_ptr(), v.len() as libc::c_int, off),
+                match (write, v) {
+                    (false, [one]) => libc::pread(fd, one.iov_base, one.iov_len, off),
+                    (false, _) => libc::preadv(fd, v.as_ptr(), v.len() as libc::c_int, off),
+                    (true, [one]) => libc::pwrite(fd, one.iov_base, one.iov_len, off),
+                    (true, _) => libc::pwritev(fd, v.as_ptr(), v.len() as libc::c_int, off),
                 }
             }
         })
     }
+}
+
+impl DiskEngine for SyncDisk {
+    fn read_vectored_at(&mut self, iov: &mut IoVecs<'_>, offset: u64) -> (usize, Option<io::Error>) {
+        self.vectored_at(iov, offset, false)
+    }
 
     fn write_vectored_at(&mut self, iov: &mut IoVecs<'_>, offset: u64) -> (usize, Option<io::Error>) {
-        let fd = self.file.as_raw_fd();
-        transfer_loop(iov, offset, |v, off| {
-            // SAFETY: as in read_vectored_at; the kernel only reads them.
-            unsafe {
-                match v {
-                    [one] => libc::pwrite(fd, one.iov_base, one.iov_len, off),
-                    _ => libc::pwritev(fd, v.as_ptr(), v.len() as libc::c_int, off),
-                }
-            }
-        })
+        self.vectored_at(iov, offset, true)
     }
 
     /// Makes written data durable (`fdatasync`).
