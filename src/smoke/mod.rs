@@ -1,0 +1,423 @@
+//! `ember smoke`: boot a kernel, run one command in it (or wait for console
+//! patterns), and turn what happened into an exit status, a summary line and
+//! optionally a JUnit report.
+//!
+//! In command mode ember writes an initramfs itself (cpio newc, see
+//! [`crate::cpio`]): a static busybox with its applet links, `/dev/console`,
+//! and an `/init` that mounts proc, sysfs and devtmpfs, runs the command,
+//! prints its exit status between markers on the console and reboots
+//! (`reboot=k`: ember's i8042 reset ends the VM).
+//!
+//! This module runs the test ([`Smoke`]); `initramfs` writes the archive
+//! and `report` turns the outcome into a verdict, a summary and JUnit.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use regex_lite::Regex;
+
+use crate::config::{SerialConfig, SharedWriter, VmConfig};
+use crate::cpio::CpioError;
+use crate::error::Error;
+use crate::seccomp::SeccompMode;
+use crate::serial_capture::SerialCapture;
+use crate::sync::lock;
+use crate::vm::Vm;
+use initramfs::applets;
+pub use initramfs::{build_initramfs, init_script};
+pub use report::{Expectation, SmokeReport, Verdict};
+
+mod initramfs;
+mod report;
+
+/// The console markers `/init` prints around the command.
+const BEGIN_MARKER: &str = "===EMBER-SMOKE-BEGIN===";
+/// Followed by the decimal exit status and `===`.
+const EXIT_MARKER: &str = "===EMBER-SMOKE-EXIT=";
+
+/// Console lines that mean the kernel is dead or dying.
+const PANIC_PATTERNS: &[&str] =
+    &["Kernel panic - not syncing", "Oops:", "BUG: kernel NULL pointer", "BUG: unable to handle", "kernel BUG at"];
+
+/// Where Debian's busybox-static puts its binary.
+const BUSYBOX_CANDIDATES: &[&str] = &["/bin/busybox", "/usr/bin/busybox"];
+
+/// Errors that stop a smoke test before it has a result.
+#[derive(Debug, thiserror::Error)]
+pub enum SmokeError {
+    /// No usable busybox.
+    #[error("{0}")]
+    Busybox(String),
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An expected console pattern is not a valid regular expression.
+    #[error("invalid expect pattern {pattern:?}: {message}")]
+    Pattern {
+        /// The pattern.
+        pattern: String,
+        /// The parser's complaint.
+        message: String,
+    },
+    /// Building the initramfs failed.
+    #[error("building the initramfs: {0}")]
+    Cpio(#[from] CpioError),
+    /// The VM could not be built or started.
+    #[error(transparent)]
+    Vm(#[from] Error),
+}
+
+impl SmokeError {
+    /// Whether the error is the user's input (as opposed to the host).
+    pub fn is_usage(&self) -> bool {
+        match self {
+            SmokeError::Vm(e) => e.is_usage(),
+            SmokeError::Read { .. } | SmokeError::Pattern { .. } | SmokeError::Busybox(_) => true,
+            SmokeError::Cpio(_) => true,
+        }
+    }
+}
+
+/// A smoke test, configured builder-style, run with [`Smoke::run`].
+#[derive(Clone)]
+pub struct Smoke {
+    kernel: PathBuf,
+    memory: u64,
+    vcpus: u8,
+    cmdline_extra: String,
+    timeout: Duration,
+    expect: Vec<String>,
+    quiet: bool,
+    busybox: Option<PathBuf>,
+    initrd: Option<PathBuf>,
+    command: Vec<String>,
+    output: Option<SharedWriter>,
+    seccomp: SeccompMode,
+}
+
+impl std::fmt::Debug for Smoke {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Smoke")
+            .field("kernel", &self.kernel)
+            .field("memory", &self.memory)
+            .field("vcpus", &self.vcpus)
+            .field("timeout", &self.timeout)
+            .field("expect", &self.expect)
+            .field("command", &self.command)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Smoke {
+    /// Exit status when the timeout passed (as `timeout(1)`).
+    pub const EXIT_TIMEOUT: i32 = 124;
+    /// Exit status when ember itself failed (bad input, VM set-up), as
+    /// `timeout(1)` uses 125 for its own failures.
+    pub const EXIT_EMBER: i32 = 125;
+    /// Exit status for a kernel panic, oops or BUG seen on the console.
+    pub const EXIT_PANIC: i32 = 120;
+    /// Exit status for a guest crash reported by KVM (triple fault, an
+    /// instruction KVM could not run).
+    pub const EXIT_CRASH: i32 = 121;
+    /// Exit status when the VM ended before every expectation matched or
+    /// before the command reported its status.
+    pub const EXIT_INCOMPLETE: i32 = 122;
+
+    /// A smoke test of `kernel` with the defaults: 256 MiB, 1 vCPU, 60 s.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        Smoke {
+            kernel: kernel.into(),
+            memory: 256 << 20,
+            vcpus: 1,
+            cmdline_extra: String::new(),
+            timeout: Duration::from_secs(60),
+            expect: Vec::new(),
+            quiet: false,
+            busybox: None,
+            initrd: None,
+            command: Vec::new(),
+            output: None,
+            seccomp: SeccompMode::Off,
+        }
+    }
+    /// seccomp filters on the VM's threads and the calling thread (default
+    /// off for library use; see [`VmConfig::seccomp`]).
+    pub fn seccomp(mut self, mode: SeccompMode) -> Self {
+        self.seccomp = mode;
+        self
+    }
+    /// Guest memory in bytes.
+    pub fn memory(mut self, bytes: u64) -> Self {
+        self.memory = bytes;
+        self
+    }
+    /// vCPU count.
+    pub fn cpus(mut self, n: u8) -> Self {
+        self.vcpus = n;
+        self
+    }
+    /// Appended to ember's kernel command line.
+    pub fn cmdline(mut self, extra: impl Into<String>) -> Self {
+        self.cmdline_extra = extra.into();
+        self
+    }
+    /// How long before the VM is stopped and the verdict is a timeout.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+    /// Adds a console pattern (a regular expression) that must match, after
+    /// the previous one, for the test to pass.
+    pub fn expect(mut self, pattern: impl Into<String>) -> Self {
+        self.expect.push(pattern.into());
+        self
+    }
+    /// Stream only the command's output (between the markers), and ask the
+    /// kernel to be quiet.
+    pub fn quiet(mut self, q: bool) -> Self {
+        self.quiet = q;
+        self
+    }
+    /// The static busybox to put in the initramfs.
+    pub fn busybox(mut self, path: impl Into<PathBuf>) -> Self {
+        self.busybox = Some(path.into());
+        self
+    }
+    /// A cpio archive appended to ember's initramfs (or used alone when no
+    /// command is given).
+    pub fn initrd(mut self, path: impl Into<PathBuf>) -> Self {
+        self.initrd = Some(path.into());
+        self
+    }
+    /// The command to run as the initramfs's payload.
+    pub fn command<S: Into<String>>(mut self, argv: impl IntoIterator<Item = S>) -> Self {
+        self.command = argv.into_iter().map(Into::into).collect();
+        self
+    }
+    /// Where the console streams while the test runs (default: nowhere; the
+    /// CLI passes stdout).
+    pub fn output(mut self, w: SharedWriter) -> Self {
+        self.output = Some(w);
+        self
+    }
+
+    /// The kernel command line the VM gets (before ember's device additions).
+    pub fn kernel_cmdline(&self) -> String {
+        let mut c = String::from("console=ttyS0 reboot=k panic=-1");
+        if !self.command.is_empty() {
+            c.push_str(" rdinit=/init");
+        }
+        if self.quiet {
+            c.push_str(" quiet loglevel=1");
+        }
+        if !self.cmdline_extra.is_empty() {
+            c.push(' ');
+            c.push_str(&self.cmdline_extra);
+        }
+        c
+    }
+
+    /// Builds the initramfs for command mode (ember's archive, then the
+    /// user's [`initrd`](Smoke::initrd)), or returns the user's initrd alone.
+    pub fn initramfs(&self) -> Result<Option<Vec<u8>>, SmokeError> {
+        let user = match &self.initrd {
+            Some(p) => Some(std::fs::read(p).map_err(|source| SmokeError::Read { path: p.clone(), source })?),
+            None => None,
+        };
+        if self.command.is_empty() {
+            return Ok(user);
+        }
+        let busybox = Smoke::find_busybox(self.busybox.as_deref())?;
+        let bb = std::fs::read(&busybox).map_err(|source| SmokeError::Read { path: busybox.clone(), source })?;
+        let mut archive = build_initramfs(&bb, &applets(&busybox), &init_script(&self.command))?;
+        if let Some(u) = user {
+            archive.extend_from_slice(&u);
+        }
+        Ok(Some(archive))
+    }
+
+    /// Runs the test to its verdict.
+    pub fn run(&self) -> Result<SmokeReport, SmokeError> {
+        let patterns = self
+            .expect
+            .iter()
+            .map(|p| Regex::new(p).map_err(|e| SmokeError::Pattern { pattern: p.clone(), message: e.to_string() }))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut config = VmConfig::new(&self.kernel);
+        config.memory = self.memory;
+        config.vcpus = self.vcpus;
+        config.cmdline = self.kernel_cmdline();
+        config.initrd_bytes = self.initramfs()?.map(std::sync::Arc::new);
+        config.seccomp = self.seccomp;
+        let console = SerialCapture::new();
+        config.serial = SerialConfig::Capture(console.clone());
+        let vm = Vm::new(config)?;
+        let start = Instant::now();
+        let running = vm.start()?;
+        let handle = running.handle();
+        let mut out = Streamer { out: self.output.clone(), quiet: self.quiet, inside: false };
+
+        let mut expectations: Vec<Expectation> =
+            self.expect.iter().map(|p| Expectation { pattern: p.clone(), matched_after: None }).collect();
+        let mut next = 0;
+        let mut seen = 0usize;
+        let mut pending: Vec<u8> = Vec::new();
+        let mut command_status = None;
+        let mut panic_line: Option<String> = None;
+        let mut panic_grace: Option<Instant> = None;
+        let deadline = start + self.timeout;
+        let mut timed_out = false;
+        let command_mode = !self.command.is_empty();
+        loop {
+            let now = Instant::now();
+            let wait = deadline.saturating_duration_since(now).min(Duration::from_millis(100));
+            // The VM may have ended without the capture being closed yet.
+            let ended = handle.exit().is_some();
+            let (chunk, closed) = console.wait_beyond(seen, if ended { Duration::ZERO } else { wait });
+            let closed = closed || ended;
+            seen += chunk.len();
+            out.raw(&chunk);
+            pending.extend_from_slice(&chunk);
+            let mut lines = Vec::new();
+            while let Some(i) = pending.iter().position(|&b| b == b'\n') {
+                let l: Vec<u8> = pending.drain(..=i).collect();
+                lines.push(String::from_utf8_lossy(&l).trim_end_matches(['\r', '\n']).to_string());
+            }
+            if closed && !pending.is_empty() {
+                lines.push(String::from_utf8_lossy(&std::mem::take(&mut pending)).trim_end().to_string());
+            }
+            for line in &lines {
+                out.line(line);
+                while next < patterns.len() && patterns[next].is_match(line) {
+                    expectations[next].matched_after = Some(start.elapsed());
+                    next += 1;
+                }
+                if panic_line.is_none() && PANIC_PATTERNS.iter().any(|p| line.contains(p)) {
+                    panic_line = Some(line.trim().to_string());
+                    // Keep reading briefly: the trace follows the panic line.
+                    panic_grace = Some(Instant::now() + Duration::from_millis(500));
+                }
+                if command_mode && command_status.is_none() {
+                    if let Some(rest) = line.find(EXIT_MARKER).map(|i| &line[i + EXIT_MARKER.len()..]) {
+                        command_status = rest.split("===").next().and_then(|s| s.trim().parse::<i32>().ok());
+                    }
+                }
+            }
+            if closed || command_status.is_some() {
+                break;
+            }
+            if !command_mode && !patterns.is_empty() && next == patterns.len() {
+                break;
+            }
+            if panic_grace.is_some_and(|g| Instant::now() >= g) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                timed_out = true;
+                break;
+            }
+        }
+        let elapsed = start.elapsed();
+        handle.stop();
+        let vm_exit = running.wait();
+        // Anything printed between the last read and the stop.
+        let (rest, _) = console.wait_beyond(seen, Duration::ZERO);
+        out.raw(&rest);
+        let all_matched = next == patterns.len();
+        let verdict = if let Some(l) = panic_line {
+            Verdict::Panic(l)
+        } else if vm_exit.is_crash() {
+            Verdict::Crash(vm_exit.clone())
+        } else if timed_out {
+            Verdict::Timeout
+        } else if command_mode {
+            match command_status {
+                Some(_) if !all_matched => Verdict::Incomplete(vm_exit.clone()),
+                Some(0) => Verdict::Passed,
+                Some(n) => Verdict::CommandFailed(n),
+                None => Verdict::Incomplete(vm_exit.clone()),
+            }
+        } else if all_matched {
+            Verdict::Passed
+        } else {
+            Verdict::Incomplete(vm_exit.clone())
+        };
+        Ok(SmokeReport {
+            verdict,
+            command_status,
+            command: self.command.clone(),
+            expectations,
+            vm_exit,
+            elapsed,
+            timeout: self.timeout,
+            console: console.text(),
+            kernel: self.kernel.clone(),
+        })
+    }
+}
+
+/// Streams the console to the caller's writer: everything, or in quiet mode
+/// only the lines between the markers.
+struct Streamer {
+    out: Option<SharedWriter>,
+    quiet: bool,
+    inside: bool,
+}
+
+impl Streamer {
+    fn raw(&mut self, bytes: &[u8]) {
+        if !self.quiet && !bytes.is_empty() {
+            if let Some(o) = &self.out {
+                let mut w = lock(o);
+                let _ = w.write_all(bytes);
+                let _ = w.flush();
+            }
+        }
+    }
+
+    fn line(&mut self, line: &str) {
+        if !self.quiet {
+            return;
+        }
+        if line.contains(BEGIN_MARKER) {
+            self.inside = true;
+            return;
+        }
+        if line.contains(EXIT_MARKER) {
+            self.inside = false;
+            return;
+        }
+        if self.inside {
+            if let Some(o) = &self.out {
+                let mut w = lock(o);
+                let _ = writeln!(w, "{line}");
+                let _ = w.flush();
+            }
+        }
+    }
+}
+
+impl Smoke {
+    /// Finds a static busybox for the initramfs: `given`, else Debian's
+    /// busybox-static; the error says how to get one.
+    pub fn find_busybox(given: Option<&Path>) -> Result<PathBuf, SmokeError> {
+        initramfs::find_busybox(given)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline() {
+        let s = Smoke::new("k").command(["true"]).quiet(true).cmdline("foo=1");
+        assert_eq!(s.kernel_cmdline(), "console=ttyS0 reboot=k panic=-1 rdinit=/init quiet loglevel=1 foo=1");
+        assert_eq!(Smoke::new("k").kernel_cmdline(), "console=ttyS0 reboot=k panic=-1");
+    }
+}

@@ -1,0 +1,238 @@
+//! What a smoke test found out: the verdict, its exit status, a summary
+//! line and a JUnit report.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::Smoke;
+use crate::exit::VmExit;
+
+/// How one expectation fared.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expectation {
+    /// The regular expression.
+    pub pattern: String,
+    /// When it matched, from the start of the VM.
+    pub matched_after: Option<Duration>,
+}
+
+/// The outcome of a smoke test.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every expectation matched and the command (if any) exited 0.
+    Passed,
+    /// The command exited non-zero (expectations all matched).
+    CommandFailed(i32),
+    /// The timeout passed.
+    Timeout,
+    /// A kernel panic, oops or BUG line on the console.
+    Panic(String),
+    /// KVM reported a guest crash.
+    Crash(VmExit),
+    /// The VM ended before the command's status or every expectation.
+    Incomplete(VmExit),
+}
+
+/// Everything a smoke test found out.
+#[derive(Clone, Debug)]
+pub struct SmokeReport {
+    /// The outcome.
+    pub verdict: Verdict,
+    /// The command's exit status, when it reported one.
+    pub command_status: Option<i32>,
+    /// The command as given.
+    pub command: Vec<String>,
+    /// Each expectation, in order.
+    pub expectations: Vec<Expectation>,
+    /// How the VM ended.
+    pub vm_exit: VmExit,
+    /// Wall time from VM start to the verdict.
+    pub elapsed: Duration,
+    /// The timeout that applied.
+    pub timeout: Duration,
+    /// The whole console output.
+    pub console: String,
+    /// The kernel image.
+    pub kernel: PathBuf,
+}
+
+impl SmokeReport {
+    /// The process exit status for this report (docs/ci.md).
+    pub fn exit_status(&self) -> i32 {
+        match &self.verdict {
+            Verdict::Passed => 0,
+            Verdict::CommandFailed(n) => *n,
+            Verdict::Timeout => Smoke::EXIT_TIMEOUT,
+            Verdict::Panic(_) => Smoke::EXIT_PANIC,
+            Verdict::Crash(_) => Smoke::EXIT_CRASH,
+            Verdict::Incomplete(_) => Smoke::EXIT_INCOMPLETE,
+        }
+    }
+
+    /// The index of the first expectation that never matched.
+    pub fn waiting_for(&self) -> Option<usize> {
+        self.expectations.iter().position(|e| e.matched_after.is_none())
+    }
+
+    /// The last `n` console lines.
+    pub fn last_lines(&self, n: usize) -> Vec<&str> {
+        let lines: Vec<&str> = self.console.lines().map(|l| l.trim_end_matches('\r')).collect();
+        lines[lines.len().saturating_sub(n)..].to_vec()
+    }
+
+    /// One line: verdict, what matched, the elapsed time.
+    pub fn summary(&self) -> String {
+        let secs = self.elapsed.as_secs_f64();
+        let matched = self.expectations.iter().filter(|e| e.matched_after.is_some()).count();
+        let exp = if self.expectations.is_empty() {
+            String::new()
+        } else {
+            format!(", {matched}/{} expectations matched", self.expectations.len())
+        };
+        let cmd = match self.command_status {
+            Some(n) => format!(", command exited {n}"),
+            None if !self.command.is_empty() => ", command did not finish".to_string(),
+            None => String::new(),
+        };
+        let what = match &self.verdict {
+            Verdict::Passed => "PASS".to_string(),
+            Verdict::CommandFailed(_) => "FAIL".to_string(),
+            Verdict::Timeout => {
+                let w = match self.waiting_for() {
+                    Some(i) => format!(" waiting for expectation {} {:?}", i + 1, self.expectations[i].pattern),
+                    None if !self.command.is_empty() => " waiting for the command to finish".to_string(),
+                    None => String::new(),
+                };
+                format!("TIMEOUT after {:.0} s{w}", self.timeout.as_secs_f64())
+            }
+            Verdict::Panic(l) => format!("KERNEL PANIC ({l})"),
+            Verdict::Crash(e) => format!("GUEST CRASH ({e})"),
+            Verdict::Incomplete(e) => format!("INCOMPLETE (the VM ended first: {e})"),
+        };
+        format!("ember smoke: {what}{exp}{cmd}, in {secs:.3} s (exit status {})", self.exit_status())
+    }
+
+    /// The report as JUnit XML: one testcase per expectation, one for the
+    /// command, one for the kernel itself; the console as system-out.
+    pub fn junit_xml(&self) -> String {
+        let mut cases: Vec<(String, f64, Option<String>)> = Vec::new();
+        let total = self.elapsed.as_secs_f64();
+        let ended = match &self.verdict {
+            Verdict::Timeout => format!("timed out after {:.0} s", self.timeout.as_secs_f64()),
+            Verdict::Panic(l) => format!("kernel panic: {l}"),
+            Verdict::Crash(e) => format!("guest crash: {e}"),
+            Verdict::Incomplete(e) => format!("the VM ended first: {e}"),
+            _ => "not seen".to_string(),
+        };
+        let kernel_fail = match &self.verdict {
+            Verdict::Panic(l) => Some(format!("kernel panic: {l}")),
+            Verdict::Crash(e) => Some(format!("guest crash: {e}")),
+            _ => None,
+        };
+        cases.push(("kernel".into(), total, kernel_fail));
+        for (i, e) in self.expectations.iter().enumerate() {
+            let t = e.matched_after.map(|d| d.as_secs_f64()).unwrap_or(total);
+            let fail = e.matched_after.is_none().then(|| format!("/{}/ {}", e.pattern, ended));
+            cases.push((format!("expect[{}] {}", i + 1, e.pattern), t, fail));
+        }
+        if !self.command.is_empty() {
+            let fail = match self.command_status {
+                Some(0) => None,
+                Some(n) => Some(format!("exited {n}")),
+                None => Some(ended.clone()),
+            };
+            cases.push((format!("command {}", self.command.join(" ")), total, fail));
+        }
+        let failures = cases.iter().filter(|c| c.2.is_some()).count();
+        let name = format!("ember smoke {}", self.kernel.display());
+        let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+        x.push_str(&format!(
+            "<testsuites tests=\"{}\" failures=\"{failures}\" time=\"{total:.3}\">\n<testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"0\" time=\"{total:.3}\">\n",
+            cases.len(),
+            xml_attr(&name),
+            cases.len()
+        ));
+        for (n, t, fail) in &cases {
+            x.push_str(&format!("  <testcase classname=\"ember.smoke\" name=\"{}\" time=\"{t:.3}\"", xml_attr(n)));
+            match fail {
+                Some(m) => x.push_str(&format!(">\n    <failure message=\"{}\"/>\n  </testcase>\n", xml_attr(m))),
+                None => x.push_str("/>\n"),
+            }
+        }
+        x.push_str("  <system-out><![CDATA[");
+        x.push_str(&xml_text(&self.console).replace("]]>", "]]]]><![CDATA[>"));
+        x.push_str("]]></system-out>\n</testsuite>\n</testsuites>\n");
+        x
+    }
+}
+
+/// Characters XML 1.0 allows in text.
+fn xml_text(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '\t' | '\n' | '\r' => c,
+            c if (c as u32) < 0x20 || c == '\u{fffe}' || c == '\u{ffff}' => '?',
+            c => c,
+        })
+        .collect()
+}
+
+fn xml_attr(s: &str) -> String {
+    xml_text(s)
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\n', "&#10;")
+        .replace('\r', "&#13;")
+        .replace('\t', "&#9;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(verdict: Verdict) -> SmokeReport {
+        SmokeReport {
+            verdict,
+            command_status: Some(3),
+            command: vec!["sh".into(), "-c".into(), "exit 3 <&>".into()],
+            expectations: vec![
+                Expectation { pattern: "Linux".into(), matched_after: Some(Duration::from_millis(5)) },
+                Expectation { pattern: "never\"".into(), matched_after: None },
+            ],
+            vm_exit: VmExit::Stopped,
+            elapsed: Duration::from_millis(1500),
+            timeout: Duration::from_secs(60),
+            console: "line1\n\x1b[0m]]> end\n".into(),
+            kernel: "vmlinux".into(),
+        }
+    }
+
+    #[test]
+    fn exit_statuses() {
+        assert_eq!(report(Verdict::Passed).exit_status(), 0);
+        assert_eq!(report(Verdict::CommandFailed(3)).exit_status(), 3);
+        assert_eq!(report(Verdict::Timeout).exit_status(), 124);
+        assert_eq!(report(Verdict::Panic("x".into())).exit_status(), 120);
+        assert_eq!(report(Verdict::Crash(VmExit::TripleFault { vcpu: 0, rip: 1 })).exit_status(), 121);
+        assert_eq!(report(Verdict::Incomplete(VmExit::Reset)).exit_status(), 122);
+    }
+
+    #[test]
+    fn summary_names_the_waiting_expectation() {
+        let s = report(Verdict::Timeout).summary();
+        assert!(s.contains("TIMEOUT after 60 s waiting for expectation 2 \"never\\\"\""), "{s}");
+        assert!(s.contains("1/2 expectations matched") && s.contains("1.500 s"), "{s}");
+    }
+
+    #[test]
+    fn junit_is_escaped() {
+        let x = report(Verdict::Timeout).junit_xml();
+        assert!(x.contains("tests=\"4\" failures=\"2\""), "{x}");
+        assert!(x.contains("name=\"command sh -c exit 3 &lt;&amp;&gt;\""), "{x}");
+        assert!(x.contains("name=\"expect[2] never&quot;\""), "{x}");
+        assert!(x.contains("?[0m]]]]><![CDATA[> end"), "{x}");
+        assert!(!x.contains('\x1b'));
+    }
+}
