@@ -149,8 +149,8 @@ pub struct Block {
 impl std::fmt::Debug for Block {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Block")
-            .field("size", &self.handler.image.size)
-            .field("readonly", &self.handler.image.readonly)
+            .field("size", &self.handler.exec.image.size)
+            .field("readonly", &self.handler.exec.image.readonly)
             .field("active", &self.active.is_some())
             .finish_non_exhaustive()
     }
@@ -239,12 +239,12 @@ impl Block {
 
     /// The image size in bytes.
     pub fn size(&self) -> u64 {
-        self.handler.image.size
+        self.handler.exec.image.size
     }
 
     /// The 20-byte serial answered to `GET_ID`.
     pub fn id(&self) -> &[u8; ID_BYTES] {
-        &self.handler.id
+        &self.handler.exec.id
     }
 }
 

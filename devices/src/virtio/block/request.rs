@@ -165,18 +165,16 @@ pub(super) struct Chain<'d> {
     pub(super) readable: &'d [Desc],
     /// The device-writable descriptors (the status byte last).
     pub(super) writable: &'d [Desc],
+    /// Bytes of the readable descriptors (header included).
+    readable_len: u64,
+    /// Bytes of the writable descriptors before the status byte.
+    writable_data: u64,
 }
 
 impl Chain<'_> {
     /// Bytes of device-readable data after the header.
     fn readable_data(&self) -> u64 {
-        self.readable.iter().map(|d| u64::from(d.len)).sum::<u64>().saturating_sub(HEADER_LEN)
-    }
-
-    /// Bytes of device-writable data before the status byte.
-    fn writable_data(&self) -> u64 {
-        // At least the status byte, checked by `gather`.
-        self.writable.iter().map(|d| u64::from(d.len)).sum::<u64>() - 1
+        self.readable_len.saturating_sub(HEADER_LEN)
     }
 }
 
@@ -233,9 +231,18 @@ pub(super) fn gather(view: &HostView, chain: ChainWalker<'_>, descs: &mut Vec<De
 /// Splits gathered descriptors (readable ones first, then at least the
 /// status byte) into a [`Chain`].
 pub(super) fn split(descs: &[Desc]) -> Chain<'_> {
-    let nread = descs.iter().take_while(|d| !d.write).count();
+    let (mut nread, mut readable_len, mut writable_len) = (0, 0u64, 0u64);
+    for d in descs {
+        if d.write {
+            writable_len += u64::from(d.len);
+        } else {
+            nread += 1;
+            readable_len += u64::from(d.len);
+        }
+    }
     let (readable, writable) = descs.split_at(nread);
-    Chain { readable, writable }
+    // At least the status byte, checked by `gather`.
+    Chain { readable, writable, readable_len, writable_data: writable_len.saturating_sub(1) }
 }
 
 /// The image a request is checked against.
@@ -267,14 +274,13 @@ impl Image {
 
 /// Parses the request of `chain` against `image`.
 pub(super) fn parse(view: &HostView, chain: &Chain<'_>, image: Image) -> Result<Request, Refused> {
-    let rd_len: u64 = chain.readable.iter().map(|d| u64::from(d.len)).sum();
     let hdr = match read_header(view, chain.readable) {
-        Some(h) if rd_len >= HEADER_LEN => h,
+        Some(h) if chain.readable_len >= HEADER_LEN => h,
         _ => return Err(Refused::malformed("request header short or outside guest memory")),
     };
     let req_type = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
     let sector = u64::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11], hdr[12], hdr[13], hdr[14], hdr[15]]);
-    let (rd_data, wr_len) = (chain.readable_data(), chain.writable_data());
+    let (rd_data, wr_len) = (chain.readable_data(), chain.writable_data);
 
     match req_type {
         VIRTIO_BLK_T_IN => {
@@ -304,7 +310,7 @@ pub(super) fn parse(view: &HostView, chain: &Chain<'_>, image: Image) -> Result<
 /// The one segment of a discard or write-zeroes request
 /// (`max_discard_seg` = `max_write_zeroes_seg` = 1).
 fn parse_segment(view: &HostView, chain: &Chain<'_>, image: Image, req_type: u32) -> Result<Request, Refused> {
-    if chain.writable_data() != 0 || chain.readable_data() != SEGMENT_LEN {
+    if chain.writable_data != 0 || chain.readable_data() != SEGMENT_LEN {
         // One segment and no device-writable data.
         return Err(Refused::malformed("discard/write-zeroes request with a bad segment list"));
     }
