@@ -36,6 +36,7 @@ impl IoVecBuf {
     }
 
     /// Starts an empty list of buffers inside the guest memory of `view`.
+    #[inline]
     pub(crate) fn start<'a>(&'a mut self, view: &'a HostView) -> IoVecs<'a> {
         self.0.clear();
         IoVecs { iov: &mut self.0, view, total: 0 }
@@ -73,14 +74,22 @@ impl IoVecs<'_> {
     /// unchanged in its byte count) if any of it is outside guest memory
     /// or the list would exceed [`MAX_IOVECS`] buffers. A range spanning
     /// two adjacent regions takes one buffer per region.
+    #[inline]
     pub(crate) fn push(&mut self, addr: GuestAddress, len: usize) -> bool {
         if len == 0 {
             return true;
         }
-        if let Some(p) = self.view.ptr(addr, len as u64) {
-            return self.push_host(p, len);
+        match self.view.ptr(addr, len as u64) {
+            Some(p) => self.push_host(p, len),
+            None => self.push_spanning(addr, len),
         }
-        // Outside guest memory, or spanning two regions.
+    }
+
+    /// [`push`](Self::push) of a range that is not inside one region:
+    /// outside guest memory, or spanning two adjacent regions.
+    #[cold]
+    #[inline(never)]
+    fn push_spanning(&mut self, addr: GuestAddress, len: usize) -> bool {
         let Ok(slices) = GuestMemory::get_slices(self.view, addr, len, Permissions::ReadWrite) else {
             return false;
         };
@@ -99,6 +108,7 @@ impl IoVecs<'_> {
         true
     }
 
+    #[inline]
     fn push_host(&mut self, ptr: *mut u8, len: usize) -> bool {
         if self.iov.len() == MAX_IOVECS {
             return false;
@@ -182,6 +192,7 @@ impl IoVecs<'_> {
 
     /// Copies `src` into the buffers, in order, up to the shorter of the
     /// two; returns the bytes copied.
+    #[inline]
     pub(crate) fn copy_from(&self, src: &[u8]) -> usize {
         let mut off = 0;
         for v in self.as_raw() {
