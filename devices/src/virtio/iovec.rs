@@ -19,14 +19,16 @@ use super::host_view::HostView;
 /// Largest number of buffers one list may hold (Linux `IOV_MAX`).
 pub const MAX_IOVECS: usize = 1024;
 
-/// The reusable allocation behind an [`IoVecs`]. It holds no pointer
-/// between uses: a list empties it when dropped.
+/// The reusable allocation behind an [`IoVecs`]. Entries an earlier list
+/// left in it are never read: [`IoVecBuf::start`], the only way to reach
+/// them, empties it first.
 #[derive(Debug)]
 pub(crate) struct IoVecBuf(Vec<libc::iovec>);
 
-// SAFETY: the vector is empty whenever an IoVecBuf can be moved to another
-// thread (an IoVecs borrows it mutably and clears it on drop), so no
-// pointer crosses threads through it; it is only a reusable allocation.
+// SAFETY: the raw pointers in the vector are only ever read through an
+// IoVecs, which `start` creates after emptying the vector and which borrows
+// the guest memory they point into; an IoVecBuf moved to another thread is
+// a reusable allocation whose stale entries are never dereferenced.
 unsafe impl Send for IoVecBuf {}
 
 impl IoVecBuf {
@@ -60,12 +62,6 @@ pub struct IoVecs<'a> {
 impl std::fmt::Debug for IoVecs<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IoVecs").field("buffers", &self.iov.len()).field("bytes", &self.total).finish()
-    }
-}
-
-impl Drop for IoVecs<'_> {
-    fn drop(&mut self) {
-        self.iov.clear();
     }
 }
 

@@ -191,12 +191,10 @@ impl Executor {
             Request::In { offset, len } => {
                 let mut iov = self.iov.start(view);
                 if !map_ranges(&mut iov, chain.writable, 0, len) {
-                    drop(iov);
                     self.log_bad_chain(head, "IN buffer outside guest memory");
                     return Completion::ioerr(0);
                 }
                 let (n, err) = self.engine.read_vectored_at(&mut iov, offset);
-                drop(iov);
                 // `n` <= len <= u32::MAX: a chain is at most 4 GiB long.
                 match err {
                     None => Completion::ok(n as u32),
@@ -209,12 +207,10 @@ impl Executor {
             Request::Out { offset, len } => {
                 let mut iov = self.iov.start(view);
                 if !map_ranges(&mut iov, chain.readable, HEADER_LEN, len) {
-                    drop(iov);
                     self.log_bad_chain(head, "OUT buffer outside guest memory");
                     return Completion::ioerr(0);
                 }
                 let (_, err) = self.engine.write_vectored_at(&mut iov, offset);
-                drop(iov);
                 self.io_result("write", err.map_or(Ok(()), Err))
             }
             Request::Flush => {

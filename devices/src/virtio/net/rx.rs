@@ -255,7 +255,6 @@ impl Io {
                     // Earlier chains of a merged frame go back unused too.
                     self.tally.rx_dropped += 1;
                 }
-                drop(segs);
                 self.take_chains(a, used, true);
                 if k > 1 {
                     return Delivery::Dropped;
@@ -287,7 +286,6 @@ impl Io {
             let nbufs = self.chains.len() as u16;
             self.rx_buf[10..12].copy_from_slice(&nbufs.to_le_bytes());
             segs.copy_from(&self.rx_buf[..n]);
-            drop(segs);
             self.take_chains(a, used, false);
             self.tally.rx_frames += 1;
             self.tally.rx_bytes += (n - VNET_HDR_LEN) as u64;

@@ -86,14 +86,12 @@ impl Io {
             bad = Some("frame shorter than the virtio-net and Ethernet headers");
         }
         if let Some(why) = bad {
-            drop(frame);
             self.tally.tx_malformed += 1;
             self.tally.tx_dropped += 1;
             budget_warn!(self, tx_log, "transmit chain {head}: {why}; dropped");
             return;
         }
         let r = self.backend.write_frame(&frame);
-        drop(frame);
         match r {
             Ok(n) if n == total => {
                 self.tally.tx_frames += 1;
