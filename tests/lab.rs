@@ -1,0 +1,278 @@
+//! The real-KVM lab (docs/testing.md): ember on a real KVM, one level down.
+//! QEMU's TCG emulates AMD SVM with nested paging, so Debian's stock
+//! kernel under it ("L1") loads kvm-amd and offers a real `/dev/kvm`; the
+//! ember under test runs there and boots stock and test kernels ("L2") to
+//! user space. Each step below is a bash script, `tests/lab/steps/NAME.sh`,
+//! run in L1, and a check here over what it left (tests/lab/checks.rs);
+//! tests/lab/harness.rs boots L1 once for all of them and reports each step
+//! as a test (`lab::NAME`). Without QEMU every step is `ignored`
+//! (`EMBER_REQUIRE_QEMU=1`: failed).
+//!
+//! Adding a step: write `tests/lab/steps/NAME.sh` (its environment and
+//! helpers: the top of scripts/lab and tests/lab/lib.sh; try it by hand
+//! with `scripts/lab run tests/lab/steps/NAME.sh`), then add
+//! `Step::new("NAME", TIMEOUT_SECS, check_fn)` to [`steps`] with a check
+//! that asserts on the step's output and files. Every step also gets the
+//! common checks: the script exited 0, it left nothing running, and every
+//! L2 console it recorded with `lab_l2` has a clean kernel log.
+//!
+//! `cargo test --test lab -- debian` runs the steps whose name contains
+//! "debian"; `--list` lists them.
+
+#[path = "lab/checks.rs"]
+mod checks;
+#[path = "lab/harness.rs"]
+mod harness;
+
+use checks::{L2Run, StepRun};
+use harness::Step;
+
+/// The lab's steps, in the order they run.
+fn steps() -> Vec<Step> {
+    vec![
+        Step::new("debian_bzimage_user_space", 420, debian_bzimage_user_space),
+        Step::new("debian_vmlinux_pvh_user_space", 420, debian_vmlinux_pvh_user_space),
+        Step::new("debian_smp_user_space", 600, debian_smp_user_space).smp(2),
+        Step::new("debian_smoke_status_and_junit", 600, debian_smoke_status_and_junit),
+        Step::new("debian_smoke_kernel_crash_is_120", 420, debian_smoke_kernel_crash_is_120).crashes(&["crash"]),
+        Step::new("debian_smoke_timeout_is_124", 420, debian_smoke_timeout_is_124),
+        Step::new("debian_stop_sigterm", 420, |r| stop_path(r, 128 + 15)),
+        Step::new("debian_stop_ctrl_a_x", 420, |r| stop_path(r, 0)),
+        Step::new("test_kernel_disk_write_ext2", 300, test_kernel_disk_write_ext2),
+        Step::new("test_kernel_ext4_disk", 300, test_kernel_ext4_disk),
+        Step::new("test_kernel_network", 600, test_kernel_network),
+    ]
+}
+
+fn main() {
+    harness::main(steps());
+}
+
+/// The e820 map Debian's kernel prints for ember's layout with 256 MiB
+/// (docs/boot.md): through the PVH entry Linux itself reserves the ISA
+/// range up to 1 MiB, which merges with ember's EBDA entry.
+fn e820_256m(pvh: bool) -> Vec<String> {
+    let reserved_end = if pvh { "0x00000000000fffff" } else { "0x000000000009ffff" };
+    vec![
+        "BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable".to_string(),
+        format!("BIOS-e820: [mem 0x000000000009fc00-{reserved_end}] reserved"),
+        "BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable".to_string(),
+    ]
+}
+
+fn e820(l2: &L2Run) -> Vec<String> {
+    l2.lines().into_iter().filter(|l| l.starts_with("BIOS-e820:")).collect()
+}
+
+/// The init's line: pid 1, `cpus` CPUs, the package's release; `reboot -f`
+/// ended ember with 0.
+fn user_space_line(r: &StepRun, l2: &L2Run, cpus: u32) {
+    let release = r.get("release");
+    assert_eq!(l2.field("LAB-L2", "pid").as_deref(), Some("1"), "init's pid\n{}", l2.console);
+    assert_eq!(l2.field("LAB-L2", "cpus"), Some(cpus.to_string()), "nproc in the guest\n{}", l2.console);
+    assert_eq!(l2.field("LAB-L2", "release"), Some(release), "uname -r in the guest\n{}", l2.console);
+    assert!(l2.has_line("reboot: Restarting system"), "no reboot line\n{}", l2.console);
+    assert_eq!(l2.status, 0, "ember's exit status after the guest's reboot -f\n{}", l2.console);
+}
+
+fn debian_bzimage_user_space(r: &StepRun) {
+    let b = r.l2("boot");
+    user_space_line(r, &b, 1);
+    assert_eq!(e820(&b), e820_256m(false), "the 64-bit boot protocol's e820 map\n{}", b.console);
+}
+
+fn debian_vmlinux_pvh_user_space(r: &StepRun) {
+    let b = r.l2("boot");
+    user_space_line(r, &b, 1);
+    // The ISA range reserved up to 1 MiB is Linux's PVH entry code at work.
+    assert_eq!(e820(&b), e820_256m(true), "the PVH entry's e820 map\n{}", b.console);
+}
+
+fn debian_smp_user_space(r: &StepRun) {
+    for n in [2u32, 4] {
+        let b = r.l2(&format!("cpus{n}"));
+        assert_eq!(b.status, 0, "--cpus {n}: ember's exit status\n{}", b.console);
+        assert_eq!(b.field("LAB-L2", "cpus"), Some(n.to_string()), "--cpus {n}: nproc\n{}", b.console);
+        assert_eq!(b.field("LAB-L2", "online"), Some(format!("0-{}", n - 1)), "--cpus {n}\n{}", b.console);
+        assert!(b.has_line(&format!("smp: Brought up 1 node, {n} CPUs")), "--cpus {n}\n{}", b.console);
+        // Every CPU ran its pinned loop to the end, on that CPU, and its
+        // user+system ticks (USER_HZ, 100 per second) show the work.
+        for i in 0..n {
+            assert!(
+                b.has_line(&format!("LAB-LOOP cpu{i} done on={i}")),
+                "--cpus {n}: the loop pinned to CPU {i} did not finish there\n{}",
+                b.console
+            );
+        }
+        let busy: Vec<(String, i64)> = b
+            .lines()
+            .iter()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("LAB-BUSY ")?;
+                let (cpu, t) = rest.split_once(" ticks=")?;
+                Some((cpu.to_string(), t.trim().parse().ok()?))
+            })
+            .collect();
+        assert_eq!(busy.len(), n as usize, "--cpus {n}: one LAB-BUSY line per CPU\n{}", b.console);
+        for (i, (cpu, ticks)) in busy.iter().enumerate() {
+            assert_eq!(cpu, &format!("cpu{i}"));
+            assert!(*ticks >= 20, "--cpus {n}: {cpu} spent only {ticks} ticks in its loop\n{}", b.console);
+        }
+    }
+}
+
+/// A JUnit report from `ember smoke --junit`, parsed by python3's
+/// xml.etree: "name|ok" or "name|FAIL message" per testcase.
+fn junit_cases(path: &std::path::Path) -> Vec<String> {
+    let script = r#"
+import sys, xml.etree.ElementTree as ET
+suite = ET.parse(sys.argv[1]).getroot().find('testsuite')
+assert int(suite.get('tests')) == len(suite.findall('testcase'))
+for c in suite.findall('testcase'):
+    f = c.find('failure')
+    print(c.get('name') + '|' + ('ok' if f is None else 'FAIL ' + f.get('message')))
+"#;
+    let o = std::process::Command::new("python3").arg("-c").arg(script).arg(path).output().expect("python3");
+    assert!(o.status.success(), "{} does not parse: {}", path.display(), String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect()
+}
+
+fn debian_smoke_status_and_junit(r: &StepRun) {
+    let release = r.get("release");
+    let e = r.l2("exit7");
+    assert_eq!(e.status, 7, "the command's exit status passes through\n{}", e.console);
+    let out = format!("smoke-out release={release} pid=");
+    assert!(e.lines().iter().any(|l| l.starts_with(&out)), "the command's output on ember's stdout\n{}", e.console);
+    assert!(e.console.contains("ember smoke: FAIL") && e.console.contains("command exited 7"), "{}", e.console);
+    assert_eq!(
+        junit_cases(&r.path("exit7.xml")),
+        [
+            "kernel|ok".to_string(),
+            "command sh -c echo \"smoke-out release=$(uname -r) pid=$$\"; exit 7|FAIL exited 7".to_string()
+        ]
+    );
+    // --quiet: only the command's output on stdout (ember's summary line
+    // goes to stderr, which lab_l2 records too).
+    let q = r.l2("quiet");
+    assert_eq!(q.status, 0, "{}", q.console);
+    let lines: Vec<String> = q.lines().into_iter().filter(|l| !l.starts_with("ember smoke: ")).collect();
+    assert_eq!(lines, [release], "--quiet shows the command's output only\n{}", q.console);
+    assert_eq!(junit_cases(&r.path("quiet.xml")), ["kernel|ok", "command uname -r|ok"]);
+}
+
+fn debian_smoke_kernel_crash_is_120(r: &StepRun) {
+    let c = r.l2("crash");
+    assert_eq!(c.status, 120, "a kernel crash gives 120\n{}", c.console);
+    assert!(c.console.contains("sysrq: Trigger a crash"), "{}", c.console);
+    assert!(c.console.contains("ember smoke: KERNEL PANIC"), "{}", c.console);
+    assert!(!c.console.contains("still-alive"), "{}", c.console);
+    let cases = junit_cases(&r.path("crash.xml"));
+    assert_eq!(cases.len(), 2, "{cases:?}");
+    assert!(cases[0].starts_with("kernel|FAIL kernel panic: "), "{cases:?}");
+    assert!(cases[1].starts_with("command sh -c echo c > /proc/sysrq-trigger; echo still-alive|FAIL"), "{cases:?}");
+}
+
+fn debian_smoke_timeout_is_124(r: &StepRun) {
+    let s = r.l2("sleep");
+    assert_eq!(s.status, 124, "a command still running at --timeout gives 124\n{}", s.console);
+    assert!(
+        s.has_line("sleeping"),
+        "the command never started: the boot took longer than --timeout 75s (the host is too loaded?)\n{}",
+        s.console
+    );
+    assert!(s.console.contains("ember smoke: TIMEOUT after 75 s waiting for the command to finish"), "{}", s.console);
+    // On time: 75 s from the VM's start, plus starting and tearing down the
+    // VM (lab_l2 times the whole process).
+    assert!(s.secs >= 75.0 && s.secs < 95.0, "ember ended {:.1} s after it started (--timeout 75s)", s.secs);
+    let cases = junit_cases(&r.path("sleep.xml"));
+    assert_eq!(cases, ["kernel|ok", "command sh -c echo sleeping; sleep 600|FAIL timed out after 75 s"]);
+}
+
+/// SIGTERM or Ctrl-A x on a running Debian guest (tests/lab/pty_stop.py).
+fn stop_path(r: &StepRun, status: i32) {
+    let console = r.read("vm.console");
+    assert_eq!(r.get("driver_status"), "0", "pty_stop.py failed\n{}", r.output);
+    assert_eq!(r.get("ready_seen"), "1", "the guest never said it was up\n{console}");
+    assert_eq!(r.kv("killed"), None, "ember did not end within 60 s of the stop; it was killed\n{console}");
+    assert_eq!(r.get("status").parse::<i32>().unwrap(), status, "ember's exit status\n{console}");
+    let secs: f64 = r.get("stop_secs").parse().unwrap();
+    assert!(secs < 10.0, "ember took {secs:.1} s to end after the stop");
+    assert_eq!(r.get("raw"), "1", "the terminal was not in raw mode while the guest ran");
+    assert_eq!(r.get("restored"), "1", "the terminal's settings were not restored");
+    assert_eq!(r.get("leftovers"), "none", "processes of ember's session outlived it");
+    // --cpus 2: two vCPU threads besides the main thread and the event loop.
+    let threads: u32 = r.get("threads").parse().unwrap();
+    assert!(threads >= 3, "ember had {threads} threads while the guest ran");
+}
+
+fn test_kernel_disk_write_ext2(r: &StepRun) {
+    let b = r.l2("boot");
+    assert_eq!(b.status, 0, "{}", b.console);
+    assert!(b.has_line("WROTE"), "the guest did not write its file\n{}", b.console);
+    let img = r.path("disk.img");
+    let cat = std::process::Command::new("debugfs").args(["-R", "cat /marker.txt"]).arg(&img).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&cat.stdout).trim(), "ember-hw-marker", "the file, read back on the host");
+    e2fsck_clean(&img);
+}
+
+/// `e2fsck -fn` on the host finds `img` clean.
+fn e2fsck_clean(img: &std::path::Path) {
+    let o = std::process::Command::new("e2fsck").arg("-fn").arg(img).output().expect("e2fsck (e2fsprogs)");
+    assert!(
+        o.status.success(),
+        "e2fsck -fn {} on the host:\n{}{}",
+        img.display(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn test_kernel_ext4_disk(r: &StepRun) {
+    let b = r.l2("boot");
+    assert_eq!(b.status, 0, "{}", b.console);
+    assert_eq!(b.field("LAB-L2", "error"), None, "the guest failed\n{}", b.console);
+    assert!(b.lines().iter().any(|l| l.starts_with("/dev/vda /mnt ext4 rw")), "mounted as ext4, rw\n{}", b.console);
+    assert_eq!(b.field("LAB-L2", "files").as_deref(), Some("200"), "{}", b.console);
+    assert!(b.has_line("LAB-L2 unmounted"), "{}", b.console);
+    assert_eq!(r.get("e2fsck_l1"), "0", "e2fsck -fn in L1:\n{}", r.read("e2fsck-l1.txt"));
+    let img = r.path("disk.img");
+    e2fsck_clean(&img);
+    let dump = r.path("data.bin");
+    let o = std::process::Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("dump /dir/data.bin {}", dump.display()))
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "debugfs dump: {}", String::from_utf8_lossy(&o.stderr));
+    let data = std::fs::read(&dump).unwrap();
+    assert_eq!(data.len(), 16 << 20);
+    let md5 = md5_hex(&dump);
+    assert_eq!(b.field("LAB-L2", "data_md5"), Some(md5), "the data file's md5: guest vs host\n{}", b.console);
+}
+
+fn md5_hex(path: &std::path::Path) -> String {
+    let o = std::process::Command::new("md5sum").arg(path).output().expect("md5sum");
+    String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap_or("").to_string()
+}
+
+fn test_kernel_network(r: &StepRun) {
+    let b = r.l2("boot");
+    let server = r.read("net-server.txt");
+    let peer = |k: &str| {
+        server
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")).map(str::to_string))
+            .unwrap_or_else(|| panic!("L1's peer reported no {k}:\n{server}\nguest:\n{}", b.console))
+    };
+    assert_eq!(b.status, 0, "{}", b.console);
+    assert!(b.console.contains("3 packets transmitted, 3 packets received"), "ICMP ping\n{}", b.console);
+    assert_eq!(b.field("LAB-L2", "ping").as_deref(), Some("0"), "{}", b.console);
+    let mib64 = (64u64 << 20).to_string();
+    assert_eq!(peer("down_bytes"), mib64);
+    assert_eq!(b.field("LAB-L2", "down_md5"), Some(peer("down_md5")), "L1 -> guest, 64 MiB\n{}", b.console);
+    assert_eq!(peer("up_bytes"), mib64, "guest -> L1\n{}", b.console);
+    assert_eq!(b.field("LAB-L2", "up_bytes"), Some(mib64));
+    assert_eq!(b.field("LAB-L2", "up_md5"), Some(peer("up_md5")), "guest -> L1, 64 MiB\n{}", b.console);
+    assert_eq!(r.get("peer_status"), "0");
+}

@@ -1,0 +1,190 @@
+//! What a host-side check sees of a finished lab step, and the kernel-log
+//! rule every L2 console is held to.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A finished step, as the host sees it.
+pub struct StepRun {
+    /// The step's name.
+    pub name: String,
+    /// The script's exit status in L1 (124: L1's timeout ended it).
+    pub status: i32,
+    /// The step's duration measured in L1.
+    pub secs: f64,
+    /// The step's duration measured here (begin to end marker).
+    pub wall: Duration,
+    /// How many processes it left running (L1 killed them).
+    pub leftovers: usize,
+    /// Its stdout and stderr.
+    pub output: String,
+    /// Its work directory (`$LAB_WORK`, the same path in L1).
+    pub dir: PathBuf,
+}
+
+/// One L2 run recorded by `lab_l2 NAME` (tests/lab/lib.sh).
+#[derive(Debug)]
+pub struct L2Run {
+    /// The VMM's exit status.
+    pub status: i32,
+    /// Its output: the guest's console and the VMM's own messages.
+    pub console: String,
+    /// Wall seconds in L1.
+    pub secs: f64,
+}
+
+impl L2Run {
+    /// The console's lines without `\r` and without the kernel's
+    /// `[    1.234567] ` time stamps.
+    pub fn lines(&self) -> Vec<String> {
+        self.console.lines().map(strip_timestamp).collect()
+    }
+
+    /// Whether a console line (time stamp removed) equals `line`.
+    pub fn has_line(&self, line: &str) -> bool {
+        self.lines().iter().any(|l| l == line)
+    }
+
+    /// The value of the first `KEY=VALUE` word in a console line that
+    /// starts with `prefix` (e.g. "LAB-L2").
+    pub fn field(&self, prefix: &str, key: &str) -> Option<String> {
+        self.lines()
+            .iter()
+            .filter(|l| l.starts_with(prefix))
+            .find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix(&format!("{key}=")).map(str::to_string)))
+    }
+}
+
+impl StepRun {
+    /// Reads what the step left in `work/out/NAME`.
+    pub fn load(work: &Path, name: &str, status: i32, secs: f64, wall: Duration, leftovers: usize) -> StepRun {
+        let dir = work.join("out").join(name);
+        let output = std::fs::read_to_string(dir.join("output.log")).unwrap_or_default();
+        StepRun { name: name.to_string(), status, secs, wall, leftovers, output, dir }
+    }
+
+    /// The value of the last `KEY=VALUE` line of the output (`lab_kv`).
+    pub fn kv(&self, key: &str) -> Option<String> {
+        let p = format!("{key}=");
+        self.output.lines().rev().find_map(|l| l.strip_prefix(&p).map(|v| v.trim_end().to_string()))
+    }
+
+    /// Like [`StepRun::kv`], failing the check when the key is missing.
+    pub fn get(&self, key: &str) -> String {
+        self.kv(key).unwrap_or_else(|| panic!("{}: the step printed no {key}= line", self.name))
+    }
+
+    /// A file in the step's work directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The contents of a file in the work directory (failing the check if
+    /// it is missing).
+    pub fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(name))
+            .unwrap_or_else(|e| panic!("{}: cannot read {name} in its work directory: {e}", self.name))
+    }
+
+    /// The L2 run recorded as `lab_l2 NAME` (failing the check if the step
+    /// did not make it).
+    pub fn l2(&self, name: &str) -> L2Run {
+        let status = self.read(&format!("{name}.status"));
+        L2Run {
+            status: status
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("{}: {name}.status is not a number: {status:?}", self.name)),
+            console: self.read(&format!("{name}.console")),
+            secs: self.read(&format!("{name}.secs")).trim().parse().unwrap_or(f64::NAN),
+        }
+    }
+
+    /// Every recorded L2 console: (run name, text), sorted by name.
+    pub fn consoles(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = std::fs::read_dir(&self.dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter_map(|e| {
+                        let n = e.file_name().to_string_lossy().into_owned();
+                        let name = n.strip_suffix(".console")?.to_string();
+                        Some((name, std::fs::read_to_string(e.path()).unwrap_or_default()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+/// A console line without `\r` and the kernel's `[    1.234567] ` prefix.
+pub fn strip_timestamp(line: &str) -> String {
+    let l = line.trim_end_matches('\r');
+    if let Some(rest) = l.strip_prefix('[') {
+        if let Some(i) = rest.find("] ") {
+            if rest[..i].trim().chars().all(|c| c.is_ascii_digit() || c == '.') {
+                return rest[i + 2..].to_string();
+            }
+        }
+    }
+    l.to_string()
+}
+
+/// What makes a kernel log unclean.
+pub const BAD_PATTERNS: &[&str] = &["WARNING:", "BUG:", "Call Trace", "Oops"];
+
+/// The one warning the lab itself causes (docs/testing.md): TCG's CPUID
+/// leaf 0xD reports an XSAVE area size that does not match the sum of its
+/// components, so the stock kernel's consistency check warns, in the same
+/// L1 under Firecracker too.
+pub const ALLOWED_WARNING: &str = "XSAVE consistency problem: size 2696 != kernel_size 576";
+/// The function the allowed warning comes from (its WARNING: line names it).
+pub const ALLOWED_WARNING_AT: &str = "fpu__init_system_xstate";
+
+/// The lines of a kernel log that break the clean-log rule: any line with
+/// one of [`BAD_PATTERNS`], outside the one allowed warning block (from its
+/// `cut here` line, or the message itself, to its `end trace` line; the
+/// message must match [`ALLOWED_WARNING`] exactly and the block's
+/// `WARNING:` line must name [`ALLOWED_WARNING_AT`]).
+pub fn kernel_log_problems(console: &str) -> Vec<String> {
+    let lines: Vec<String> = console.lines().map(strip_timestamp).collect();
+    let mut allowed = vec![false; lines.len()];
+    for (i, l) in lines.iter().enumerate() {
+        if l != ALLOWED_WARNING {
+            continue;
+        }
+        let start = if i > 0 && lines[i - 1].contains("[ cut here ]") { i - 1 } else { i };
+        let Some(end) = (i..lines.len()).find(|&j| lines[j].starts_with("---[ end trace")) else { continue };
+        let warning_ok = lines[i..end].iter().any(|l| l.starts_with("WARNING:") && l.contains(ALLOWED_WARNING_AT));
+        if warning_ok {
+            allowed[start..=end].iter_mut().for_each(|a| *a = true);
+        }
+    }
+    lines
+        .iter()
+        .zip(&allowed)
+        .filter(|(l, ok)| !**ok && BAD_PATTERNS.iter().any(|p| l.contains(p)))
+        .map(|(l, _)| l.clone())
+        .collect()
+}
+
+/// Checks of the checker itself, run at every start of the lab (a broken
+/// checker must not pass steps).
+pub fn self_test() {
+    let warn = "[    0.000000] ------------[ cut here ]------------\n\
+        [    0.000000] XSAVE consistency problem: size 2696 != kernel_size 576\n\
+        [    0.000000] WARNING: CPU: 0 PID: 0 at arch/x86/kernel/fpu/xstate.c:681 fpu__init_system_xstate+0x4b6/0x7a0\n\
+        [    0.000000] Call Trace:\n\
+        [    0.000000]  <TASK>\n\
+        [    0.000000] ---[ end trace 0000000000000000 ]---\n";
+    assert!(kernel_log_problems(warn).is_empty(), "{:?}", kernel_log_problems(warn));
+    let other = warn.replace("2696", "2697");
+    assert_eq!(kernel_log_problems(&other).len(), 2, "{other}");
+    let elsewhere = warn.replace("fpu__init_system_xstate", "something_else");
+    assert_eq!(kernel_log_problems(&elsewhere).len(), 2);
+    let second = format!("{warn}[    1.0] BUG: kernel NULL pointer dereference\n[    1.1] Oops: 0000 [#1]\n");
+    assert_eq!(kernel_log_problems(&second), ["BUG: kernel NULL pointer dereference", "Oops: 0000 [#1]"]);
+    assert_eq!(strip_timestamp("[   12.5] x y\r"), "x y");
+    assert_eq!(strip_timestamp("[x] y"), "[x] y");
+}

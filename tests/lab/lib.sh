@@ -1,0 +1,87 @@
+# shellcheck shell=bash
+# Helpers for real-KVM lab steps (tests/lab/steps/*.sh), sourced by each
+# step:   . "$LAB_REPO/tests/lab/lib.sh"
+# The step's environment (EMBER, LAB_*) is described at the top of
+# scripts/lab. Conventions the host side (tests/lab.rs) relies on:
+#   * every L2 run goes through `lab_l2 NAME ...`: its output (the guest's
+#     console and the VMM's messages) lands in $LAB_WORK/NAME.console, its
+#     exit status in NAME.status and its wall time in NAME.secs. The host
+#     checks every *.console for kernel warnings (WARNING:, BUG:, Oops,
+#     Call Trace) after every step, and the step's own check reads them;
+#   * facts the check needs are printed as `key=value` lines (lab_kv) or
+#     written as files in $LAB_WORK.
+set -u -o pipefail
+
+# lab_kv KEY VALUE: a fact for the host-side check.
+lab_kv() {
+  printf '%s=%s\n' "$1" "$2"
+}
+
+# lab_initramfs OUT INIT [SRC=DEST ...]: a cpio (newc) archive with a static
+# busybox, the file INIT as /lab-init, more host files (SRC) at DEST, and an
+# /init that installs busybox's applet links (one process in the guest; a
+# link per applet made here would cost a process each under TCG), mounts
+# devtmpfs on /dev and execs /lab-init as PID 1. /dev/console comes from
+# the kernel's built-in initramfs.
+lab_initramfs() {
+  local out=$1 init=$2 stage a src dest
+  shift 2
+  stage=$(mktemp -d "$LAB_TMP/initramfs.XXXXXX")
+  mkdir -p "$stage"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,mnt,root,etc,run}
+  cp "$LAB_BUSYBOX" "$stage/bin/busybox"
+  printf '#!/bin/busybox sh\n/bin/busybox --install -s\n/bin/busybox mount -t devtmpfs devtmpfs /dev\nexec /lab-init "$@"\n' >"$stage/init"
+  chmod 755 "$stage/init"
+  install -m 755 "$init" "$stage/lab-init"
+  for a in "$@"; do
+    src=${a%%=*} dest=${a#*=}
+    mkdir -p "$stage/$(dirname "$dest")"
+    cp -a "$src" "$stage/$dest"
+  done
+  (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$out"
+  rm -rf "$stage"
+}
+
+# lab_l2 NAME COMMAND...: runs one L2 boot (ember run, ember smoke, QEMU...)
+# with stdin from /dev/null. Its stdout+stderr go to $LAB_WORK/NAME.console,
+# its exit status to NAME.status, its wall time in seconds to NAME.secs and
+# the command to NAME.cmd; the step's output gets the status and the last
+# console lines (all of it, live, under `scripts/lab run`). Returns the
+# status. The console is written to L1's tmpfs first and copied to the
+# share every 5 s and at the end: the VMM writes it a byte at a time, and
+# every write to the 9p share is a round trip through QEMU.
+lab_l2() {
+  local name=$1 t0 rc copier tmp
+  shift
+  tmp=$LAB_TMP/$name.console
+  printf '%q ' "$@" >"$LAB_WORK/$name.cmd"
+  echo >>"$LAB_WORK/$name.cmd"
+  echo "--- L2 $name: $*"
+  : >"$tmp"
+  (while sleep 5; do cp "$tmp" "$LAB_WORK/$name.console"; done) 2>/dev/null &
+  copier=$!
+  t0=$EPOCHREALTIME
+  if [[ ${LAB_LIVE:-0} == 1 ]]; then
+    "$@" </dev/null 2>&1 | tee "$tmp"
+    rc=${PIPESTATUS[0]}
+  else
+    "$@" </dev/null >"$tmp" 2>&1
+    rc=$?
+  fi
+  awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f\n", b - a }' >"$LAB_WORK/$name.secs"
+  pkill -P "$copier" 2>/dev/null # its sleep
+  kill "$copier" 2>/dev/null
+  wait "$copier" 2>/dev/null
+  cp "$tmp" "$LAB_WORK/$name.console"
+  echo "$rc" >"$LAB_WORK/$name.status"
+  [[ ${LAB_LIVE:-0} == 1 ]] || tail -n 8 "$tmp" | sed 's/^/    | /'
+  echo "--- L2 $name: exit status $rc after $(cat "$LAB_WORK/$name.secs") s"
+  return "$rc"
+}
+
+# lab_tap NAME HOST_CIDR: a TAP device in L1 with the host side's address,
+# up (L1 is the lab's own machine: no namespace needed).
+lab_tap() {
+  ip tuntap add dev "$1" mode tap
+  ip addr add "$2" dev "$1"
+  ip link set "$1" up
+}
