@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""The lab's boot bench driver (tests/lab/bench.sh).
+
+    boot_bench.py RUNS EMBER KERNEL INITRD
+
+Runs ember and QEMU microvm alternately RUNS times each (which one goes
+first alternates too), timing exec -> the line "LAB-BENCH user space" on
+the console and exec -> the VMM's exit, and prints every run and the
+medians with the QEMU/ember ratio.
+"""
+import statistics
+import subprocess
+import sys
+import time
+
+runs, ember, kernel, initrd = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+base = "console=ttyS0 panic=-1"
+vmms = {
+    "ember": [ember, "run", "--kernel", kernel, "--initrd", initrd, "--memory", "256M",
+              "--cmdline", base + " reboot=k"],
+    "qemu": ["qemu-system-x86_64", "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "256M",
+             "-smp", "1", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio",
+             "-kernel", kernel, "-initrd", initrd, "-append", base + " reboot=t"],
+}
+
+
+def run(cmd):
+    t0 = time.monotonic()
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    user = None
+    tail = []
+    for line in p.stdout:
+        if user is None and b"LAB-BENCH user space" in line:
+            user = time.monotonic() - t0
+        tail = (tail + [line])[-5:]
+    p.wait()
+    return user, time.monotonic() - t0, p.returncode, tail
+
+
+results = {name: [] for name in vmms}
+for i in range(runs):
+    order = list(vmms) if i % 2 == 0 else list(reversed(vmms))
+    for name in order:
+        user, end, status, tail = run(vmms[name])
+        results[name].append((user, end, status))
+        u = f"{user:.2f}" if user is not None else "none"
+        print(f"run {i + 1} {name}: user space {u} s, exit {end:.2f} s, status {status}", flush=True)
+        if user is None or status != 0:
+            print("  last lines: " + b"".join(tail).decode(errors="replace"), flush=True)
+
+
+def med(name, k):
+    v = [r[k] for r in results[name] if r[0] is not None and r[2] == 0]
+    return statistics.median(v) if v else float("nan"), len(v)
+
+
+print()
+print("| | exec -> first user-space line | exec -> exit after reset | good runs |")
+print("|---|---|---|---|")
+for name in vmms:
+    (u, n), (e, _) = med(name, 0), med(name, 1)
+    print(f"| {name} | {u:.2f} s | {e:.2f} s | {n}/{runs} |")
+(eu, _), (ee, _), (qu, _), (qe, _) = med("ember", 0), med("ember", 1), med("qemu", 0), med("qemu", 1)
+print(f"| ratio QEMU / ember | {qu / eu:.2f}x | {qe / ee:.2f}x | |")
