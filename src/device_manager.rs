@@ -5,14 +5,15 @@
 //! [`DeviceManager::add_legacy_devices`] puts the PC devices on their ports
 //! ([`crate::layout`]); [`DeviceManager::add_virtio_devices`] puts each disk
 //! and NIC behind a transport and records where ([`Transport`]). What the
-//! guest is told about the virtio devices (kernel command line today, ACPI
-//! tables and PCI later) is derived from that one list.
+//! guest is told about the devices is derived from that one list: the
+//! kernel parameters ([`DeviceManager::kernel_cmdline`]) and what the ACPI
+//! tables describe ([`DeviceManager::acpi_devices`]).
 
 use std::sync::{Arc, Mutex};
 
 use ember_devices::bus::BusDevice;
 use ember_devices::interrupt::IrqLine;
-use ember_devices::legacy::{Cmos, DebugExit, ExitLine, QuietPorts, SerialDevice, I8042, QUIET_PORT_RANGES};
+use ember_devices::legacy::{AcpiSleep, Cmos, DebugExit, ExitLine, QuietPorts, SerialDevice, I8042, QUIET_PORT_RANGES};
 use ember_devices::virtio::block::{Block, BlockConfig};
 use ember_devices::virtio::mmio::{MmioTransport, MMIO_SIZE};
 use ember_devices::virtio::net::{format_mac, Net, NetCounters, NetStats};
@@ -29,6 +30,7 @@ use crate::error::{io_err, kvm_err, Error};
 use crate::event_loop::Subscriber;
 use crate::exit::ExitSignal;
 use crate::layout;
+use crate::machine::acpi::{self, MmioDevice, PciRoot};
 
 /// Where a virtio device is attached, and so how the guest finds it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +51,13 @@ impl Transport {
     pub(crate) fn cmdline_param(&self) -> String {
         match *self {
             Transport::Mmio { base, irq } => format!("virtio_mmio.device={}K@{base:#x}:{irq}", MMIO_SIZE >> 10),
+        }
+    }
+
+    /// How the ACPI tables describe the device.
+    pub(crate) fn acpi_mmio(&self) -> MmioDevice {
+        match *self {
+            Transport::Mmio { base, irq } => MmioDevice { base, size: MMIO_SIZE, gsi: irq },
         }
     }
 }
@@ -76,6 +85,10 @@ pub(crate) struct DeviceManager {
     pub(crate) console_input: Option<ConsoleInput>,
     /// Each NIC's name (`net0 (tap0)`) and live counters.
     pub(crate) net_counters: Vec<(String, Arc<NetCounters>)>,
+    /// The i8042 (the host sends it Ctrl+Alt+Del).
+    pub(crate) i8042: Option<Arc<Mutex<I8042>>>,
+    /// The PCI root, when the VM has one (not yet: virtio-pci will add it).
+    pub(crate) pci_root: Option<PciRoot>,
 }
 
 impl DeviceManager {
@@ -88,12 +101,15 @@ impl DeviceManager {
             virtio: Vec::new(),
             console_input: None,
             net_counters: Vec::new(),
+            i8042: None,
+            pci_root: None,
         }
     }
 
     /// The PC devices: COM1 (with stdin when the console is on stdio), the
-    /// i8042 reset line, the CMOS clock, the debug-exit port when
-    /// configured, and quiet stand-ins for the ports Linux probes.
+    /// i8042 with its keyboard (IRQ 1 and 12), the CMOS clock, the ACPI
+    /// sleep registers (power-off), the debug-exit port when configured,
+    /// and quiet stand-ins for the ports Linux probes.
     pub(crate) fn add_legacy_devices(
         &mut self,
         vm: &VmFd,
@@ -121,9 +137,14 @@ impl DeviceManager {
         });
 
         let exit_line: Arc<dyn ExitLine> = exit.clone();
-        let i8042 = Arc::new(Mutex::new(I8042::new(exit_line.clone())));
-        self.pio.insert(layout::I8042_PORT, layout::I8042_PORT_LEN, i8042)?;
+        let kbd_irq = irq_line(vm, layout::I8042_KBD_IRQ, "KVM_IRQFD (i8042 keyboard)")?;
+        let aux_irq = irq_line(vm, layout::I8042_AUX_IRQ, "KVM_IRQFD (i8042 aux)")?;
+        let i8042 = Arc::new(Mutex::new(I8042::new(exit_line.clone(), kbd_irq, aux_irq)));
+        self.pio.insert(layout::I8042_PORT, layout::I8042_PORT_LEN, i8042.clone())?;
+        self.i8042 = Some(i8042);
         self.pio.insert(layout::CMOS_PORT, layout::CMOS_PORT_LEN, Arc::new(Mutex::new(Cmos::new())))?;
+        let sleep = Arc::new(Mutex::new(AcpiSleep::new(exit_line.clone(), acpi::S5_SLEEP_TYPE)));
+        self.pio.insert(layout::ACPI_SLEEP_CONTROL_PORT, 2, sleep)?;
         if config.debug_exit {
             let debug_exit = Arc::new(Mutex::new(DebugExit::new(exit_line)));
             self.pio.insert(layout::DEBUG_EXIT_PORT, layout::DEBUG_EXIT_PORT_LEN, debug_exit)?;
@@ -181,9 +202,16 @@ impl DeviceManager {
         Ok(())
     }
 
-    /// `base` followed by what the kernel needs to find the virtio devices.
+    /// `base` followed by what the kernel needs to know about the devices:
+    /// `pci=off` when there is no PCI root (so Linux does not probe the
+    /// absent configuration ports, which costs seconds of VM exits), and
+    /// each virtio-mmio device for kernels without ACPI (a kernel with
+    /// ACPI finds them in the DSDT too).
     pub(crate) fn kernel_cmdline(&self, base: &str) -> String {
         let mut cmdline = base.to_string();
+        if self.pci_root.is_none() {
+            cmdline.push_str(" pci=off");
+        }
         for v in &self.virtio {
             cmdline.push(' ');
             cmdline.push_str(&v.transport.cmdline_param());
@@ -191,10 +219,23 @@ impl DeviceManager {
         cmdline.trim_start().to_string()
     }
 
+    /// What the ACPI tables describe: the virtio-mmio transports and the
+    /// PCI root.
+    pub(crate) fn acpi_devices(&self) -> acpi::Devices {
+        acpi::Devices { virtio_mmio: self.virtio.iter().map(|v| v.transport.acpi_mmio()).collect(), pci: self.pci_root }
+    }
+
     /// The NICs' counters now, by name.
     pub(crate) fn net_stats(counters: &[(String, Arc<NetCounters>)]) -> Vec<(String, NetStats)> {
         counters.iter().map(|(n, c)| (n.clone(), c.snapshot())).collect()
     }
+}
+
+/// An interrupt line for GSI `gsi`: an eventfd registered as a KVM irqfd.
+fn irq_line(vm: &VmFd, gsi: u32, what: &'static str) -> Result<Arc<dyn IrqLine>, Error> {
+    let evt = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(io_err("creating an eventfd"))?;
+    vm.register_irqfd(&evt, gsi).map_err(kvm_err(None, what))?;
+    Ok(Arc::new(evt))
 }
 
 /// The virtio-blk device for a configured disk.
@@ -239,15 +280,40 @@ mod tests {
     #[test]
     fn command_line_lists_each_virtio_device() {
         let mut dm = DeviceManager::new();
-        assert_eq!(dm.kernel_cmdline("console=ttyS0"), "console=ttyS0");
+        assert_eq!(dm.kernel_cmdline("console=ttyS0"), "console=ttyS0 pci=off");
         for i in 0..2 {
             let (base, irq) = layout::virtio_slot(i);
             dm.virtio.push(VirtioPlacement { device_type: 2, transport: Transport::Mmio { base, irq } });
         }
         assert_eq!(
             dm.kernel_cmdline("console=ttyS0"),
+            "console=ttyS0 pci=off virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
+        );
+        assert_eq!(
+            dm.kernel_cmdline(""),
+            "pci=off virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
+        );
+        // With a PCI root the kernel may probe PCI.
+        dm.pci_root = Some(PciRoot::for_layout(256 << 20));
+        assert_eq!(
+            dm.kernel_cmdline("console=ttyS0"),
             "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
         );
-        assert_eq!(dm.kernel_cmdline(""), "virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6");
+    }
+
+    #[test]
+    fn acpi_devices_follow_the_placements() {
+        let mut dm = DeviceManager::new();
+        assert_eq!(dm.acpi_devices(), acpi::Devices::default());
+        for i in 0..3 {
+            let (base, irq) = layout::virtio_slot(i);
+            dm.virtio.push(VirtioPlacement { device_type: 1, transport: Transport::Mmio { base, irq } });
+        }
+        let d = dm.acpi_devices();
+        assert_eq!(d.virtio_mmio[2], MmioDevice { base: 0xd000_2000, size: 0x1000, gsi: 7 });
+        assert_eq!(d.virtio_mmio.len(), 3);
+        assert_eq!(d.pci, None);
+        dm.pci_root = Some(PciRoot::for_layout(256 << 20));
+        assert_eq!(dm.acpi_devices().pci, dm.pci_root);
     }
 }

@@ -12,9 +12,11 @@ use crate::sync::{lock, wait, wait_timeout};
 /// Why a VM stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VmExit {
-    /// The guest reset the machine (i8042 reset, `reboot=k`), or asked KVM
-    /// for a reset or shutdown.
+    /// The guest reset the machine (i8042 reset, `reboot=k`, the ACPI reset
+    /// register), or asked KVM for a reset or shutdown.
     Reset,
+    /// The guest powered the machine off (ACPI sleep state S5: `poweroff`).
+    PowerOff,
     /// The guest wrote this code to the debug-exit port.
     DebugExit(u8),
     /// A [`crate::VmHandle`] stopped the VM.
@@ -67,7 +69,7 @@ impl VmExit {
     /// end, N for a debug exit, 1 for a guest crash or VMM-side failure.
     pub fn status(&self) -> i32 {
         match self {
-            VmExit::Reset | VmExit::Stopped | VmExit::ConsoleQuit => 0,
+            VmExit::Reset | VmExit::PowerOff | VmExit::Stopped | VmExit::ConsoleQuit => 0,
             VmExit::DebugExit(n) => *n as i32,
             _ => 1,
         }
@@ -91,6 +93,7 @@ impl fmt::Display for VmExit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             VmExit::Reset => write!(f, "guest reset the machine"),
+            VmExit::PowerOff => write!(f, "guest powered the machine off"),
             VmExit::DebugExit(n) => write!(f, "guest wrote {n} to the debug-exit port"),
             VmExit::Stopped => write!(f, "stopped by the host"),
             VmExit::ConsoleQuit => write!(f, "quit from the console (Ctrl-A x)"),
@@ -192,6 +195,7 @@ impl ExitLine for ExitSignal {
     fn request_exit(&self, request: GuestExitRequest) {
         self.request(match request {
             GuestExitRequest::Reset => VmExit::Reset,
+            GuestExitRequest::PowerOff => VmExit::PowerOff,
             GuestExitRequest::DebugExit(n) => VmExit::DebugExit(n),
         });
     }
@@ -226,6 +230,8 @@ mod tests {
     #[test]
     fn statuses() {
         assert_eq!(VmExit::Reset.status(), 0);
+        assert_eq!(VmExit::PowerOff.status(), 0);
+        assert!(!VmExit::PowerOff.is_crash());
         assert_eq!(VmExit::DebugExit(42).status(), 42);
         let tf = VmExit::TripleFault { vcpu: 1, rip: 0x1234 };
         assert_eq!(tf.status(), 1);

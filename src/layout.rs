@@ -15,16 +15,19 @@
 //! 0x0000_9000 ..0x0000_f000   identity page tables: PML4, PDPT, 4 PDs (4 GiB, 2 MiB pages)
 //! 0x0002_0000 ..0x0003_0000   kernel command line (NUL-terminated)
 //! 0x0009_fc00 ..0x000a_0000   MP table (in the EBDA, where Linux scans for it)
+//! 0x000e_0000 ..0x000f_0000   ACPI: RSDP at the start, then the tables
 //! 0x000f_0000 ..0x0010_0000   MP table with more than 37 vCPUs (BIOS area)
 //! 0x0010_0000 ..              kernel, then the initrd at the top of low RAM
 //! 0xc000_0000 ..0x1_0000_0000 32-bit MMIO hole (no RAM):
-//!     0xc000_0000 ..0xd000_0000   free (room for a PCI MMIO window)
+//!     0xc000_0000 ..0xd000_0000   PCI 32-bit BAR window (when there is a PCI root)
 //!     0xd000_0000 ..          virtio-mmio devices, 4 KiB apart, IRQ 5 upwards
+//!     0xe000_0000 ..0xe010_0000   PCI ECAM for bus 0 (when there is a PCI root)
 //!     0xfec0_0000             IOAPIC (in-kernel)
 //!     0xfee0_0000             local APICs (in-kernel)
 //!     0xfffb_c000             EPT identity map page (KVM)
 //!     0xfffb_d000 ..+3 pages  TSS (KVM)
 //! 0x1_0000_0000 ..            RAM beyond 3 GiB continues here
+//! max(4 GiB, end of RAM) rounded up to 1 GiB: the PCI 64-bit BAR window (64 GiB)
 //! ```
 
 use ember_devices::virtio::mmio::MMIO_SIZE;
@@ -68,6 +71,13 @@ pub const LOW_RAM_END: u64 = 0xa0000;
 pub const BIOS_AREA_START: u64 = 0xf0000;
 /// Size of the BIOS area.
 pub const BIOS_AREA_SIZE: u64 = 0x10000;
+/// The ACPI RSDP, at the start of the range Linux scans for it
+/// (0xe0000..0x100000) and also given in the zero page and PVH start info.
+pub const ACPI_RSDP_START: u64 = 0xe_0000;
+/// The other ACPI tables (XSDT, FADT, MADT, DSDT, MCFG), one after another.
+pub const ACPI_TABLES_START: u64 = 0xe_0040;
+/// End of the ACPI area (the MP table's BIOS-area place follows).
+pub const ACPI_END: u64 = BIOS_AREA_START;
 /// Start of high memory: kernels load at or above it.
 pub const HIMEM_START: u64 = 0x10_0000;
 // ---- RAM and the 32-bit MMIO hole -------------------------------------
@@ -77,9 +87,18 @@ pub const MMIO32_START: u64 = 0xc000_0000;
 /// 4 GiB.
 pub const FIRST_ADDR_PAST_32BITS: u64 = 1 << 32;
 // ---- Inside the MMIO hole ----------------------------------------------
-//
-// 0xc000_0000..0xd000_0000 is free: a PCI MMIO window (BARs) and the ECAM
-// configuration space will go here when PCI is added.
+
+/// The PCI root's 32-bit BAR window (when the VM has a PCI root).
+pub const PCI_MMIO32_START: u64 = 0xc000_0000;
+/// Size of the 32-bit BAR window (up to 0xcfff_ffff).
+pub const PCI_MMIO32_SIZE: u64 = 0x1000_0000;
+/// PCI Express enhanced configuration space (ECAM) of bus 0 (when the VM
+/// has a PCI root, which reserves it in the e820 map).
+pub const PCI_ECAM_START: u64 = 0xe000_0000;
+/// Size of the ECAM window: one bus (32 devices, 8 functions, 4 KiB each).
+pub const PCI_ECAM_SIZE: u64 = 1 << 20;
+/// Size of the PCI root's 64-bit BAR window.
+pub const PCI_MMIO64_SIZE: u64 = 64 << 30;
 
 /// First virtio-mmio device. Each gets one transport window of
 /// [`MMIO_SIZE`] (the transport's property, from ember-devices).
@@ -96,6 +115,13 @@ pub const APIC_START: u64 = 0xfee0_0000;
 pub const KVM_IDENTITY_MAP_START: u64 = 0xfffb_c000;
 /// KVM's three-page TSS area (`KVM_SET_TSS_ADDR`).
 pub const KVM_TSS_START: u64 = 0xfffb_d000;
+
+/// Start of the PCI 64-bit BAR window for a VM whose RAM ends at
+/// `ram_end`: max(4 GiB, `ram_end`) rounded up to 1 GiB.
+pub const fn pci_mmio64_start(ram_end: u64) -> u64 {
+    let base = if ram_end > FIRST_ADDR_PAST_32BITS { ram_end } else { FIRST_ADDR_PAST_32BITS };
+    base.next_multiple_of(1 << 30)
+}
 
 /// How many virtio-mmio devices fit: one IRQ each from
 /// [`VIRTIO_IRQ_BASE`] to [`VIRTIO_IRQ_LAST`].
@@ -121,6 +147,18 @@ pub const SERIAL_IRQ: u32 = 4;
 pub const I8042_PORT: u64 = 0x60;
 /// Ports from [`I8042_PORT`] the i8042 answers (0x60..=0x64).
 pub const I8042_PORT_LEN: u64 = 5;
+/// The i8042's command/status port (also the ACPI reset register: a write
+/// of 0xfe resets the machine).
+pub const I8042_COMMAND_PORT: u64 = I8042_PORT + 4;
+/// IRQ of the i8042's keyboard port.
+pub const I8042_KBD_IRQ: u32 = 1;
+/// IRQ of the i8042's auxiliary (mouse) port.
+pub const I8042_AUX_IRQ: u32 = 12;
+/// The ACPI sleep control register (FADT `SLEEP_CONTROL_REG`): S5 written
+/// here powers the machine off.
+pub const ACPI_SLEEP_CONTROL_PORT: u64 = 0x600;
+/// The ACPI sleep status register (FADT `SLEEP_STATUS_REG`).
+pub const ACPI_SLEEP_STATUS_PORT: u64 = 0x601;
 /// The CMOS RTC: index at 0x70, data at 0x71.
 pub const CMOS_PORT: u64 = 0x70;
 /// Ports of the CMOS RTC.
@@ -157,9 +195,13 @@ mod tests {
             ("CMDLINE_START", CMDLINE_START),
             ("EBDA_START", EBDA_START),
             ("BIOS_AREA_START", BIOS_AREA_START),
+            ("ACPI_RSDP_START", ACPI_RSDP_START),
+            ("ACPI_TABLES_START", ACPI_TABLES_START),
             ("LOW_RAM_END", LOW_RAM_END),
             ("HIMEM_START", HIMEM_START),
             ("MMIO32_START", MMIO32_START),
+            ("PCI_MMIO32_START", PCI_MMIO32_START),
+            ("PCI_ECAM_START", PCI_ECAM_START),
             ("VIRTIO_MMIO_START", VIRTIO_MMIO_START),
             ("IOAPIC_START", IOAPIC_START),
             ("APIC_START", APIC_START),
@@ -170,6 +212,7 @@ mod tests {
             ("I8042_PORT", I8042_PORT),
             ("CMOS_PORT", CMOS_PORT),
             ("DEBUG_EXIT_PORT", DEBUG_EXIT_PORT),
+            ("ACPI_SLEEP_CONTROL_PORT", ACPI_SLEEP_CONTROL_PORT),
         ];
         for (name, value) in consts {
             let row = doc
@@ -188,11 +231,26 @@ mod tests {
     const _: () = assert!(ZERO_PAGE_START + 4096 <= BOOT_STACK_POINTER);
     const _: () = assert!(PDE_START + 4 * 4096 <= CMDLINE_START);
     const _: () = assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+    const _: () = assert!(LOW_RAM_END <= ACPI_RSDP_START && ACPI_RSDP_START + 36 <= ACPI_TABLES_START);
+    const _: () = assert!(ACPI_TABLES_START < ACPI_END && ACPI_END <= BIOS_AREA_START);
+    // The PCI windows sit in the MMIO hole, clear of the virtio-mmio devices
+    // and the IOAPIC.
+    const _: () = assert!(PCI_MMIO32_START >= MMIO32_START && PCI_MMIO32_START + PCI_MMIO32_SIZE <= VIRTIO_MMIO_START);
+    const _: () = assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= IOAPIC_START);
 
     #[test]
     fn virtio_window_fits_below_the_ioapic() {
         let (last, irq) = virtio_slot(max_virtio_devices() - 1);
         assert!(last + MMIO_SIZE <= IOAPIC_START);
+        assert!(last + MMIO_SIZE <= PCI_ECAM_START);
         assert_eq!(irq, VIRTIO_IRQ_LAST);
+    }
+
+    #[test]
+    fn pci_64bit_window_starts_past_ram_on_a_gib() {
+        assert_eq!(pci_mmio64_start(256 << 20), 4 << 30);
+        assert_eq!(pci_mmio64_start(4 << 30), 4 << 30);
+        assert_eq!(pci_mmio64_start((5 << 30) + 1), 6 << 30);
+        assert_eq!(pci_mmio64_start(6 << 30), 6 << 30);
     }
 }

@@ -64,6 +64,7 @@ mod smoke;
 
 pub use config::{BootProtocol, ConfigError, DiskConfig, NetConfig, SerialConfig, SharedWriter, VmConfig};
 pub use cpio::{CpioError, CpioWriter};
+pub use ember_devices::legacy::I8042Error;
 pub use ember_devices::virtio::net::NetStats;
 pub use error::Error;
 pub use exit::VmExit;

@@ -14,13 +14,14 @@
 //! 5. devices ([`DeviceManager`]): legacy, then virtio;
 //! 6. [`boot::load`]: kernel, initrd, boot page tables;
 //! 7. the machine description ([`machine::describe`]): command line, memory
-//!    map, zero page or PVH start info, MP table;
+//!    map, zero page or PVH start info, MP table, ACPI tables;
 //! 8. [`create_vcpus`], last: the irqchip must exist before them.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use ember_devices::legacy::{I8042Error, I8042};
 use ember_devices::virtio::net::{NetCounters, NetStats};
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
@@ -38,6 +39,7 @@ use crate::layout;
 use crate::machine;
 use crate::memory::{GuestRam, RamLayout};
 use crate::seccomp::{ThreadFilters, ThreadKind};
+use crate::sync::lock;
 use crate::terminal::RawTerminal;
 use crate::vcpu::{self, Vcpu, VcpuControl, VcpuRunner};
 
@@ -112,7 +114,7 @@ impl Vm {
 
         let boot = boot::load(&ram, &config)?;
         let cmdline = devices.kernel_cmdline(&config.cmdline);
-        machine::describe(&ram, &boot, &cmdline, config.vcpus)?;
+        machine::describe(&ram, &boot, &cmdline, config.vcpus, &devices.acpi_devices())?;
         let vcpus = create_vcpus(&kvm, &vm_fd, config.vcpus, boot.entry())?;
         log::info!("kernel command line: {cmdline}");
         log::debug!("entry: {:?}, initrd: {:?}", boot.entry(), boot.initrd);
@@ -144,7 +146,7 @@ impl Vm {
     /// Starts the event loop and one thread per vCPU.
     pub fn start(self) -> Result<RunningVm, Error> {
         let Vm { vm_fd, ram, vcpus, devices, exit, config, .. } = self;
-        let DeviceManager { pio, mmio, mut subscribers, console_input, net_counters, .. } = devices;
+        let DeviceManager { pio, mmio, mut subscribers, console_input, net_counters, i8042, .. } = devices;
         let raw_terminal = match (&config.serial, &console_input) {
             (SerialConfig::Stdio, Some(_)) => {
                 RawTerminal::enter(0).map_err(io_err("setting the terminal to raw mode"))?
@@ -152,7 +154,7 @@ impl Vm {
             _ => None,
         };
         if let Some(ci) = console_input {
-            subscribers.push(Arc::new(std::sync::Mutex::new(ci)));
+            subscribers.push(Arc::new(Mutex::new(ci)));
         }
         // seccomp filters are built now and installed by each thread, which
         // then waits at the gate: every vCPU thread, the event loop and this
@@ -192,6 +194,7 @@ impl Vm {
             _ram: ram,
             finished: None,
             net_counters,
+            i8042,
         })
     }
 
@@ -249,12 +252,14 @@ pub struct RunningVm {
     _ram: GuestRam,
     finished: Option<VmExit>,
     net_counters: Vec<(String, Arc<NetCounters>)>,
+    i8042: Option<Arc<Mutex<I8042>>>,
 }
 
-/// Stops a VM from any thread.
+/// Stops a VM, or presses keys on its keyboard, from any thread.
 #[derive(Clone)]
 pub struct VmHandle {
     exit: Arc<ExitSignal>,
+    i8042: Option<Arc<Mutex<I8042>>>,
 }
 
 impl VmHandle {
@@ -268,12 +273,25 @@ impl VmHandle {
     pub fn exit(&self) -> Option<VmExit> {
         self.exit.get()
     }
+
+    /// Presses Ctrl+Alt+Del on the guest's keyboard (the i8042's, raising
+    /// IRQ 1), as Firecracker's `SendCtrlAltDel` does. A Linux guest with
+    /// the i8042 and atkbd drivers reboots (ember then ends with
+    /// [`VmExit::Reset`]) or tells its init, as its Ctrl-Alt-Del setting
+    /// says. Fails if the guest has turned its keyboard off or is not
+    /// reading it.
+    pub fn send_ctrl_alt_del(&self) -> Result<(), I8042Error> {
+        match &self.i8042 {
+            Some(d) => lock(d).send_ctrl_alt_del(),
+            None => Err(I8042Error::KeyboardDisabled),
+        }
+    }
 }
 
 impl RunningVm {
     /// A handle another thread can use to stop the VM.
     pub fn handle(&self) -> VmHandle {
-        VmHandle { exit: self.exit.clone() }
+        VmHandle { exit: self.exit.clone(), i8042: self.i8042.clone() }
     }
 
     /// The counters of each virtio-net device (name, counters), readable

@@ -43,7 +43,7 @@ fn debug_exit_and_cmdline_through_the_api() {
     config.cmdline = "expect_entry=linux64 mem_mib=128 e820_exact=1 ncpus=2".into();
     config.serial = SerialConfig::Capture(console.clone());
     let vm = Vm::new(config).unwrap();
-    assert_eq!(vm.cmdline(), "expect_entry=linux64 mem_mib=128 e820_exact=1 ncpus=2");
+    assert_eq!(vm.cmdline(), "expect_entry=linux64 mem_mib=128 e820_exact=1 ncpus=2 pci=off");
     assert!(!vm.uses_pvh());
     let exit = vm.run().unwrap();
     assert_eq!(exit, VmExit::DebugExit(0), "console: {}", console.text());
@@ -86,4 +86,25 @@ fn invalid_config_is_rejected_before_anything_runs() {
     config.vcpus = 0;
     let err = Vm::new(config).err().expect("must fail");
     assert!(err.is_usage(), "{err}");
+}
+
+#[test]
+fn ctrl_alt_del_reaches_the_guest_keyboard() {
+    if !kvm_available() {
+        return;
+    }
+    let console = SerialCapture::new();
+    let mut config = VmConfig::new(guest("keyboard"));
+    config.memory = 64 << 20;
+    config.debug_exit = true;
+    config.serial = SerialConfig::Capture(console.clone());
+    let vm = Vm::new(config).expect("build VM").start().expect("start VM");
+    let handle = vm.handle();
+    assert!(console.wait_for("KBD READY", Duration::from_secs(60)), "console: {}", console.text());
+    // From another thread, as an API server would.
+    std::thread::spawn(move || handle.send_ctrl_alt_del()).join().unwrap().expect("send Ctrl+Alt+Del");
+    let exit = vm.wait_timeout(Duration::from_secs(60));
+    assert_eq!(exit, Some(VmExit::DebugExit(0)), "console: {}", console.text());
+    assert!(console.text().contains("KBD OK"), "console: {}", console.text());
+    assert_eq!(vm.wait(), VmExit::DebugExit(0));
 }

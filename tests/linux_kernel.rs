@@ -196,7 +196,7 @@ fn linux_drivers_against_ember_virtio_blk_and_net() {
     );
 
     assert!(!text.contains("Kernel panic"), "{text}");
-    assert!(lines.iter().any(|l| l.ends_with(&format!("Command line: {cmdline} virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6 virtio_mmio.device=4K@0xd0002000:7"))), "{text}");
+    assert!(lines.iter().any(|l| l.ends_with(&format!("Command line: {cmdline} pci=off virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6 virtio_mmio.device=4K@0xd0002000:7"))), "{text}");
     let e820: Vec<String> = lines.iter().filter_map(|l| l.find("BIOS-e820:").map(|i| l[i..].to_string())).collect();
     assert_eq!(e820, expected_linux_e820(128 << 20, true), "{text}");
     // vda and vdb in --disk order, with their sizes.

@@ -114,6 +114,9 @@ pub enum BootError {
     /// The MP table does not fit where Linux looks for it.
     #[error("an MP table for {0} vCPUs does not fit in the EBDA or the BIOS area")]
     MptableTooBig(u8),
+    /// The ACPI tables do not fit in their area below 1 MiB.
+    #[error("the ACPI tables ({0} bytes) do not fit in their area below 1 MiB")]
+    AcpiTooBig(usize),
 }
 
 /// How the boot vCPU enters the kernel.

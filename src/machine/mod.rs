@@ -3,9 +3,11 @@
 //!
 //! [`describe`] writes the kernel command line (with the devices'
 //! parameters), the memory map (e820), the zero page for the Linux 64-bit
-//! entry or `hvm_start_info` for PVH, and the MP table. ACPI tables will be
-//! written here too.
+//! entry or `hvm_start_info` for PVH, the MP table (for kernels without
+//! ACPI) and the ACPI tables ([`acpi`]), whose RSDP address the zero page
+//! and the start info carry.
 
+pub(crate) mod acpi;
 pub(crate) mod mptable;
 
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
@@ -28,14 +30,22 @@ const PVH_START_MAGIC: u32 = 0x336e_c578;
 
 /// Describes the machine to the guest: the command line `cmdline` (checked
 /// against the kernel's limit), the memory map and entry structures for
-/// the kernel's entry path, and the MP table for `vcpus` vCPUs.
-pub(crate) fn describe(ram: &GuestRam, boot: &BootInfo, cmdline: &str, vcpus: u8) -> Result<(), BootError> {
+/// the kernel's entry path, and the MP table and ACPI tables for `vcpus`
+/// vCPUs and `devices`.
+pub(crate) fn describe(
+    ram: &GuestRam,
+    boot: &BootInfo,
+    cmdline: &str,
+    vcpus: u8,
+    devices: &acpi::Devices,
+) -> Result<(), BootError> {
     let (mem, layout) = (ram.memory(), ram.layout());
     write_cmdline(mem, &boot.kernel, cmdline)?;
     mptable::write(mem, vcpus)?;
+    let rsdp = acpi::write(mem, vcpus, devices)?;
     match boot.entry() {
-        Entry::Linux64(_) => write_zero_page(mem, layout, &boot.kernel, boot.initrd),
-        Entry::Pvh(_) => write_pvh_info(mem, layout, boot.initrd),
+        Entry::Linux64(_) => write_zero_page(mem, layout, &boot.kernel, boot.initrd, rsdp),
+        Entry::Pvh(_) => write_pvh_info(mem, layout, boot.initrd, rsdp),
     }
 }
 
@@ -79,12 +89,14 @@ pub fn write_cmdline(mem: &GuestMemoryMmap, kernel: &LoadedKernel, cmdline: &str
     Ok(())
 }
 
-/// Writes the zero page for the Linux 64-bit boot protocol.
+/// Writes the zero page for the Linux 64-bit boot protocol, with the ACPI
+/// RSDP at `rsdp` (`acpi_rsdp_addr`, boot protocol 2.14).
 pub fn write_zero_page(
     mem: &GuestMemoryMmap,
     ram: RamLayout,
     kernel: &LoadedKernel,
     initrd: Option<InitrdPlacement>,
+    rsdp: u64,
 ) -> Result<(), BootError> {
     let mut params = boot_params::default();
     match kernel.setup_header {
@@ -101,6 +113,7 @@ pub fn write_zero_page(
         }
     }
     params.hdr.type_of_loader = 0xff;
+    params.acpi_rsdp_addr = rsdp;
     params.hdr.cmd_line_ptr = CMDLINE_START as u32;
     params.ext_cmd_line_ptr = 0;
     if let Some(i) = initrd {
@@ -118,8 +131,14 @@ pub fn write_zero_page(
     Ok(())
 }
 
-/// Writes `hvm_start_info`, its module list and memory map for a PVH entry.
-pub fn write_pvh_info(mem: &GuestMemoryMmap, ram: RamLayout, initrd: Option<InitrdPlacement>) -> Result<(), BootError> {
+/// Writes `hvm_start_info`, its module list and memory map for a PVH entry,
+/// with the ACPI RSDP at `rsdp`.
+pub fn write_pvh_info(
+    mem: &GuestMemoryMmap,
+    ram: RamLayout,
+    initrd: Option<InitrdPlacement>,
+    rsdp: u64,
+) -> Result<(), BootError> {
     let map = memory_map(ram);
     debug_assert!(map.len() <= PVH_MEMMAP_MAX_ENTRIES);
     for (i, e) in map.iter().enumerate() {
@@ -132,6 +151,7 @@ pub fn write_pvh_info(mem: &GuestMemoryMmap, ram: RamLayout, initrd: Option<Init
         cmdline_paddr: CMDLINE_START,
         memmap_paddr: PVH_MEMMAP_START,
         memmap_entries: map.len() as u32,
+        rsdp_paddr: rsdp,
         ..Default::default()
     };
     if let Some(i) = initrd {
@@ -180,13 +200,14 @@ mod tests {
         let mem = test_memory(64 << 20);
         let k = kernel(0x200000);
         let i = InitrdPlacement { addr: 0x300_0000, size: 1234 };
-        write_zero_page(&mem, RamLayout::new(64 << 20), &k, Some(i)).unwrap();
+        write_zero_page(&mem, RamLayout::new(64 << 20), &k, Some(i), ACPI_RSDP_START).unwrap();
         let p: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
         assert_eq!({ p.hdr.boot_flag }, 0xaa55);
         assert_eq!({ p.hdr.header }, KERNEL_HDR_MAGIC);
         assert_eq!({ p.hdr.cmd_line_ptr }, CMDLINE_START as u32);
         assert_eq!(({ p.hdr.ramdisk_image }, { p.hdr.ramdisk_size }), (0x300_0000, 1234));
         assert_eq!(p.e820_entries, 3);
+        assert_eq!({ p.acpi_rsdp_addr }, 0xe0000);
         let e = p.e820_table[2];
         assert_eq!(({ e.addr }, { e.size }, { e.r#type }), (0x100000, (64 << 20) - 0x100000, 1));
     }
@@ -194,9 +215,11 @@ mod tests {
     #[test]
     fn pvh_info_fields() {
         let mem = test_memory(64 << 20);
-        write_pvh_info(&mem, RamLayout::new(64 << 20), Some(InitrdPlacement { addr: 0x200_0000, size: 77 })).unwrap();
+        let initrd = Some(InitrdPlacement { addr: 0x200_0000, size: 77 });
+        write_pvh_info(&mem, RamLayout::new(64 << 20), initrd, ACPI_RSDP_START).unwrap();
         let info: hvm_start_info = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
         assert_eq!(info.magic, PVH_START_MAGIC);
+        assert_eq!(info.rsdp_paddr, 0xe0000);
         assert_eq!(info.memmap_entries, 3);
         assert_eq!(info.nr_modules, 1);
         let m: hvm_modlist_entry = mem.read_obj(GuestAddress(info.modlist_paddr)).unwrap();

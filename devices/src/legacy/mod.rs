@@ -1,15 +1,18 @@
-//! Legacy PC devices: the 8250 UART, the i8042 reset line, the debug-exit
-//! port, a CMOS real-time clock, and quiet stand-ins for probed ports.
+//! Legacy PC devices: the 8250 UART, the i8042 PS/2 controller with its
+//! keyboard, the debug-exit port, a CMOS real-time clock, the ACPI sleep
+//! registers, and quiet stand-ins for probed ports.
 
+mod acpi_sleep;
 mod cmos;
 mod debug_exit;
 mod i8042;
 mod quiet;
 mod serial;
 
+pub use acpi_sleep::AcpiSleep;
 pub use cmos::Cmos;
 pub use debug_exit::DebugExit;
-pub use i8042::I8042;
+pub use i8042::{I8042Error, I8042State, OutputSource, I8042, I8042_QUEUE_LEN};
 pub use quiet::{QuietPorts, QUIET_PORT_RANGES};
 pub use serial::{SerialDevice, SerialOutput};
 
@@ -18,6 +21,8 @@ pub use serial::{SerialDevice, SerialOutput};
 pub enum GuestExitRequest {
     /// The guest reset the machine (i8042 command 0xFE).
     Reset,
+    /// The guest powered the machine off (ACPI sleep state S5).
+    PowerOff,
     /// The guest wrote this code to the debug-exit port.
     DebugExit(u8),
 }
