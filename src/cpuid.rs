@@ -1,21 +1,42 @@
 //! The CPUID each vCPU sees: what KVM supports, with this vCPU's APIC ID and
-//! the VM's topology filled in. The hypervisor leaves (0x40000000…) pass
-//! through exactly as KVM reports them.
+//! the VM's topology filled in, the TSC-deadline timer when KVM emulates
+//! it, and no performance-monitoring unit (ember gives guests none: leaf
+//! 0xA and AMD's counter extensions are cleared; [`PMU_MSR_RANGES`] lists
+//! the counter MSRs a VMM should also deny, since AMD's legacy counters
+//! have no CPUID bit). The hypervisor leaves (0x40000000…: the KVM
+//! signature and paravirtual features) pass through exactly as KVM
+//! reports them.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
 const LEAF_FEATURES: u32 = 1;
 const LEAF_CACHE_PARAMS: u32 = 4;
+const LEAF_PERFMON: u32 = 0xa;
 const LEAF_TOPOLOGY: u32 = 0xb;
 const LEAF_TOPOLOGY_V2: u32 = 0x1f;
 const LEAF_EXT_FEATURES: u32 = 0x8000_0001;
 const LEAF_EXT_SIZES: u32 = 0x8000_0008;
 const LEAF_AMD_EXT_APIC: u32 = 0x8000_001e;
+const LEAF_AMD_PERFMON_V2: u32 = 0x8000_0022;
 
 const ECX_CX16: u32 = 1 << 13;
+/// Perfmon and debug capability (IA32_PERF_CAPABILITIES).
+const ECX_PDCM: u32 = 1 << 15;
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const ECX_HYPERVISOR: u32 = 1 << 31;
 const EDX_HTT: u32 = 1 << 28;
 const EXT_ECX_CMP_LEGACY: u32 = 1 << 1;
+/// AMD core, northbridge and last-level-cache performance counters.
+const EXT_ECX_PERFCTR: u32 = (1 << 23) | (1 << 24) | (1 << 28);
+
+/// The performance-counter MSRs a guest without a PMU must not reach
+/// (`(first, count)`): AMD's legacy counters (K7 event selects and
+/// counters, 0xc0010000–0xc0010007), which Linux probes on any AMD CPU of
+/// family 6 or later whatever CPUID says, and the core-extension ones
+/// (0xc0010200–0xc001020b). Denied, a guest access raises #GP, which Linux
+/// reads as "PMU not available due to virtualization"; allowed, KVM
+/// without a PMU drops the write and logs it on every boot.
+pub(crate) const PMU_MSR_RANGES: &[(u32, u32)] = &[(0xc001_0000, 8), (0xc001_0200, 12)];
 
 /// Per-VM CPUID choices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +46,9 @@ pub(crate) struct CpuidOptions {
     /// Hide CMPXCHG16B. Set on hosts whose KVM emulates guest code
     /// instruction by instruction (PVM) and lacks that instruction.
     pub hide_cx16: bool,
+    /// KVM emulates the local APIC timer's TSC-deadline mode
+    /// (`KVM_CAP_TSC_DEADLINE_TIMER`): advertise it (leaf 1 ECX bit 24).
+    pub(crate) tsc_deadline: bool,
 }
 
 /// Bits needed to number `n` items.
@@ -68,8 +92,14 @@ pub(crate) fn for_vcpu(supported: &CpuId, apic_id: u8, opts: CpuidOptions) -> Cp
             LEAF_FEATURES => {
                 e.ebx = (e.ebx & 0xff) | (8 << 8) | ((opts.vcpus as u32) << 16) | ((apic_id as u32) << 24);
                 e.ecx |= ECX_HYPERVISOR;
+                e.ecx &= !ECX_PDCM;
                 if opts.hide_cx16 {
                     e.ecx &= !ECX_CX16;
+                }
+                if opts.tsc_deadline {
+                    e.ecx |= ECX_TSC_DEADLINE;
+                } else {
+                    e.ecx &= !ECX_TSC_DEADLINE;
                 }
                 if opts.vcpus > 1 {
                     e.edx |= EDX_HTT;
@@ -80,6 +110,7 @@ pub(crate) fn for_vcpu(supported: &CpuId, apic_id: u8, opts: CpuidOptions) -> Cp
             LEAF_CACHE_PARAMS => {
                 e.eax = (e.eax & 0x03ff_ffff) | (((opts.vcpus as u32).saturating_sub(1) & 0x3f) << 26);
             }
+            LEAF_PERFMON | LEAF_AMD_PERFMON_V2 => (e.eax, e.ebx, e.ecx, e.edx) = (0, 0, 0, 0),
             LEAF_TOPOLOGY | LEAF_TOPOLOGY_V2 => topology_entry(e, apic_id, opts.vcpus),
             LEAF_EXT_FEATURES => {
                 if opts.vcpus > 1 {
@@ -87,6 +118,7 @@ pub(crate) fn for_vcpu(supported: &CpuId, apic_id: u8, opts: CpuidOptions) -> Cp
                 } else {
                     e.ecx &= !EXT_ECX_CMP_LEGACY;
                 }
+                e.ecx &= !EXT_ECX_PERFCTR;
             }
             LEAF_EXT_SIZES => {
                 e.ecx = (e.ecx & !0xf0ff) | (id_bits(opts.vcpus) << 12) | (opts.vcpus as u32 - 1);
@@ -120,14 +152,20 @@ mod tests {
         CpuId::from_entries(&[
             entry(0, 0),
             entry(1, 0),
+            kvm_cpuid_entry2 { function: 0xa, eax: 0x0704_3002, ebx: 0x7f, edx: 0x603, ..Default::default() },
             entry(0xb, 0),
             entry(0xb, 1),
             entry(0xb, 2),
             kvm_cpuid_entry2 { function: 0x4000_0000, ebx: 0x4b4d_564b, ..Default::default() },
+            kvm_cpuid_entry2 { function: 0x4000_0001, eax: 0x0100_7afb, ..Default::default() },
+            kvm_cpuid_entry2 { function: 0x8000_0001, ecx: 0x1180_0001 | EXT_ECX_PERFCTR, ..Default::default() },
             entry(0x8000_0008, 0),
+            kvm_cpuid_entry2 { function: 0x8000_0022, eax: 1, ebx: 6, ..Default::default() },
         ])
         .unwrap()
     }
+
+    const OPTS: CpuidOptions = CpuidOptions { vcpus: 1, hide_cx16: false, tsc_deadline: false };
 
     fn find(c: &CpuId, f: u32, i: u32) -> kvm_cpuid_entry2 {
         *c.as_slice().iter().find(|e| e.function == f && e.index == i).unwrap()
@@ -135,7 +173,7 @@ mod tests {
 
     #[test]
     fn apic_ids_and_topology() {
-        let opts = CpuidOptions { vcpus: 4, hide_cx16: true };
+        let opts = CpuidOptions { vcpus: 4, hide_cx16: true, tsc_deadline: true };
         for id in 0..4u8 {
             let c = for_vcpu(&sample(), id, opts);
             let l1 = find(&c, 1, 0);
@@ -153,9 +191,31 @@ mod tests {
 
     #[test]
     fn hypervisor_leaves_pass_through() {
-        let c = for_vcpu(&sample(), 0, CpuidOptions { vcpus: 1, hide_cx16: false });
+        let c = for_vcpu(&sample(), 0, OPTS);
         assert_eq!(find(&c, 0x4000_0000, 0).ebx, 0x4b4d_564b);
+        assert_eq!(find(&c, 0x4000_0001, 0).eax, 0x0100_7afb);
         assert_ne!(find(&c, 1, 0).ecx & ECX_CX16, 0);
+    }
+
+    #[test]
+    fn tsc_deadline_follows_kvm() {
+        let off = for_vcpu(&sample(), 0, OPTS);
+        assert_eq!(find(&off, 1, 0).ecx & ECX_TSC_DEADLINE, 0);
+        let on = for_vcpu(&sample(), 0, CpuidOptions { tsc_deadline: true, ..OPTS });
+        assert_ne!(find(&on, 1, 0).ecx & ECX_TSC_DEADLINE, 0);
+    }
+
+    #[test]
+    fn no_pmu() {
+        let c = for_vcpu(&sample(), 0, OPTS);
+        let a = find(&c, 0xa, 0);
+        assert_eq!((a.eax, a.ebx, a.ecx, a.edx), (0, 0, 0, 0));
+        assert_eq!(find(&c, 1, 0).ecx & ECX_PDCM, 0);
+        let ext = find(&c, 0x8000_0001, 0);
+        assert_eq!(ext.ecx, 0x1180_0001 & !EXT_ECX_PERFCTR);
+        assert_eq!((find(&c, 0x8000_0022, 0).eax, find(&c, 0x8000_0022, 0).ebx), (0, 0));
+        // The legacy AMD counters: event selects 0xc0010000-3, counters -7.
+        assert!(PMU_MSR_RANGES.iter().any(|&(b, n)| (b..b + n).contains(&0xc001_0007)));
     }
 
     #[test]

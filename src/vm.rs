@@ -24,7 +24,7 @@ use std::time::Duration;
 use ember_devices::legacy::{I8042Error, I8042};
 use ember_devices::virtio::net::{NetCounters, NetStats};
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
 
 use crate::boot::{self, Entry};
@@ -66,12 +66,22 @@ fn create_irqchip(vm: &VmFd) -> Result<(), Error> {
     Ok(())
 }
 
-/// Step 8: the vCPUs with their CPUID; the boot vCPU at the kernel's entry.
+/// Step 8: the vCPUs with their CPUID (and the PMU's MSRs denied to them:
+/// ember gives guests no PMU); the boot vCPU at the kernel's entry.
 fn create_vcpus(kvm: &Kvm, vm: &VmFd, count: u8, entry: Entry) -> Result<Vec<Vcpu>, Error> {
     let supported = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err(None, "KVM_GET_SUPPORTED_CPUID"))?;
-    let opts = CpuidOptions { vcpus: count, hide_cx16: cpuid::host_emulates_guests() };
+    if kvm.check_extension(Cap::X86MsrFilter) {
+        vcpu::deny_msrs(vm, cpuid::PMU_MSR_RANGES)?;
+    } else {
+        log::debug!("KVM has no MSR filter: the guest's PMU probe reaches KVM");
+    }
+    let opts = CpuidOptions {
+        vcpus: count,
+        hide_cx16: cpuid::host_emulates_guests(),
+        tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
+    };
     let mut vcpus = Vec::with_capacity(count as usize);
     for id in 0..count {
         let v = Vcpu::new(vm, id, &cpuid::for_vcpu(&supported, id, opts))?;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_run, CpuId, Msrs};
-use kvm_ioctls::{VcpuFd, VmFd};
+use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuFd, VmFd};
 
 use crate::boot::{cpu_state, Entry};
 use crate::bus::Bus;
@@ -48,6 +48,25 @@ fn set_lapic_lvt(lapic: &mut kvm_bindings::kvm_lapic_state, reg: usize, mode: u3
     for (i, x) in v.to_le_bytes().iter().enumerate() {
         lapic.regs[reg + i] = *x as _;
     }
+}
+
+/// Denies the guest every MSR in `ranges` (`(first, count)`, at most 16
+/// ranges): a guest access raises #GP instead of reaching KVM's own
+/// handling. VM-wide; ember's own `KVM_SET_MSRS` is not filtered.
+pub(crate) fn deny_msrs(vm: &VmFd, ranges: &[(u32, u32)]) -> Result<(), Error> {
+    // One bitmap of zeros (deny) long enough for the largest range.
+    let longest = ranges.iter().map(|&(_, n)| n).max().unwrap_or(0);
+    let bitmap = vec![0u8; longest.div_ceil(8) as usize];
+    let filter: Vec<MsrFilterRange<'_>> = ranges
+        .iter()
+        .map(|&(base, msr_count)| MsrFilterRange {
+            flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+            base,
+            msr_count,
+            bitmap: &bitmap,
+        })
+        .collect();
+    vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &filter).map_err(kvm_err(None, "KVM_X86_SET_MSR_FILTER"))
 }
 
 impl Vcpu {
