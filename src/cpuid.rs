@@ -7,7 +7,7 @@
 //! signature and paravirtual features) pass through exactly as KVM
 //! reports them.
 
-use kvm_bindings::{kvm_cpuid_entry2, CpuId};
+use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
 const LEAF_FEATURES: u32 = 1;
 const LEAF_CACHE_PARAMS: u32 = 4;
@@ -83,10 +83,60 @@ fn topology_entry(e: &mut kvm_cpuid_entry2, apic_id: u8, vcpus: u8) {
     }
 }
 
+fn has(cpuid: &CpuId, function: u32, index: u32) -> bool {
+    cpuid.as_slice().iter().any(|e| e.function == function && e.index == index)
+}
+
+/// Adds the topology subleaves KVM leaves out: it reports leaf 0xB (and
+/// 0x1F) with subleaf 0 only ("no topology"), and a guest finds the core
+/// level in subleaf 1 and the end of the list in subleaf 2.
+fn add_topology_subleaves(cpuid: &mut CpuId) {
+    for leaf in [LEAF_TOPOLOGY, LEAF_TOPOLOGY_V2] {
+        if !has(cpuid, leaf, 0) {
+            continue;
+        }
+        for index in 1..=2 {
+            if has(cpuid, leaf, index) {
+                continue;
+            }
+            let e = kvm_cpuid_entry2 {
+                function: leaf,
+                index,
+                flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+                ..Default::default()
+            };
+            if cpuid.push(e).is_err() {
+                log::debug!("CPUID list full: no leaf {leaf:#x} subleaf {index}");
+            }
+        }
+    }
+}
+
+/// Fills leaves KVM reports empty with the host's own values, as peers do:
+/// the brand string (0x80000002–4, else Linux names the CPU from its
+/// family, "AMD Hammer") and AMD's L1 cache and TLB leaf (0x80000005).
+/// `host` runs CPUID on the host.
+pub(crate) fn fill_from_host(cpuid: &mut CpuId, host: impl Fn(u32) -> [u32; 4]) {
+    for e in cpuid.as_mut_slice() {
+        if matches!(e.function, 0x8000_0002..=0x8000_0005) && (e.eax, e.ebx, e.ecx, e.edx) == (0, 0, 0, 0) {
+            [e.eax, e.ebx, e.ecx, e.edx] = host(e.function);
+        }
+    }
+}
+
+/// CPUID on the host (for [`fill_from_host`]).
+pub(crate) fn host_cpuid(leaf: u32) -> [u32; 4] {
+    // SAFETY: CPUID exists on every x86_64 CPU and only reads registers.
+    #[allow(unused_unsafe)]
+    let r = unsafe { std::arch::x86_64::__cpuid(leaf) };
+    [r.eax, r.ebx, r.ecx, r.edx]
+}
+
 /// Returns the CPUID for the vCPU with `apic_id`, derived from KVM's
 /// supported list.
 pub(crate) fn for_vcpu(supported: &CpuId, apic_id: u8, opts: CpuidOptions) -> CpuId {
     let mut cpuid = supported.clone();
+    add_topology_subleaves(&mut cpuid);
     for e in cpuid.as_mut_slice() {
         match e.function {
             LEAF_FEATURES => {
@@ -216,6 +266,44 @@ mod tests {
         assert_eq!((find(&c, 0x8000_0022, 0).eax, find(&c, 0x8000_0022, 0).ebx), (0, 0));
         // The legacy AMD counters: event selects 0xc0010000-3, counters -7.
         assert!(PMU_MSR_RANGES.iter().any(|&(b, n)| (b..b + n).contains(&0xc001_0007)));
+    }
+
+    #[test]
+    fn topology_subleaves_are_added_when_kvm_leaves_them_out() {
+        // KVM's own list: leaf 0xB with subleaf 0 only.
+        let supported = CpuId::from_entries(&[entry(1, 0), entry(0xb, 0)]).unwrap();
+        for id in 0..3u8 {
+            let c = for_vcpu(&supported, id, CpuidOptions { vcpus: 3, ..OPTS });
+            let (smt, core, end) = (find(&c, 0xb, 0), find(&c, 0xb, 1), find(&c, 0xb, 2));
+            assert_eq!((smt.ebx, smt.ecx, smt.edx), (1, 0x100, id as u32));
+            assert_eq!((core.eax, core.ebx, core.ecx, core.edx), (2, 3, 0x201, id as u32));
+            assert_eq!((end.ebx, end.ecx & 0xff00), (0, 0), "level type 0 ends the list");
+            assert_eq!(core.flags, KVM_CPUID_FLAG_SIGNIFCANT_INDEX);
+        }
+        // No leaf 0xB, nothing added.
+        let c = for_vcpu(&CpuId::from_entries(&[entry(1, 0)]).unwrap(), 0, OPTS);
+        assert_eq!(c.as_slice().len(), 1);
+    }
+
+    #[test]
+    fn empty_brand_and_l1_cache_leaves_come_from_the_host() {
+        let mut c = CpuId::from_entries(&[
+            entry(0x8000_0002, 0),
+            kvm_cpuid_entry2 { function: 0x8000_0005, eax: 7, ..Default::default() },
+            entry(0x8000_0006, 0),
+        ])
+        .unwrap();
+        for e in c.as_mut_slice() {
+            e.ecx = 0;
+        }
+        fill_from_host(&mut c, |leaf| [leaf, 1, 2, 3]);
+        let b = find(&c, 0x8000_0002, 0);
+        assert_eq!([b.eax, b.ebx, b.ecx, b.edx], [0x8000_0002, 1, 2, 3]);
+        // KVM's own values stay; other leaves are not touched.
+        assert_eq!(find(&c, 0x8000_0005, 0).eax, 7);
+        assert_eq!(find(&c, 0x8000_0006, 0).eax, 0);
+        // The real host has a brand string.
+        assert_ne!(host_cpuid(0x8000_0000)[0], 0);
     }
 
     #[test]

@@ -54,10 +54,11 @@ impl Transport {
         }
     }
 
-    /// How the ACPI tables describe the device.
-    pub(crate) fn acpi_mmio(&self) -> MmioDevice {
+    /// How the DSDT describes the device, if it does (a device on a PCI
+    /// bus is found by enumerating the bus instead).
+    pub(crate) fn acpi_mmio(&self) -> Option<MmioDevice> {
         match *self {
-            Transport::Mmio { base, irq } => MmioDevice { base, size: MMIO_SIZE, gsi: irq },
+            Transport::Mmio { base, irq } => Some(MmioDevice { base, size: MMIO_SIZE, gsi: irq }),
         }
     }
 }
@@ -222,7 +223,10 @@ impl DeviceManager {
     /// What the ACPI tables describe: the virtio-mmio transports and the
     /// PCI root.
     pub(crate) fn acpi_devices(&self) -> acpi::Devices {
-        acpi::Devices { virtio_mmio: self.virtio.iter().map(|v| v.transport.acpi_mmio()).collect(), pci: self.pci_root }
+        acpi::Devices {
+            virtio_mmio: self.virtio.iter().filter_map(|v| v.transport.acpi_mmio()).collect(),
+            pci: self.pci_root,
+        }
     }
 
     /// The NICs' counters now, by name.

@@ -69,9 +69,10 @@ fn create_irqchip(vm: &VmFd) -> Result<(), Error> {
 /// Step 8: the vCPUs with their CPUID (and the PMU's MSRs denied to them:
 /// ember gives guests no PMU); the boot vCPU at the kernel's entry.
 fn create_vcpus(kvm: &Kvm, vm: &VmFd, count: u8, entry: Entry) -> Result<Vec<Vcpu>, Error> {
-    let supported = kvm
+    let mut supported = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err(None, "KVM_GET_SUPPORTED_CPUID"))?;
+    cpuid::fill_from_host(&mut supported, cpuid::host_cpuid);
     if kvm.check_extension(Cap::X86MsrFilter) {
         vcpu::deny_msrs(vm, cpuid::PMU_MSR_RANGES)?;
     } else {

@@ -168,7 +168,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             let st = i8042.lock().unwrap().state().clone();
-            assert!(st.controller_queue.len() <= I8042_QUEUE_LEN && st.aux_queue.len() <= I8042_QUEUE_LEN);
+            assert!(st.controller_queue.len() <= I8042_QUEUE_LEN && st.keyboard_queue.len() <= I8042_QUEUE_LEN);
         }
         let emitted = *out.0.lock().unwrap() - before_out;
         assert!(emitted <= 1, "{emitted} bytes out for one write");

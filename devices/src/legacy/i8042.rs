@@ -6,11 +6,13 @@
 //! Ctrl+Alt+Del ([`I8042::send_ctrl_alt_del`]).
 //!
 //! The model: one output buffer byte the guest reads at port 0x60, filled
-//! from three queues in order: the controller's own answers, the
-//! keyboard's bytes (when the keyboard port is enabled) and the auxiliary
-//! port's (when that port is enabled). A byte entering the output buffer
-//! raises IRQ 1 (controller or keyboard data) or IRQ 12 (auxiliary data)
-//! when the controller configuration byte (CTR) enables that interrupt.
+//! from two queues in order: the controller's own bytes (answers to its
+//! commands, and the bytes its loopback commands 0xd2/0xd3 place as if
+//! from a port, which real controllers deliver whatever the ports' disable
+//! bits say), then the keyboard's bytes (when the keyboard port is
+//! enabled). A byte entering the output buffer raises IRQ 1 (keyboard
+//! data) or IRQ 12 (auxiliary data) when the controller configuration byte
+//! (CTR) enables that interrupt.
 //! The keyboard speaks scan code set 2; with the CTR's translation bit
 //! set (as a BIOS leaves it, and Linux keeps it) the controller turns its
 //! bytes into set 1, as real controllers do. The auxiliary port answers
@@ -148,12 +150,11 @@ pub struct I8042State {
     pub output: Option<(u8, OutputSource)>,
     /// The last byte read from port 0x60 (what an empty buffer reads).
     pub last_output: u8,
-    /// Controller answers waiting for the output buffer.
-    pub controller_queue: VecDeque<u8>,
+    /// The controller's bytes waiting for the output buffer, with the
+    /// source the status register will show.
+    pub controller_queue: VecDeque<(u8, OutputSource)>,
     /// Keyboard bytes (scan code set 2, untranslated) waiting.
     pub keyboard_queue: VecDeque<u8>,
-    /// Auxiliary-port bytes waiting (`true`: a no-device timeout answer).
-    pub aux_queue: VecDeque<(u8, bool)>,
     /// A set-2 break prefix (0xf0) the translation is holding.
     pub translate_break: bool,
     /// The keyboard command waiting for its parameter byte.
@@ -179,7 +180,6 @@ impl Default for I8042State {
             last_output: 0,
             controller_queue: VecDeque::with_capacity(I8042_QUEUE_LEN),
             keyboard_queue: VecDeque::with_capacity(I8042_QUEUE_LEN),
-            aux_queue: VecDeque::with_capacity(I8042_QUEUE_LEN),
             translate_break: false,
             keyboard_pending: None,
             keyboard_scanning: true,
@@ -297,8 +297,8 @@ impl I8042 {
             return;
         }
         while s.output.is_none() {
-            if let Some(b) = s.controller_queue.pop_front() {
-                s.output = Some((b, OutputSource::Controller));
+            if let Some(out) = s.controller_queue.pop_front() {
+                s.output = Some(out);
             } else if s.ctr & CTR_KBD_DISABLE == 0 && !s.keyboard_queue.is_empty() {
                 let b = s.keyboard_queue.pop_front().unwrap_or_default();
                 if s.ctr & CTR_XLATE == 0 {
@@ -311,9 +311,6 @@ impl I8042 {
                     s.translate_break = false;
                     s.output = Some((t, OutputSource::Keyboard));
                 }
-            } else if s.ctr & CTR_AUX_DISABLE == 0 && !s.aux_queue.is_empty() {
-                let (b, timeout) = s.aux_queue.pop_front().unwrap_or_default();
-                s.output = Some((b, if timeout { OutputSource::AuxTimeout } else { OutputSource::Aux }));
             } else {
                 return;
             }
@@ -329,7 +326,12 @@ impl I8042 {
     }
 
     fn answer(&mut self, b: u8) {
-        push_bounded(&mut self.state.controller_queue, b);
+        self.place(b, OutputSource::Controller)
+    }
+
+    /// Queues a byte the controller itself produces, as from `source`.
+    fn place(&mut self, b: u8, source: OutputSource) {
+        push_bounded(&mut self.state.controller_queue, (b, source));
         self.refill();
     }
 
@@ -369,10 +371,7 @@ impl I8042 {
             | CMD_WRITE_AUX_BUFFER
             | CMD_WRITE_AUX => s.pending_command = Some(cmd),
             CMD_AUX_DISABLE => s.ctr |= CTR_AUX_DISABLE,
-            CMD_AUX_ENABLE => {
-                s.ctr &= !CTR_AUX_DISABLE;
-                self.refill();
-            }
+            CMD_AUX_ENABLE => s.ctr &= !CTR_AUX_DISABLE,
             CMD_AUX_TEST | CMD_KBD_TEST => self.answer(PORT_TEST_PASSED),
             CMD_SELF_TEST => {
                 s.ctr |= CTR_SYS;
@@ -421,16 +420,11 @@ impl I8042 {
                     self.reset();
                 }
             }
-            Some(CMD_WRITE_KBD_BUFFER) => self.answer(b),
-            Some(CMD_WRITE_AUX_BUFFER) => {
-                push_bounded(&mut s.aux_queue, (b, false));
-                self.refill();
-            }
-            // No device on the auxiliary port: it times out.
-            Some(CMD_WRITE_AUX) => {
-                push_bounded(&mut s.aux_queue, (NO_DEVICE, true));
-                self.refill();
-            }
+            Some(CMD_WRITE_KBD_BUFFER) => self.place(b, OutputSource::Keyboard),
+            Some(CMD_WRITE_AUX_BUFFER) => self.place(b, OutputSource::Aux),
+            // No device on the auxiliary port: the controller reports a
+            // timeout.
+            Some(CMD_WRITE_AUX) => self.place(NO_DEVICE, OutputSource::AuxTimeout),
             Some(_) | None => {
                 // Sending to the keyboard enables its port, as on a PC.
                 s.ctr &= !CTR_KBD_DISABLE;
@@ -623,13 +617,13 @@ mod tests {
         assert!(r.exit.0.lock().unwrap().is_empty());
     }
 
-    /// Linux's AUX port check: the loopback echoes with the AUX status bit,
+    /// Linux's AUX port check: the loopback echoes with the AUX status bit
+    /// (even with the port disabled, as the power-on CTR has it),
     /// disable/enable show in the CTR, and the loopback raises IRQ 12 when
     /// the CTR enables it; a byte for the (absent) mouse times out.
     #[test]
     fn aux_port_loopback_and_absent_mouse() {
         let mut r = rig();
-        r.cmd(CMD_AUX_ENABLE);
         r.cmd(CMD_WRITE_AUX_BUFFER);
         r.put(0x5a);
         assert_eq!(r.drain(), [(STS_UNLOCKED | STS_SYS | STS_OBF | STS_AUX, 0x5a)]);
@@ -784,7 +778,6 @@ mod tests {
         let s = r.dev.state();
         assert!(s.controller_queue.len() <= I8042_QUEUE_LEN);
         assert!(s.keyboard_queue.len() <= I8042_QUEUE_LEN);
-        assert!(s.aux_queue.len() <= I8042_QUEUE_LEN);
         // Queue overflow: answers beyond the bound are dropped.
         let mut r = rig();
         for _ in 0..100 {
