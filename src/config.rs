@@ -120,6 +120,12 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// virtio-net NICs.
     pub nets: Vec<NetConfig>,
+    /// Append `virtio_mmio.device=` for each virtio-mmio device to the
+    /// command line (default): how a kernel without ACPI finds them. A
+    /// kernel with ACPI finds them in the DSDT; turn this off for one that
+    /// also has `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES` (it would probe each
+    /// device twice) or to prove discovery through ACPI.
+    pub virtio_mmio_cmdline: bool,
     /// seccomp filters on ember's threads (the CLI's default is `Kill`; the
     /// library's is `Off`: with a filter, the thread that calls
     /// [`Vm::start`](crate::Vm::start) is filtered too).
@@ -154,6 +160,7 @@ impl VmConfig {
             boot: BootProtocol::Auto,
             disks: Vec::new(),
             nets: Vec::new(),
+            virtio_mmio_cmdline: true,
             seccomp: SeccompMode::Off,
             jail: None,
         }

@@ -206,14 +206,14 @@ impl DeviceManager {
     /// `base` followed by what the kernel needs to know about the devices:
     /// `pci=off` when there is no PCI root (so Linux does not probe the
     /// absent configuration ports, which costs seconds of VM exits), and
-    /// each virtio-mmio device for kernels without ACPI (a kernel with
-    /// ACPI finds them in the DSDT too).
-    pub(crate) fn kernel_cmdline(&self, base: &str) -> String {
+    /// with `mmio_params`, each virtio-mmio device for kernels without ACPI
+    /// (a kernel with ACPI finds them in the DSDT).
+    pub(crate) fn kernel_cmdline(&self, base: &str, mmio_params: bool) -> String {
         let mut cmdline = base.to_string();
         if self.pci_root.is_none() {
             cmdline.push_str(" pci=off");
         }
-        for v in &self.virtio {
+        for v in self.virtio.iter().filter(|_| mmio_params) {
             cmdline.push(' ');
             cmdline.push_str(&v.transport.cmdline_param());
         }
@@ -284,23 +284,25 @@ mod tests {
     #[test]
     fn command_line_lists_each_virtio_device() {
         let mut dm = DeviceManager::new();
-        assert_eq!(dm.kernel_cmdline("console=ttyS0"), "console=ttyS0 pci=off");
+        assert_eq!(dm.kernel_cmdline("console=ttyS0", true), "console=ttyS0 pci=off");
         for i in 0..2 {
             let (base, irq) = layout::virtio_slot(i);
             dm.virtio.push(VirtioPlacement { device_type: 2, transport: Transport::Mmio { base, irq } });
         }
         assert_eq!(
-            dm.kernel_cmdline("console=ttyS0"),
+            dm.kernel_cmdline("console=ttyS0", true),
             "console=ttyS0 pci=off virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
         );
         assert_eq!(
-            dm.kernel_cmdline(""),
+            dm.kernel_cmdline("", true),
             "pci=off virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
         );
+        // A kernel with ACPI finds them in the DSDT.
+        assert_eq!(dm.kernel_cmdline("console=ttyS0", false), "console=ttyS0 pci=off");
         // With a PCI root the kernel may probe PCI.
         dm.pci_root = Some(PciRoot::for_layout(256 << 20));
         assert_eq!(
-            dm.kernel_cmdline("console=ttyS0"),
+            dm.kernel_cmdline("console=ttyS0", true),
             "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
         );
     }

@@ -124,7 +124,7 @@ impl Vm {
         devices.add_virtio_devices(&vm_fd, ram.memory(), &config)?;
 
         let boot = boot::load(&ram, &config)?;
-        let cmdline = devices.kernel_cmdline(&config.cmdline);
+        let cmdline = devices.kernel_cmdline(&config.cmdline, config.virtio_mmio_cmdline);
         machine::describe(&ram, &boot, &cmdline, config.vcpus, &devices.acpi_devices())?;
         let vcpus = create_vcpus(&kvm, &vm_fd, config.vcpus, boot.entry())?;
         log::info!("kernel command line: {cmdline}");

@@ -144,6 +144,10 @@ pub struct RunArgs {
     /// Repeatable.
     #[arg(long, value_name = "tap=NAME[,mac=MAC]", value_parser = parse_net)]
     pub net: Vec<NetConfig>,
+    /// Do not append `virtio_mmio.device=` for each device to the command
+    /// line: a kernel with ACPI finds the devices in the DSDT.
+    #[arg(long)]
+    pub no_virtio_mmio_cmdline: bool,
     /// Log level for ember's own messages on stderr: off, error, warn, info,
     /// debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
@@ -177,6 +181,7 @@ impl RunArgs {
             boot: self.boot,
             disks: self.disk.clone(),
             nets: self.net.clone(),
+            virtio_mmio_cmdline: !self.no_virtio_mmio_cmdline,
             seccomp: self.seccomp,
             jail: self.user.map(|(uid, gid)| Jail { uid, gid, chroot: self.chroot.clone() }),
         }
@@ -203,6 +208,7 @@ mod tests {
         assert_eq!(c.cmdline, "console=ttyS0 reboot=k panic=1");
         assert!(matches!(c.serial, SerialConfig::Stdio));
         assert!(!c.debug_exit);
+        assert!(c.virtio_mmio_cmdline);
     }
 
     #[test]
@@ -225,11 +231,13 @@ mod tests {
             "path=/b.img,readonly=on",
             "--boot",
             "pvh",
+            "--no-virtio-mmio-cmdline",
         ])
         .unwrap();
         let Command::Run(a) = cli.command else { panic!() };
         let c = a.to_config();
         assert_eq!((c.memory, c.vcpus, c.debug_exit, c.boot), (2 << 30, 2, true, BootProtocol::Pvh));
+        assert!(!c.virtio_mmio_cmdline);
         assert_eq!(c.disks.len(), 2);
         assert!(c.disks[1].read_only);
     }
