@@ -64,6 +64,9 @@ pub struct Step {
     /// L2 runs (`lab_l2 NAME`) that crash on purpose: their console is not
     /// held to the clean-kernel-log rule.
     pub crashes: &'static [&'static str],
+    /// L2 runs of another VMM, booted as a reference (QEMU): the rule is
+    /// ember's, their logs are the step check's to read.
+    pub references: &'static [&'static str],
     /// The host-side check.
     pub check: Check,
 }
@@ -72,7 +75,7 @@ impl Step {
     /// A step with the default L1 (1 vCPU: see docs/testing.md on what
     /// TCG's nested SVM does with two) and no planned crashes.
     pub const fn new(name: &'static str, timeout_secs: u64, check: Check) -> Step {
-        Step { name, timeout: Duration::from_secs(timeout_secs), smp: 1, crashes: &[], check }
+        Step { name, timeout: Duration::from_secs(timeout_secs), smp: 1, crashes: &[], references: &[], check }
     }
 
     /// Runs the step in an L1 with `n` vCPUs.
@@ -84,6 +87,12 @@ impl Step {
     /// Names the step's L2 runs that crash on purpose.
     pub const fn crashes(mut self, names: &'static [&'static str]) -> Step {
         self.crashes = names;
+        self
+    }
+
+    /// Names the step's L2 runs of another VMM.
+    pub const fn references(mut self, names: &'static [&'static str]) -> Step {
+        self.references = names;
         self
     }
 
@@ -751,7 +760,7 @@ fn evaluate(step: &Step, run: &StepRun) -> Result<(), String> {
         ));
     }
     for (name, console) in run.consoles() {
-        if step.crashes.contains(&name.as_str()) {
+        if step.crashes.contains(&name.as_str()) || step.references.contains(&name.as_str()) {
             continue;
         }
         let problems = kernel_log_problems(&console);
