@@ -7,7 +7,11 @@
 # default 10), each timed from exec to the init's line and to the VMM's
 # exit. The command lines differ only in how the guest resets: reboot=k
 # (ember's i8042) and reboot=t (a triple fault; microvm has no i8042 reset
-# by default).
+# by default). Arguments go to boot_bench.py: `--variant NAME EMBER2 EXTRA`
+# (another ember build and/or more kernel parameters, e.g. an earlier
+# commit's build, or `acpi=off`) and `--variant-runs N` give each change
+# its share in the same rounds, e.g.
+#   scripts/lab bench -- --variant pre_acpi /tmp/ember-main - --variant-runs 5
 . "$LAB_REPO/tests/lab/lib.sh"
 cat >init <<'INIT'
 #!/bin/sh
@@ -15,4 +19,4 @@ echo "LAB-BENCH user space"
 reboot -f
 INIT
 lab_initramfs initramfs.cpio init
-python3 "$LAB_REPO/tests/lab/boot_bench.py" "${LAB_BENCH_RUNS:-10}" "$EMBER" "$LAB_VMLINUX" initramfs.cpio
+python3 "$LAB_REPO/tests/lab/boot_bench.py" "${LAB_BENCH_RUNS:-10}" "$EMBER" "$LAB_VMLINUX" initramfs.cpio "$@"

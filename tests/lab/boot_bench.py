@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
 """The lab's boot bench driver (tests/lab/bench.sh).
 
-    boot_bench.py RUNS EMBER KERNEL INITRD
+    boot_bench.py RUNS EMBER KERNEL INITRD [--variant NAME EMBER2 EXTRA_CMDLINE]...
+                  [--variant-runs N]
 
 Runs ember and QEMU microvm alternately RUNS times each (which one goes
 first alternates too), timing exec -> the line "LAB-BENCH user space" on
-the console and exec -> the VMM's exit, and prints every run and the
-medians with the QEMU/ember ratio.
+the console and exec -> the VMM's exit (after the guest's reset), and
+prints every run and the medians with the QEMU/ember ratio.
+
+A variant is another ember binary (EMBER2, e.g. a build of an earlier
+commit) and/or more kernel parameters (EXTRA_CMDLINE, e.g. "acpi=off";
+"-" for none), run in the same rounds (N of them, default RUNS) to give
+each change its share of the time.
 """
 import statistics
 import subprocess
@@ -14,14 +20,34 @@ import sys
 import time
 
 runs, ember, kernel, initrd = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+variants = []
+variant_runs = runs
+rest = sys.argv[5:]
+while rest:
+    if rest[0] == "--variant" and len(rest) >= 4:
+        variants.append((rest[1], rest[2], "" if rest[3] == "-" else " " + rest[3]))
+        rest = rest[4:]
+    elif rest[0] == "--variant-runs" and len(rest) >= 2:
+        variant_runs = int(rest[1])
+        rest = rest[2:]
+    else:
+        sys.exit(f"boot_bench.py: bad arguments {rest}")
 base = "console=ttyS0 panic=-1"
+
+
+def ember_cmd(binary, extra=""):
+    return [binary, "run", "--kernel", kernel, "--initrd", initrd, "--memory", "256M",
+            "--cmdline", base + " reboot=k" + extra]
+
+
 vmms = {
-    "ember": [ember, "run", "--kernel", kernel, "--initrd", initrd, "--memory", "256M",
-              "--cmdline", base + " reboot=k"],
+    "ember": ember_cmd(ember),
     "qemu": ["qemu-system-x86_64", "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "256M",
              "-smp", "1", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio",
              "-kernel", kernel, "-initrd", initrd, "-append", base + " reboot=t"],
 }
+for name, binary, extra in variants:
+    vmms[name] = ember_cmd(binary, extra)
 
 
 def run(cmd):
@@ -39,7 +65,8 @@ def run(cmd):
 
 results = {name: [] for name in vmms}
 for i in range(runs):
-    order = list(vmms) if i % 2 == 0 else list(reversed(vmms))
+    here = [n for n in vmms if n in ("ember", "qemu") or i < variant_runs]
+    order = here if i % 2 == 0 else list(reversed(here))
     for name in order:
         user, end, status, tail = run(vmms[name])
         results[name].append((user, end, status))
@@ -55,10 +82,15 @@ def med(name, k):
 
 
 print()
-print("| | exec -> first user-space line | exec -> exit after reset | good runs |")
-print("|---|---|---|---|")
+def span(name, k):
+    v = [r[k] for r in results[name] if r[0] is not None and r[2] == 0]
+    return f"{min(v):.2f}-{max(v):.2f}" if v else "-"
+
+
+print("| | exec -> first user-space line (min-max) | exec -> exit after reset | good runs | ember / this |")
+print("|---|---|---|---|---|")
+(eu, _), (ee, _), (qu, _), (qe, _) = med("ember", 0), med("ember", 1), med("qemu", 0), med("qemu", 1)
 for name in vmms:
     (u, n), (e, _) = med(name, 0), med(name, 1)
-    print(f"| {name} | {u:.2f} s | {e:.2f} s | {n}/{runs} |")
-(eu, _), (ee, _), (qu, _), (qe, _) = med("ember", 0), med("ember", 1), med("qemu", 0), med("qemu", 1)
-print(f"| ratio QEMU / ember | {qu / eu:.2f}x | {qe / ee:.2f}x | |")
+    print(f"| {name} | {u:.2f} s ({span(name, 0)}) | {e:.2f} s | {n}/{len(results[name])} | {eu / u:.2f}x |")
+print(f"| ratio QEMU / ember | {qu / eu:.2f}x | {qe / ee:.2f}x | | |")
