@@ -32,6 +32,7 @@ pub mod net;
 mod queue_set;
 #[cfg(test)]
 mod test_utils;
+mod transport;
 
 pub use iovec::{IoVecs, MAX_IOVECS};
 pub use queue_set::QueueSet;
