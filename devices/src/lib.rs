@@ -17,6 +17,7 @@
 pub mod bus;
 pub mod interrupt;
 pub mod legacy;
+pub mod pci;
 pub mod virtio;
 
 /// The guest memory type every device in this crate works on.
