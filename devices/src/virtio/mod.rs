@@ -29,6 +29,7 @@ mod host_view;
 mod iovec;
 pub mod mmio;
 pub mod net;
+pub mod pci;
 mod queue_set;
 #[cfg(test)]
 mod test_utils;

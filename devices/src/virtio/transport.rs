@@ -178,6 +178,11 @@ impl TransportCore {
         &self.queue_evts
     }
 
+    /// How many queues the device has.
+    pub(crate) fn num_queues(&self) -> usize {
+        self.queues.len()
+    }
+
     /// Whether the device is running.
     pub(crate) fn is_activated(&self) -> bool {
         self.activated
@@ -205,6 +210,11 @@ impl TransportCore {
 
     // ---- features ----
 
+    /// The device feature selector.
+    pub(crate) fn device_features_sel(&self) -> u32 {
+        self.device_features_sel
+    }
+
     /// Sets the device feature selector.
     pub(crate) fn set_device_features_sel(&mut self, val: u32) {
         self.device_features_sel = val;
@@ -220,9 +230,23 @@ impl TransportCore {
         }
     }
 
+    /// The driver feature selector.
+    pub(crate) fn driver_features_sel(&self) -> u32 {
+        self.driver_features_sel
+    }
+
     /// Sets the driver feature selector.
     pub(crate) fn set_driver_features_sel(&mut self, val: u32) {
         self.driver_features_sel = val;
+    }
+
+    /// The page of accepted features the selector points at.
+    pub(crate) fn driver_features_page(&self) -> u32 {
+        match self.driver_features_sel {
+            0 => self.driver_features as u32,
+            1 => (self.driver_features >> 32) as u32,
+            _ => 0,
+        }
     }
 
     /// The driver writes the selected page of accepted features; only
@@ -244,6 +268,11 @@ impl TransportCore {
     }
 
     // ---- queues ----
+
+    /// The queue selector.
+    pub(crate) fn queue_sel(&self) -> u32 {
+        self.queue_sel
+    }
 
     /// Sets the queue selector (any value; an absent queue reads as zeros).
     pub(crate) fn set_queue_sel(&mut self, val: u32) {
