@@ -351,6 +351,13 @@ impl PciRoot {
         map.entries.iter().map(|m| (m.slot, m.bar, m.addr, m.size)).collect()
     }
 
+    /// Where BAR `bar` of the device at `device_number` is decoded now:
+    /// (address, size).
+    pub fn decoded_bar(&self, device_number: u8, bar: u8) -> Option<(u64, u64)> {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        map.entries.iter().find(|m| m.slot == device_number && m.bar == bar).map(|m| (m.addr, m.size))
+    }
+
     /// One [`PciBarWindow`] per window, as (base, length, device) for the
     /// VMM's MMIO bus.
     pub fn bar_windows(&self) -> Vec<(u64, u64, Arc<Mutex<PciBarWindow>>)> {

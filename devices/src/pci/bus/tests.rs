@@ -170,6 +170,8 @@ fn devices_get_bars_in_the_windows() {
             (2, 0, W64.base + 0x4000, 0x4000),
         ]
     );
+    assert_eq!(s.root.lock().unwrap().decoded_bar(2, 0), Some((W64.base + 0x4000, 0x4000)));
+    assert_eq!(s.root.lock().unwrap().decoded_bar(2, 1), None);
     let d = s.devs[0].lock().unwrap();
     assert_ne!(d.config.command() & COMMAND_MEMORY, 0);
     assert_eq!(d.config.read_u32(BAR0 + 4), (W64.base >> 32) as u32);
