@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -21,31 +21,6 @@ fn image(name: &str, seed: u64) -> (PathBuf, Vec<u8>) {
     let data = pattern((SECTORS * 512) as usize, seed);
     std::fs::write(&p, &data).unwrap();
     (p, data)
-}
-
-/// What blk.c leaves on a read-write disk (its header comment): three
-/// pattern writes, a discarded range and a write-zeroed range.
-fn expected_after_blk(orig: &[u8]) -> Vec<u8> {
-    let mut e = orig.to_vec();
-    let cap = (orig.len() / 512) as u64;
-    let pat = |o: u64| ((o >> 9) * 31 + (o & 511) * 7 + 0x5a) as u8;
-    for s in [1, cap / 2, cap - 8] {
-        for o in s * 512..(s + 8) * 512 {
-            e[o as usize] = pat(o);
-        }
-    }
-    for (s, n) in [(64u64, 16u64), (96, 8)] {
-        e[(s * 512) as usize..((s + n) * 512) as usize].fill(0);
-    }
-    e
-}
-
-fn assert_image(path: &Path, want: &[u8]) {
-    let got = std::fs::read(path).unwrap();
-    assert_eq!(got.len(), want.len(), "the image changed size");
-    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
-        panic!("image differs first at byte {i} (sector {}): {:#x} != {:#x}", i / 512, got[i], want[i]);
-    }
 }
 
 fn blk_run(name: &str, extra_cmdline: &str, disk_opts: &str) {
