@@ -272,9 +272,9 @@ impl Path {
         s.cpu += cpu_now() - c0;
         match &self.via {
             Via::Direct(_) => direct,
-            Via::Mmio(tr) => tr.drain_irqs() > 0,
+            Via::Mmio(tr) => transports::drain(&tr.irqs) > 0,
             // The queue's own vector (entry 1), not the configuration one.
-            Via::Pci(tr) => tr.irqs[1].read().is_ok() && tr.drain_irqs() == 0,
+            Via::Pci(tr) => tr.irqs[1].read().is_ok() && transports::drain(&tr.irqs) == 0,
         }
     }
 }

@@ -36,11 +36,9 @@ pub struct Transported<T> {
     pub kicks: Vec<EventFd>,
 }
 
-impl<T> Transported<T> {
-    /// Reads (and clears) every interrupt line; returns the total.
-    pub fn drain_irqs(&self) -> u64 {
-        self.irqs.iter().map(|e| e.read().unwrap_or(0)).sum()
-    }
+/// Reads (and clears) every interrupt line in `irqs`; returns the total.
+pub fn drain(irqs: &[Arc<EventFd>]) -> u64 {
+    irqs.iter().map(|e| e.read().unwrap_or(0)).sum()
 }
 
 fn eventfd() -> EventFd {
