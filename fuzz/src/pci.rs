@@ -16,7 +16,7 @@ use ember_devices::pci::bus::{
 };
 use ember_devices::pci::msix::RecordingRouting;
 use ember_devices::pci::PciDevice;
-use ember_devices::virtio::pci::{PciInterrupts, VirtioPciTransport};
+use ember_devices::virtio::pci::{IntxLine, PciInterrupts, VirtioPciTransport};
 use ember_devices::virtio::VirtioDevice;
 use ember_devices::GuestMemoryMmap;
 
@@ -137,8 +137,7 @@ impl Machine {
         let irqs = PciInterrupts {
             msi: Arc::new(RecordingRouting::default()),
             vectors: lines.iter().map(|l| l.clone() as Arc<dyn IrqLine>).collect(),
-            intx: intx.clone(),
-            intx_irq: 10,
+            intx: Some(IntxLine { line: intx.clone(), irq: 10 }),
         };
         let t = VirtioPciTransport::new(device, mem, irqs).expect("transport");
         let queue_fds = t.queue_events().iter().map(|e| e.as_raw_fd()).collect();

@@ -92,8 +92,8 @@ pub fn pci(
     let wiring = PciInterrupts {
         msi: Arc::new(RecordingRouting::default()),
         vectors: irqs.iter().map(|e| e.clone() as Arc<dyn IrqLine>).collect(),
-        intx: Arc::new(eventfd()),
-        intx_irq: 10,
+        // As in ember's VMM: MSI-X only.
+        intx: None,
     };
     let mut t = VirtioPciTransport::new(device, mem.clone(), wiring).unwrap();
     // Common configuration at BAR 0 + 0, MSI-X table at + 0x4000 (as the

@@ -29,7 +29,9 @@
 //! raises `config_msix_vector`; `NO_VECTOR` (or a vector the table does not
 //! have) means no interrupt. Without MSI-X, the ISR bits (0: queue, 1:
 //! configuration) are set and the INTx line raised, unless the driver set
-//! `INTx disable`. The configuration-change ISR bit is set in both modes.
+//! `INTx disable` or the VMM gave the function no INTx line (`Interrupt
+//! Pin` 0; ember's VMM does that: its functions need MSI-X). The
+//! configuration-change ISR bit is set in both modes.
 //!
 //! Queue notifications: the VMM registers each queue's eventfd at its
 //! notify address with `KVM_IOEVENTFD` ([`PciDevice::ioevents`], moved by
@@ -146,11 +148,18 @@ pub struct PciInterrupts {
     /// them): vector `i` raises `vectors[i]` (a KVM irqfd routed to the
     /// vector's message).
     pub vectors: Vec<Arc<dyn IrqLine>>,
-    /// The INTx (INTA#) line, used while MSI-X is disabled.
-    pub intx: Arc<dyn IrqLine>,
+    /// The INTx (INTA#) line, used while MSI-X is disabled; `None` for a
+    /// function without one (`Interrupt Pin` 0: the driver must use MSI-X).
+    pub intx: Option<IntxLine>,
+}
+
+/// A function's INTA# line and where it is wired.
+pub struct IntxLine {
+    /// The line.
+    pub line: Arc<dyn IrqLine>,
     /// The `Interrupt Line` register's initial value: the IRQ (IOAPIC pin)
-    /// `intx` is wired to, as firmware would report it.
-    pub intx_irq: u8,
+    /// `line` is wired to, as firmware would report it.
+    pub irq: u8,
 }
 
 /// The virtio-pci transport of one device.
@@ -161,7 +170,7 @@ pub struct VirtioPciTransport {
     queue_vectors: Vec<u16>,
     config_vector: u16,
     isr: u8,
-    intx: Arc<dyn IrqLine>,
+    intx: Option<Arc<dyn IrqLine>>,
     /// Offset of the `VIRTIO_PCI_CAP_PCI_CFG` capability.
     pci_cfg_cap: u16,
     /// Offset of the MSI-X capability.
@@ -229,9 +238,10 @@ impl VirtioPciTransport {
             class_code: class_code(device_type),
             subsystem_vendor_id: VIRTIO_PCI_VENDOR_ID,
             subsystem_id: VIRTIO_PCI_SUBSYSTEM_ID_BASE + id,
-            interrupt_pin: 1,
+            interrupt_pin: u8::from(irqs.intx.is_some()),
         });
-        config.set_u8(config::INTERRUPT_LINE, irqs.intx_irq);
+        // 0xff: "unknown or no connection" (PCI Local Bus 3.0 §6.2.4).
+        config.set_u8(config::INTERRUPT_LINE, irqs.intx.as_ref().map_or(0xff, |i| i.irq));
         let bar = BarSpec { kind: BarKind::Memory64, size: VIRTIO_BAR_SIZE, prefetchable: false };
         config.add_bar(VIRTIO_BAR, bar).map_err(pci_err)?;
         let (body, wmask) = msix.capability(VIRTIO_BAR, MSIX_TABLE_OFFSET as u32, VIRTIO_BAR, MSIX_PBA_OFFSET as u32);
@@ -263,7 +273,7 @@ impl VirtioPciTransport {
             queue_vectors: vec![NO_VECTOR; nqueues],
             config_vector: NO_VECTOR,
             isr: 0,
-            intx: irqs.intx,
+            intx: irqs.intx.map(|i| i.line),
             pci_cfg_cap: u16::from(pci_cfg_cap),
             msix_cap: u16::from(msix_cap),
         })
@@ -338,10 +348,10 @@ impl VirtioPciTransport {
     }
 
     fn raise_intx(&self) {
-        if self.config.command() & COMMAND_INTX_DISABLE != 0 {
+        let Some(intx) = self.intx.as_ref().filter(|_| self.config.command() & COMMAND_INTX_DISABLE == 0) else {
             return;
-        }
-        if let Err(e) = self.intx.trigger() {
+        };
+        if let Err(e) = intx.trigger() {
             error!("virtio-pci: cannot raise INTx: {e}");
         }
     }
@@ -584,7 +594,7 @@ impl PciDevice for VirtioPciTransport {
         self.config.read(offset, data);
         if Self::touches(offset, len, STATUS, 1) {
             // Status bit 3 follows the INTx state.
-            let asserted = !self.msix.enabled() && self.isr != 0;
+            let asserted = self.intx.is_some() && !self.msix.enabled() && self.isr != 0;
             let b = usize::from(STATUS - offset);
             if asserted {
                 data[b] |= STATUS_INTERRUPT as u8;

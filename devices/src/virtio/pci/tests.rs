@@ -86,8 +86,7 @@ impl Irqs {
         let irqs = PciInterrupts {
             msi: routing.clone(),
             vectors: vectors.iter().map(|v| v.clone() as Arc<dyn IrqLine>).collect(),
-            intx: intx.clone(),
-            intx_irq: 11,
+            intx: Some(IntxLine { line: intx.clone(), irq: 11 }),
         };
         (Irqs { vectors, intx, routing }, irqs)
     }
@@ -521,6 +520,27 @@ fn without_msix_the_isr_and_intx_are_used() {
     t.handle_queue_event(0);
     assert_eq!(irqs.intx.count(), 1);
     assert_eq!(bar_read(&mut t, ISR_OFFSET, 4), 1);
+}
+
+/// A function the VMM gave no INTx line: `Interrupt Pin` 0, `Interrupt
+/// Line` "no connection", and without MSI-X only the ISR tells the driver.
+#[test]
+fn without_an_intx_line_the_pin_is_zero() {
+    let state = Arc::new(MutexDummy::default());
+    let dev = Box::new(Dummy(state, [16, 8]));
+    let (irqs, mut wiring) = Irqs::new(VirtioPciTransport::vector_count(dev.as_ref()));
+    wiring.intx = None;
+    let mut t = VirtioPciTransport::new(dev, guest_mem(), wiring).unwrap();
+    assert_eq!(cfg_read(&mut t, 0x3c, 2), 0x00ff, "line 0xff, pin 0");
+    assert!(negotiate(&mut t, version_1()));
+    setup_queue(&mut t, 0, 16, QUEUE_BASE, NO_VECTOR);
+    common_w(&mut t, DEVICE_STATUS, u64::from(DOK), 1);
+    bar_write(&mut t, NOTIFY_OFFSET, 0, 2);
+    t.handle_queue_event(0);
+    assert_eq!(irqs.intx.count(), 0);
+    assert_eq!(irqs.counts(), vec![0, 0, 0]);
+    assert_eq!(cfg_read(&mut t, 0x06, 2) & 8, 0, "no INTx to assert");
+    assert_eq!(bar_read(&mut t, ISR_OFFSET, 1), 1);
 }
 
 #[test]
