@@ -108,7 +108,7 @@ fn linux_two_vcpus_and_a_read_only_root() {
     let mut config = VmConfig::new("");
     config.memory = 128 << 20;
     config.vcpus = 2;
-    config.disks = vec![ember::DiskConfig { path: img.clone(), read_only: true, id: None }];
+    config.disks = vec![ember::DiskConfig { read_only: true, ..ember::DiskConfig::new(img.clone()) }];
     let Some(b) = boot("smp-ro", config, "root=/dev/vda rootfstype=ext2 rw init=/init") else { return };
     b.wait_for(RUN_INIT, "smp-ro");
     let (cmdline, pvh) = (b.cmdline.clone(), b.pvh);

@@ -69,9 +69,10 @@ pub(crate) struct MmioDevice {
 }
 
 /// A PCI root (host bridge for bus 0): its configuration space and the
-/// windows its devices' BARs are placed in.
+/// windows its devices' BARs are placed in. Public (its fields are not) because the memory-map writers the fuzz
+/// targets call take one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct PciRoot {
+pub struct PciRoot {
     /// ECAM base of bus 0.
     pub(crate) ecam_base: u64,
     /// ECAM size (1 MiB per bus).
@@ -83,9 +84,8 @@ pub(crate) struct PciRoot {
 }
 
 impl PciRoot {
-    /// The PCI root of ember's layout for a VM whose RAM ends at `ram_end`.
-    // The device manager creates one once virtio-pci lands (issue 15).
-    #[allow(dead_code)]
+    /// The PCI root of ember's layout for a VM whose RAM ends at `ram_end`
+    /// (the device manager's, when a device is on PCI).
     pub(crate) fn for_layout(ram_end: u64) -> Self {
         PciRoot {
             ecam_base: PCI_ECAM_START,
