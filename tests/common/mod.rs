@@ -515,7 +515,10 @@ impl NetNs {
     pub fn ember_args(&self, guest_name: &str, mac: &str, cmdline: &str) -> Vec<String> {
         let g = guest(guest_name);
         let e = ember();
-        let net = format!("tap={},mac={mac}", self.tap);
+        // The guest drives the transport its command line names, so the
+        // NIC is put on that one.
+        let transport = if cmdline.contains("transport=pci") { "pci" } else { "mmio" };
+        let net = format!("tap={},mac={mac},transport={transport}", self.tap);
         let mut args = self.prefix();
         for a in [
             e.to_str().unwrap(),
