@@ -306,6 +306,16 @@ pub fn expected_linux_e820(mem: u64, pvh: bool) -> Vec<String> {
     v.into_iter().map(|(a, b, t)| format!("BIOS-e820: [mem {a:#018x}-{:#018x}] {t}", b - 1)).collect()
 }
 
+/// [`expected_linux_e820`] for a VM with a PCI root: its ECAM (bus 0,
+/// 1 MiB at 0xe0000000) reserved, in address order.
+pub fn expected_linux_e820_with_pci(mem: u64, pvh: bool) -> Vec<String> {
+    let mut v = expected_linux_e820(mem, pvh);
+    let ecam = "BIOS-e820: [mem 0x00000000e0000000-0x00000000e00fffff] reserved".to_string();
+    let at = if mem > 0xc000_0000 { v.len() - 1 } else { v.len() };
+    v.insert(at, ecam);
+    v
+}
+
 /// Kernel command-line flags a Linux guest needs on hosts where guest code
 /// is emulated (PVM), with why. The guest's CPUID shows most of the host's
 /// features whatever the VMM sets, so features the emulator cannot execute
