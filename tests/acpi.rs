@@ -127,6 +127,9 @@ fn tables_in_guest_memory_disassemble_cleanly() {
                     "EisaId (\"PNP0303\")",
                     "0xD0001000",
                     "Device (PCI0)",
+                    "Device (MBRD)",
+                    "EisaId (\"PNP0C02\")",
+                    "Memory32Fixed (ReadWrite,\n                    0xE0000000,         // Address Base\n                    0x00100000,         // Address Length",
                     "EisaId (\"PNP0A08\")",
                     "EisaId (\"PNP0A03\")",
                     // _CRS: the 32-bit window and the 64-bit one (4 GiB
