@@ -39,7 +39,8 @@ while [ ! -e /sys/block/vda ] || [ ! -e /sys/class/net/eth0 ]; do
   i=$((i + 1)); [ $i -lt 100 ] || fail "no vda or eth0 after 10 s"; sleep 0.1
 done
 for d in /sys/bus/pci/devices/*; do
-  echo "LAB-PCI $(basename "$d") $(cat "$d/vendor"):$(cat "$d/device") class=$(cat "$d/class") driver=$(basename "$(readlink "$d/driver" 2>/dev/null)") bar0=$(head -n1 "$d/resource" | cut -d' ' -f1-2)"
+  drv=$(readlink "$d/driver" 2>/dev/null)
+  echo "LAB-PCI ${d##*/} $(cat "$d/vendor"):$(cat "$d/device") class=$(cat "$d/class") driver=${drv##*/} bar0=$(head -n1 "$d/resource" | cut -d' ' -f1-2)"
 done
 grep -E 'PCI-MSI|MSIX|virtio' /proc/interrupts | sed 's/^/LAB-IRQ /'
 echo "LAB-L2 cpus=$(nproc) vda_sectors=$(cat /sys/block/vda/size) mac=$(cat /sys/class/net/eth0/address)"
