@@ -8,7 +8,7 @@
 # else: a tree of files, 8 MiB of /dev/urandom and its md5), unmounts it;
 # brings up eth0, prints its MAC and pings L1 over the TAP. It also prints
 # what PCI the kernel saw (lines of its log, the devices in sysfs, the
-# MSI-X vectors in /proc/interrupts). Run with --cpus 1 and --cpus 2, each
+# MSI-X vectors in /proc/interrupts with the CPU each is delivered to). Run with --cpus 1 and --cpus 2, each
 # on an image of its own; e2fsck -fn runs on both in L1 and again on the
 # host (tests/lab.rs).
 . "$LAB_REPO/tests/lab/lib.sh"
@@ -42,7 +42,6 @@ for d in /sys/bus/pci/devices/*; do
   drv=$(readlink "$d/driver" 2>/dev/null)
   echo "LAB-PCI ${d##*/} $(cat "$d/vendor"):$(cat "$d/device") class=$(cat "$d/class") driver=${drv##*/} bar0=$(head -n1 "$d/resource" | cut -d' ' -f1-2)"
 done
-grep -E 'PCI-MSI|MSIX|virtio' /proc/interrupts | sed 's/^/LAB-IRQ /'
 echo "LAB-L2 cpus=$(nproc) vda_sectors=$(cat /sys/block/vda/size) mac=$(cat /sys/class/net/eth0/address)"
 mount -t ext4 /dev/vda /mnt || fail mount
 grep ' /mnt ' /proc/mounts
@@ -59,6 +58,13 @@ ip link set eth0 up
 ip addr add 10.0.10.2/24 dev eth0
 ping -c 3 -W 5 10.0.10.1
 echo "LAB-L2 ping=$?"
+# The MSI-X vectors after the traffic: per-CPU counts, and where each
+# is delivered now.
+grep -E 'PCI-MSI|virtio' /proc/interrupts | sed 's/^/LAB-IRQ /'
+grep virtio /proc/interrupts | while read -r irq rest; do
+  irq=${irq%:}
+  echo "LAB-AFF irq=$irq ${rest##* } effective=$(cat "/proc/irq/$irq/effective_affinity_list" 2>/dev/null)"
+done
 reboot -f
 INIT
 lab_initramfs initramfs.cpio init insmod.list=/lib/modules/insmod.list "${extra[@]}"
