@@ -23,9 +23,17 @@ pub enum ConfigError {
     /// The kernel command line has a NUL byte.
     #[error("the kernel command line contains a NUL byte")]
     CmdlineNul,
-    /// Too many devices for the IRQ/MMIO window.
-    #[error("too many virtio devices ({0}); at most {1} fit")]
-    TooManyDevices(usize, usize),
+    /// Too many devices on one transport (virtio-mmio: one IOAPIC pin
+    /// each; virtio-pci: one device number of PCI bus 0 each).
+    #[error("too many virtio devices with transport={transport} ({count}); at most {max} fit")]
+    TooManyDevices {
+        /// The transport.
+        transport: VirtioTransport,
+        /// Devices configured on it.
+        count: usize,
+        /// How many fit.
+        max: usize,
+    },
     /// The jail's chroot directory does not exist.
     #[error("chroot directory {} does not exist or is not a directory", .0.display())]
     BadChroot(PathBuf),
@@ -74,6 +82,56 @@ pub enum BootProtocol {
     Pvh,
 }
 
+/// How a virtio device is attached to the guest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum VirtioTransport {
+    /// A virtio-pci (modern, MSI-X) function on PCI bus 0: found by every
+    /// kernel with `CONFIG_VIRTIO_PCI` (x86_64 defconfig,
+    /// `kvm_guest.config`, distribution kernels), which is why it is the
+    /// default. The driver must use MSI-X (Linux's does).
+    #[default]
+    Pci,
+    /// A virtio-mmio window, announced with `virtio_mmio.device=` on the
+    /// kernel command line: for kernels built with
+    /// `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES` (a smaller kernel, no PCI).
+    Mmio,
+}
+
+impl VirtioTransport {
+    /// The name used in `transport=` options: `pci` or `mmio`.
+    pub fn name(self) -> &'static str {
+        match self {
+            VirtioTransport::Pci => "pci",
+            VirtioTransport::Mmio => "mmio",
+        }
+    }
+
+    /// The transport named `name` (`pci`, `mmio`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "pci" => Some(VirtioTransport::Pci),
+            "mmio" => Some(VirtioTransport::Mmio),
+            _ => None,
+        }
+    }
+
+    /// How many devices fit on this transport: one IOAPIC pin each for
+    /// virtio-mmio, one device number of PCI bus 0 each (00:01 to 00:1f)
+    /// for virtio-pci.
+    pub fn max_devices(self) -> usize {
+        match self {
+            VirtioTransport::Pci => layout::max_pci_devices(),
+            VirtioTransport::Mmio => layout::max_virtio_devices(),
+        }
+    }
+}
+
+impl fmt::Display for VirtioTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One virtio-blk disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskConfig {
@@ -83,6 +141,15 @@ pub struct DiskConfig {
     pub read_only: bool,
     /// The serial the guest reads with GET_ID (at most 20 bytes).
     pub id: Option<String>,
+    /// How the disk is attached.
+    pub transport: VirtioTransport,
+}
+
+impl DiskConfig {
+    /// A writable disk on `path` with the default transport and no id.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        DiskConfig { path: path.into(), read_only: false, id: None, transport: VirtioTransport::default() }
+    }
 }
 
 /// One virtio-net NIC on a TAP device.
@@ -92,6 +159,15 @@ pub struct NetConfig {
     pub tap: String,
     /// The guest MAC; a locally administered one is generated when absent.
     pub mac: Option<[u8; 6]>,
+    /// How the NIC is attached.
+    pub transport: VirtioTransport,
+}
+
+impl NetConfig {
+    /// A NIC on TAP `tap` with a generated MAC and the default transport.
+    pub fn new(tap: impl Into<String>) -> Self {
+        NetConfig { tap: tap.into(), mac: None, transport: VirtioTransport::default() }
+    }
 }
 
 /// Everything needed to build a VM.
@@ -183,12 +259,24 @@ impl VmConfig {
                 return Err(ConfigError::BadChroot(dir.clone()));
             }
         }
-        let devices = self.disks.len() + self.nets.len();
-        let max = layout::max_virtio_devices();
-        if devices > max {
-            return Err(ConfigError::TooManyDevices(devices, max));
+        for transport in [VirtioTransport::Pci, VirtioTransport::Mmio] {
+            let count = self.virtio_transports().filter(|&t| t == transport).count();
+            let max = transport.max_devices();
+            if count > max {
+                return Err(ConfigError::TooManyDevices { transport, count, max });
+            }
         }
         Ok(())
+    }
+
+    /// The transport of each virtio device, disks then NICs.
+    fn virtio_transports(&self) -> impl Iterator<Item = VirtioTransport> + '_ {
+        self.disks.iter().map(|d| d.transport).chain(self.nets.iter().map(|n| n.transport))
+    }
+
+    /// Whether any device is on PCI (then the VM has a PCI root).
+    pub(crate) fn has_pci_devices(&self) -> bool {
+        self.virtio_transports().any(|t| t == VirtioTransport::Pci)
     }
 }
 
@@ -210,5 +298,36 @@ mod tests {
         c.vcpus = 2;
         c.cmdline = "a\0b".into();
         assert_eq!(c.validate(), Err(ConfigError::CmdlineNul));
+    }
+
+    #[test]
+    fn device_counts_are_per_transport() {
+        let mut c = VmConfig::new("/k");
+        let mmio = |i: usize| DiskConfig { transport: VirtioTransport::Mmio, ..DiskConfig::new(format!("/d{i}")) };
+        c.disks = (0..19).map(mmio).collect();
+        c.nets = (0..31).map(|i| NetConfig::new(format!("tap{i}"))).collect();
+        assert_eq!(c.validate(), Ok(()));
+        assert!(c.has_pci_devices());
+        c.disks.push(mmio(19));
+        let e = c.validate().unwrap_err();
+        assert_eq!(e, ConfigError::TooManyDevices { transport: VirtioTransport::Mmio, count: 20, max: 19 });
+        assert_eq!(e.to_string(), "too many virtio devices with transport=mmio (20); at most 19 fit");
+        c.disks.pop();
+        c.nets.push(NetConfig::new("tap31"));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::TooManyDevices { transport: VirtioTransport::Pci, count: 32, .. })
+        ));
+        c.nets.clear();
+        assert!(!c.has_pci_devices());
+    }
+
+    #[test]
+    fn transport_names() {
+        for t in [VirtioTransport::Pci, VirtioTransport::Mmio] {
+            assert_eq!(VirtioTransport::from_name(t.name()), Some(t));
+        }
+        assert_eq!(VirtioTransport::from_name("PCI"), None);
+        assert_eq!(VirtioTransport::default(), VirtioTransport::Pci);
     }
 }

@@ -7,9 +7,11 @@ pub use crate::boot::BootError;
 pub use crate::bus::BusError;
 pub use crate::config::ConfigError;
 pub use crate::event_loop::EventLoopError;
+pub use crate::irq_routing::RoutingError;
 pub use crate::jail::JailError;
 pub use crate::memory::MemoryError;
 pub use crate::seccomp::{SeccompError, ThreadKind};
+pub use ember_devices::pci::PciError;
 pub use ember_devices::virtio::block::BlockError;
 pub use ember_devices::virtio::net::NetError;
 
@@ -71,6 +73,13 @@ pub enum Error {
         /// The error.
         source: std::io::Error,
     },
+    /// The PCI root or a PCI function could not be built (bus full, no
+    /// room in a BAR window).
+    #[error(transparent)]
+    Pci(#[from] PciError),
+    /// The MSI-X vectors of the PCI functions need more GSIs than KVM has.
+    #[error(transparent)]
+    MsiRouting(#[from] RoutingError),
     /// A seccomp filter could not be built or installed.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),

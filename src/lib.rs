@@ -42,6 +42,7 @@ mod terminal;
 // 1
 mod bus;
 mod exit;
+mod irq_routing;
 mod memory;
 mod serial_capture;
 // 2
@@ -62,7 +63,9 @@ mod vm;
 // 9
 mod smoke;
 
-pub use config::{BootProtocol, ConfigError, DiskConfig, NetConfig, SerialConfig, SharedWriter, VmConfig};
+pub use config::{
+    BootProtocol, ConfigError, DiskConfig, NetConfig, SerialConfig, SharedWriter, VirtioTransport, VmConfig,
+};
 pub use cpio::{CpioError, CpioWriter};
 pub use ember_devices::legacy::I8042Error;
 pub use ember_devices::virtio::net::NetStats;

@@ -87,6 +87,10 @@ pub(crate) const KVM_RUN: u64 = ioc(IOC_NONE, KVM, 0x80, 0);
 pub(crate) const KVM_GET_REGS: u64 = ioc(IOC_READ, KVM, 0x81, 144);
 /// `KVM_GET_SREGS`.
 pub(crate) const KVM_GET_SREGS: u64 = ioc(IOC_READ, KVM, 0x83, 312);
+/// `KVM_IOEVENTFD` (a PCI BAR with notification addresses moved).
+pub(crate) const KVM_IOEVENTFD: u64 = ioc(IOC_WRITE, KVM, 0x79, 64);
+/// `KVM_SET_GSI_ROUTING` (a PCI function's MSI-X vector got a new message).
+pub(crate) const KVM_SET_GSI_ROUTING: u64 = ioc(IOC_WRITE, KVM, 0x6a, 8);
 /// `TUNSETOFFLOAD` (a driver acknowledged offload features).
 pub(crate) const TUNSETOFFLOAD: u64 = ioc(IOC_WRITE, b'T' as u64, 208, 4);
 /// `TCGETS`/`TCSETS*`: restoring the terminal.
@@ -145,7 +149,10 @@ const VMM: &[i64] = &[
     libc::SYS_prctl,
 ];
 
-fn rules_for(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
+/// The rules of `kind`; with `pci` (the VM has a PCI root) the vCPU threads
+/// may also move ioeventfds and replace the GSI routing table, which the
+/// guest's BAR moves and MSI-X table writes do from the vCPU thread.
+fn rules_for(kind: ThreadKind, pci: bool) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for &nr in COMMON {
         rules.insert(nr, vec![]);
@@ -157,6 +164,9 @@ fn rules_for(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccom
     // builds to check the fd is open. The VMM threads get all of fcntl below.
     rules.insert(libc::SYS_fcntl, vec![ioctl_eq(libc::F_GETFD as u64)?]);
     let ioctls: Vec<u64> = match kind {
+        ThreadKind::Vcpu if pci => {
+            vec![KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, TUNSETOFFLOAD, KVM_IOEVENTFD, KVM_SET_GSI_ROUTING]
+        }
         ThreadKind::Vcpu => vec![KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, TUNSETOFFLOAD],
         ThreadKind::Vmm => {
             for &nr in VMM {
@@ -171,14 +181,15 @@ fn rules_for(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccom
     Ok(rules)
 }
 
-/// Builds the BPF program for `kind` under `mode` (`None` when off).
-pub(crate) fn filter(kind: ThreadKind, mode: SeccompMode) -> Result<Option<BpfProgram>, SeccompError> {
+/// Builds the BPF program for `kind` under `mode` (`None` when off), for a
+/// VM with a PCI root when `pci`.
+pub(crate) fn filter(kind: ThreadKind, mode: SeccompMode, pci: bool) -> Result<Option<BpfProgram>, SeccompError> {
     let mismatch = match mode {
         SeccompMode::Off => return Ok(None),
         SeccompMode::Kill => SeccompAction::Trap,
         SeccompMode::Log => SeccompAction::Log,
     };
-    let rules = rules_for(kind).map_err(|source| SeccompError::Build { kind, source })?;
+    let rules = rules_for(kind, pci).map_err(|source| SeccompError::Build { kind, source })?;
     let f = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)
         .map_err(|source| SeccompError::Build { kind, source })?;
     let bpf: BpfProgram = f.try_into().map_err(|source| SeccompError::Compile { kind, source })?;
@@ -204,10 +215,11 @@ pub(crate) struct ThreadFilters {
 
 impl ThreadFilters {
     /// Builds the filters for `mode`, with a gate for `threads` threads
-    /// (every vCPU thread, the event loop and the starting thread).
-    pub(crate) fn new(mode: SeccompMode, threads: usize) -> Result<Arc<Self>, SeccompError> {
-        let vcpu = filter(ThreadKind::Vcpu, mode)?;
-        let vmm = filter(ThreadKind::Vmm, mode)?;
+    /// (every vCPU thread, the event loop and the starting thread), for a
+    /// VM with a PCI root when `pci`.
+    pub(crate) fn new(mode: SeccompMode, threads: usize, pci: bool) -> Result<Arc<Self>, SeccompError> {
+        let vcpu = filter(ThreadKind::Vcpu, mode, pci)?;
+        let vmm = filter(ThreadKind::Vmm, mode, pci)?;
         let gate = vmm.as_ref().map(|_| Barrier::new(threads));
         Ok(Arc::new(ThreadFilters { vcpu, vmm, gate }))
     }
@@ -314,23 +326,25 @@ mod tests {
         assert_eq!(KVM_GET_REGS, 0x8090_ae81);
         assert_eq!(KVM_GET_SREGS, 0x8138_ae83);
         assert_eq!(TUNSETOFFLOAD, 0x4004_54d0);
+        assert_eq!(KVM_IOEVENTFD, 0x4040_ae79);
+        assert_eq!(KVM_SET_GSI_ROUTING, 0x4008_ae6a);
     }
 
     #[test]
     fn filters_build() {
         for kind in [ThreadKind::Vcpu, ThreadKind::Vmm] {
             for mode in [SeccompMode::Kill, SeccompMode::Log] {
-                let bpf = filter(kind, mode).unwrap().unwrap();
+                let bpf = filter(kind, mode, false).unwrap().unwrap();
                 assert!(bpf.len() > 20, "{kind:?} {mode:?}");
             }
-            assert!(filter(kind, SeccompMode::Off).unwrap().is_none());
+            assert!(filter(kind, SeccompMode::Off, true).unwrap().is_none());
         }
     }
 
     #[test]
     fn vcpu_list_is_narrower() {
-        let v = rules_for(ThreadKind::Vcpu).unwrap();
-        let m = rules_for(ThreadKind::Vmm).unwrap();
+        let v = rules_for(ThreadKind::Vcpu, false).unwrap();
+        let m = rules_for(ThreadKind::Vmm, false).unwrap();
         assert!(!v.contains_key(&libc::SYS_pwrite64));
         assert!(m.contains_key(&libc::SYS_pwrite64));
         assert!(!v.contains_key(&libc::SYS_openat) && !m.contains_key(&libc::SYS_openat));
@@ -338,12 +352,20 @@ mod tests {
         assert!(!m.contains_key(&libc::SYS_socket));
     }
 
+    #[test]
+    fn only_a_pci_vm_lets_vcpus_route_interrupts() {
+        let ioctl_rules = |pci| rules_for(ThreadKind::Vcpu, pci).unwrap()[&libc::SYS_ioctl].len();
+        assert_eq!(ioctl_rules(true), ioctl_rules(false) + 2);
+        let vmm = |pci| rules_for(ThreadKind::Vmm, pci).unwrap()[&libc::SYS_ioctl].len();
+        assert_eq!(vmm(true), vmm(false), "the event loop never moves BARs or routes");
+    }
+
     /// A filtered thread that makes a forbidden call under `log` keeps
     /// running (the call succeeds); the kill path is tested end to end in
     /// tests/hardening.rs (it ends the process).
     #[test]
     fn log_mode_lets_the_call_through() {
-        let bpf = filter(ThreadKind::Vcpu, SeccompMode::Log).unwrap().unwrap();
+        let bpf = filter(ThreadKind::Vcpu, SeccompMode::Log, false).unwrap().unwrap();
         let r = std::thread::spawn(move || {
             install(ThreadKind::Vcpu, &bpf).unwrap();
             // SAFETY: getppid has no preconditions.

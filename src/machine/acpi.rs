@@ -69,9 +69,10 @@ pub(crate) struct MmioDevice {
 }
 
 /// A PCI root (host bridge for bus 0): its configuration space and the
-/// windows its devices' BARs are placed in.
+/// windows its devices' BARs are placed in. Public (its fields are not) because the memory-map writers the fuzz
+/// targets call take one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct PciRoot {
+pub struct PciRoot {
     /// ECAM base of bus 0.
     pub(crate) ecam_base: u64,
     /// ECAM size (1 MiB per bus).
@@ -83,9 +84,8 @@ pub(crate) struct PciRoot {
 }
 
 impl PciRoot {
-    /// The PCI root of ember's layout for a VM whose RAM ends at `ram_end`.
-    // The device manager creates one once virtio-pci lands (issue 15).
-    #[allow(dead_code)]
+    /// The PCI root of ember's layout for a VM whose RAM ends at `ram_end`
+    /// (the device manager's, when a device is on PCI).
     pub(crate) fn for_layout(ram_end: u64) -> Self {
         PciRoot {
             ecam_base: PCI_ECAM_START,
@@ -228,6 +228,20 @@ fn dsdt_aml(devices: &Devices) -> Vec<u8> {
                 &aml::Name::new("_SEG".into(), &0u8),
                 &aml::Name::new("_BBN".into(), &0u8),
                 &aml::Name::new("_CRS".into(), &crs),
+            ],
+        )));
+        // The ECAM again as a motherboard resource: once ACPI is up, Linux
+        // accepts an MCFG region that a PNP0C02 device reserves (else it
+        // notes "not reserved in ACPI motherboard resources" and falls
+        // back to the e820 map's reservation).
+        let ecam = aml::Memory32Fixed::new(true, pci.ecam_base as u32, pci.ecam_size as u32);
+        let ecam_crs = aml::ResourceTemplate::new(vec![&ecam]);
+        sb.push(aml_bytes(&aml::Device::new(
+            "MBRD".into(),
+            vec![
+                &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C02")),
+                &aml::Name::new("_UID".into(), &0u8),
+                &aml::Name::new("_CRS".into(), &ecam_crs),
             ],
         )));
     }
@@ -504,7 +518,7 @@ pub(crate) mod tests {
         // \_S5 = Package { 5, 5, 0, 0 }.
         assert!(contains(aml, &[0x08, b'_', b'S', b'5', b'_', 0x12, 0x08, 4, 0x0a, 5, 0x0a, 5, 0, 0]));
         // No PCI without a PCI root.
-        assert!(!contains(aml, b"PCI0"));
+        assert!(!contains(aml, b"PCI0") && !contains(aml, b"MBRD"));
         assert!(find(&all, b"MCFG").is_none());
     }
 
@@ -529,6 +543,10 @@ pub(crate) mod tests {
         let mut m64 = (4u64 << 30).to_le_bytes().to_vec();
         m64.extend_from_slice(&((68u64 << 30) - 1).to_le_bytes());
         assert!(contains(aml, &m64));
+        // The ECAM as a PNP0C02 motherboard resource: Memory32Fixed,
+        // read-write, 0xe0000000, 1 MiB.
+        assert!(contains(aml, &aml_bytes(&aml::EISAName::new("PNP0C02"))));
+        assert!(contains(aml, &[0x86, 9, 0, 1, 0, 0, 0, 0xe0, 0, 0, 0x10, 0]));
         let mcfg = find(&all, b"MCFG").unwrap();
         assert_eq!(mcfg.len(), 36 + 8 + 16);
         assert_eq!(u64_at(mcfg, 44), 0xe000_0000);

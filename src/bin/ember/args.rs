@@ -136,13 +136,14 @@ pub struct RunArgs {
     /// Boot protocol: auto (PVH when the ELF has a PVH note), linux64 or pvh.
     #[arg(long, value_name = "auto|linux64|pvh", default_value = "auto", value_parser = parse_boot)]
     pub boot: BootProtocol,
-    /// A virtio-blk disk: path=IMG[,readonly=on][,id=STRING]. Repeatable;
-    /// the first is /dev/vda.
-    #[arg(long, value_name = "path=IMG[,readonly=on][,id=ID]", value_parser = parse_disk)]
+    /// A virtio-blk disk: path=IMG[,readonly=on][,id=STRING][,transport=pci|mmio].
+    /// Repeatable; the first is /dev/vda. transport defaults to pci.
+    #[arg(long, value_name = "path=IMG[,readonly=on][,id=ID][,transport=pci|mmio]", value_parser = parse_disk)]
     pub disk: Vec<DiskConfig>,
-    /// A virtio-net NIC on an existing TAP: tap=NAME[,mac=AA:BB:CC:DD:EE:FF].
-    /// Repeatable.
-    #[arg(long, value_name = "tap=NAME[,mac=MAC]", value_parser = parse_net)]
+    /// A virtio-net NIC on an existing TAP:
+    /// tap=NAME[,mac=AA:BB:CC:DD:EE:FF][,transport=pci|mmio]. Repeatable;
+    /// transport defaults to pci.
+    #[arg(long, value_name = "tap=NAME[,mac=MAC][,transport=pci|mmio]", value_parser = parse_net)]
     pub net: Vec<NetConfig>,
     /// Do not append `virtio_mmio.device=` for each device to the command
     /// line: a kernel with ACPI finds the devices in the DSDT.

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ember::{BootProtocol, DiskConfig, NetConfig, SeccompMode, SerialConfig};
+use ember::{BootProtocol, DiskConfig, NetConfig, SeccompMode, SerialConfig, VirtioTransport};
 
 /// A value on the command line that is not understood.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -133,12 +133,13 @@ pub fn parse_user(s: &str) -> Result<(u32, u32), ParseError> {
     Ok((uid, gid))
 }
 
-/// Parses `--disk`: `path=IMG[,readonly=on|off][,id=STRING]`.
+/// Parses `--disk`: `path=IMG[,readonly=on|off][,id=STRING][,transport=pci|mmio]`.
 pub fn parse_disk(s: &str) -> Result<DiskConfig, ParseError> {
     let bad = |why: &str| ParseError::DeviceOption { what: "--disk", value: s.to_string(), why: why.to_string() };
     let mut path = None;
     let mut read_only = false;
     let mut id = None;
+    let mut transport = VirtioTransport::default();
     for kv in split_options(s) {
         let (k, v) = kv.split_once('=').ok_or_else(|| bad("expected key=value"))?;
         match k {
@@ -150,18 +151,20 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, ParseError> {
                 }
                 id = Some(v.to_string())
             }
-            _ => return Err(bad(&format!("unknown key '{k}' (known: path, readonly, id)"))),
+            "transport" => transport = parse_transport(v).map_err(|why| bad(&why))?,
+            _ => return Err(bad(&format!("unknown key '{k}' (known: path, readonly, id, transport)"))),
         }
     }
-    Ok(DiskConfig { path: path.ok_or_else(|| bad("path=IMG is required"))?, read_only, id })
+    Ok(DiskConfig { path: path.ok_or_else(|| bad("path=IMG is required"))?, read_only, id, transport })
 }
 
-/// Parses `--net`: `tap=NAME[,mac=AA:BB:CC:DD:EE:FF]` (the MAC in ember's
+/// Parses `--net`: `tap=NAME[,mac=AA:BB:CC:DD:EE:FF][,transport=pci|mmio]` (the MAC in ember's
 /// one grammar, [`ember_devices::virtio::net::parse_mac`]).
 pub fn parse_net(s: &str) -> Result<NetConfig, ParseError> {
     let bad = |why: &str| ParseError::DeviceOption { what: "--net", value: s.to_string(), why: why.to_string() };
     let mut tap = None;
     let mut mac = None;
+    let mut transport = VirtioTransport::default();
     for kv in split_options(s) {
         let (k, v) = kv.split_once('=').ok_or_else(|| bad("expected key=value"))?;
         match k {
@@ -171,10 +174,16 @@ pub fn parse_net(s: &str) -> Result<NetConfig, ParseError> {
                 let m = ember_devices::virtio::net::parse_mac(v);
                 mac = Some(m.ok_or_else(|| bad("mac must look like 02:00:00:00:00:01"))?);
             }
-            _ => return Err(bad(&format!("unknown key '{k}' (known: tap, mac)"))),
+            "transport" => transport = parse_transport(v).map_err(|why| bad(&why))?,
+            _ => return Err(bad(&format!("unknown key '{k}' (known: tap, mac, transport)"))),
         }
     }
-    Ok(NetConfig { tap: tap.ok_or_else(|| bad("tap=NAME is required"))?, mac })
+    Ok(NetConfig { tap: tap.ok_or_else(|| bad("tap=NAME is required"))?, mac, transport })
+}
+
+/// The `transport=` value of `--disk` / `--net`.
+fn parse_transport(v: &str) -> Result<VirtioTransport, String> {
+    VirtioTransport::from_name(v).ok_or_else(|| format!("transport '{v}' is not pci or mmio"))
 }
 
 fn split_options(s: &str) -> impl Iterator<Item = &str> {
@@ -242,7 +251,13 @@ mod tests {
     #[test]
     fn disk_options() {
         let d = parse_disk("path=/x.img,readonly=on,id=abc").unwrap();
-        assert_eq!(d, DiskConfig { path: "/x.img".into(), read_only: true, id: Some("abc".into()) });
+        let want = DiskConfig { read_only: true, id: Some("abc".into()), ..DiskConfig::new("/x.img") };
+        assert_eq!(d, want);
+        assert_eq!(d.transport, VirtioTransport::Pci, "the default");
+        assert_eq!(parse_disk("path=/x.img,transport=mmio").unwrap().transport, VirtioTransport::Mmio);
+        assert_eq!(parse_disk("path=/x.img,transport=pci").unwrap().transport, VirtioTransport::Pci);
+        let e = parse_disk("path=/x.img,transport=isa").unwrap_err().to_string();
+        assert!(e.contains("transport 'isa' is not pci or mmio"), "{e}");
         assert!(!parse_disk("path=/x.img").unwrap().read_only);
         assert!(parse_disk("readonly=on").is_err());
         assert!(parse_disk("path=/x,readonly=maybe").is_err());
@@ -256,6 +271,10 @@ mod tests {
         let n = parse_net("tap=tap0,mac=02:00:00:00:00:01").unwrap();
         assert_eq!(n.tap, "tap0");
         assert_eq!(n.mac, Some([2, 0, 0, 0, 0, 1]));
+        assert_eq!(n.transport, VirtioTransport::Pci);
+        assert_eq!(parse_net("tap=tap0,transport=mmio").unwrap().transport, VirtioTransport::Mmio);
+        let e = parse_net("tap=tap0,transport=").unwrap_err().to_string();
+        assert!(e.contains("transport '' is not pci or mmio"), "{e}");
         assert!(parse_net("tap=tap0,mac=02:00:00:00:00").is_err());
         assert!(parse_net("tap=tap0,mac=02:00:00:00:00:01:02").is_err());
         assert!(parse_net("tap=waytoolonginterfacename").is_err());

@@ -4,10 +4,16 @@
 //!
 //! [`DeviceManager::add_legacy_devices`] puts the PC devices on their ports
 //! ([`crate::layout`]); [`DeviceManager::add_virtio_devices`] puts each disk
-//! and NIC behind a transport and records where ([`Transport`]). What the
-//! guest is told about the devices is derived from that one list: the
-//! kernel parameters ([`DeviceManager::kernel_cmdline`]) and what the ACPI
-//! tables describe ([`DeviceManager::acpi_devices`]).
+//! and NIC behind its transport (virtio-pci on the PCI root of [`pci`],
+//! made when the first device asks for PCI; or virtio-mmio) and records
+//! where ([`Transport`]). What the guest is told about the devices is
+//! derived from that one list: the kernel parameters
+//! ([`DeviceManager::kernel_cmdline`]: `virtio_mmio.device=` for
+//! virtio-mmio, `pci=off` without a PCI root) and what the ACPI tables
+//! and the memory map describe ([`DeviceManager::acpi_devices`]: the
+//! virtio-mmio windows, the PCI root's ECAM and windows).
+
+mod pci;
 
 use std::sync::{Arc, Mutex};
 
@@ -19,18 +25,20 @@ use ember_devices::virtio::mmio::{MmioTransport, MMIO_SIZE};
 use ember_devices::virtio::net::{format_mac, Net, NetCounters, NetStats};
 use ember_devices::virtio::VirtioDevice;
 use kvm_ioctls::{IoEventAddress, VmFd};
+use pci::{PciBus, PciPlacement};
 use virtio_bindings::bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::Bus;
-use crate::config::{DiskConfig, NetConfig, VmConfig};
+use crate::config::{DiskConfig, NetConfig, VirtioTransport, VmConfig};
 use crate::console::{self, ConsoleInput};
 use crate::error::{io_err, kvm_err, Error};
 use crate::event_loop::Subscriber;
 use crate::exit::ExitSignal;
 use crate::layout;
 use crate::machine::acpi::{self, MmioDevice, PciRoot};
+use crate::memory::RamLayout;
 
 /// Where a virtio device is attached, and so how the guest finds it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,14 +51,17 @@ pub(crate) enum Transport {
         /// The interrupt line (GSI).
         irq: u32,
     },
+    /// A virtio-pci function on bus 0, found by enumerating the bus.
+    Pci(PciPlacement),
 }
 
 impl Transport {
     /// The kernel command line parameter that tells Linux about the device
-    /// (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES).
-    pub(crate) fn cmdline_param(&self) -> String {
+    /// (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES); none for a PCI function.
+    pub(crate) fn cmdline_param(&self) -> Option<String> {
         match *self {
-            Transport::Mmio { base, irq } => format!("virtio_mmio.device={}K@{base:#x}:{irq}", MMIO_SIZE >> 10),
+            Transport::Mmio { base, irq } => Some(format!("virtio_mmio.device={}K@{base:#x}:{irq}", MMIO_SIZE >> 10)),
+            Transport::Pci(_) => None,
         }
     }
 
@@ -59,6 +70,7 @@ impl Transport {
     pub(crate) fn acpi_mmio(&self) -> Option<MmioDevice> {
         match *self {
             Transport::Mmio { base, irq } => Some(MmioDevice { base, size: MMIO_SIZE, gsi: irq }),
+            Transport::Pci(_) => None,
         }
     }
 }
@@ -88,8 +100,10 @@ pub(crate) struct DeviceManager {
     pub(crate) net_counters: Vec<(String, Arc<NetCounters>)>,
     /// The i8042 (the host sends it Ctrl+Alt+Del).
     pub(crate) i8042: Option<Arc<Mutex<I8042>>>,
-    /// The PCI root, when the VM has one (not yet: virtio-pci will add it).
+    /// Where the PCI root is, when the VM has one (a device is on PCI).
     pub(crate) pci_root: Option<PciRoot>,
+    /// The PCI root itself.
+    pci: Option<PciBus>,
 }
 
 impl DeviceManager {
@@ -104,6 +118,7 @@ impl DeviceManager {
             net_counters: Vec::new(),
             i8042: None,
             pci_root: None,
+            pci: None,
         }
     }
 
@@ -159,23 +174,58 @@ impl DeviceManager {
         Ok(())
     }
 
-    /// The disks, then the NICs, each behind a virtio transport in the next
-    /// free place.
+    /// The disks, then the NICs, each behind its virtio transport in the
+    /// next free place. The PCI configuration ports belong to the PCI root
+    /// when there is one, else they are absent (quiet).
     pub(crate) fn add_virtio_devices(
         &mut self,
-        vm: &VmFd,
+        vm: &Arc<VmFd>,
         mem: &GuestMemoryMmap,
+        ram: RamLayout,
         config: &VmConfig,
     ) -> Result<(), Error> {
         for disk in &config.disks {
-            self.add_virtio(vm, mem, Box::new(block_device(disk)?))?;
+            self.add_virtio(vm, mem, ram, Box::new(block_device(disk)?), disk.transport)?;
         }
         for (i, nic) in config.nets.iter().enumerate() {
             let net = net_device(nic)?;
             log::info!("net{i}: tap {} mac {}", nic.tap, format_mac(&net.mac()));
             self.net_counters.push((format!("net{i} ({})", nic.tap), net.stats_handle()));
-            self.add_virtio(vm, mem, Box::new(net))?;
+            self.add_virtio(vm, mem, ram, Box::new(net), nic.transport)?;
         }
+        if self.pci.is_none() {
+            let quiet = Arc::new(Mutex::new(QuietPorts));
+            self.pio.insert(layout::PCI_CONFIG_PORT, layout::PCI_CONFIG_PORT_LEN, quiet)?;
+        }
+        Ok(())
+    }
+
+    /// Puts `device` behind `transport` in its next free place.
+    fn add_virtio(
+        &mut self,
+        vm: &Arc<VmFd>,
+        mem: &GuestMemoryMmap,
+        ram: RamLayout,
+        device: Box<dyn VirtioDevice>,
+        transport: VirtioTransport,
+    ) -> Result<(), Error> {
+        let index = self.virtio.len();
+        let device_type = device.device_type();
+        let placed = match transport {
+            VirtioTransport::Mmio => self.add_virtio_mmio(vm, mem, device, index)?,
+            VirtioTransport::Pci => {
+                let pci = match self.pci.take() {
+                    Some(p) => p,
+                    None => PciBus::new(vm.clone(), ram, &mut self.pio, &mut self.mmio)?,
+                };
+                self.pci_root = Some(pci.info());
+                let pci = self.pci.insert(pci);
+                let (t, placement) = pci.add_virtio(mem, device, index)?;
+                self.subscribers.push(t);
+                Transport::Pci(placement)
+            }
+        };
+        self.virtio.push(VirtioPlacement { device_type, transport: placed });
         Ok(())
     }
 
@@ -183,12 +233,17 @@ impl DeviceManager {
     /// interrupt is an irqfd, and each queue's notification (a write of the
     /// queue index to QueueNotify) is an ioeventfd, so the data path never
     /// exits to a vCPU thread in user space.
-    fn add_virtio(&mut self, vm: &VmFd, mem: &GuestMemoryMmap, device: Box<dyn VirtioDevice>) -> Result<(), Error> {
-        let index = self.virtio.len();
+    fn add_virtio_mmio(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        device: Box<dyn VirtioDevice>,
+        index: usize,
+    ) -> Result<Transport, Error> {
+        let slot = self.virtio.iter().filter(|v| matches!(v.transport, Transport::Mmio { .. })).count();
         // VmConfig::validate checked the count against the slots.
-        let (base, irq) = layout::virtio_slot(index);
+        let (base, irq) = layout::virtio_slot(slot);
         let verr = |source: std::io::Error| Error::Virtio { index, source };
-        let device_type = device.device_type();
         let irq_evt = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(verr)?;
         vm.register_irqfd(&irq_evt, irq).map_err(kvm_err(None, "KVM_IRQFD (virtio)"))?;
         let transport = MmioTransport::new(device, mem.clone(), Arc::new(irq_evt)).map_err(verr)?;
@@ -199,8 +254,7 @@ impl DeviceManager {
         let transport = Arc::new(Mutex::new(transport));
         self.mmio.insert(base, MMIO_SIZE, transport.clone())?;
         self.subscribers.push(transport);
-        self.virtio.push(VirtioPlacement { device_type, transport: Transport::Mmio { base, irq } });
-        Ok(())
+        Ok(Transport::Mmio { base, irq })
     }
 
     /// `base` followed by what the kernel needs to know about the devices:
@@ -213,9 +267,9 @@ impl DeviceManager {
         if self.pci_root.is_none() {
             cmdline.push_str(" pci=off");
         }
-        for v in self.virtio.iter().filter(|_| mmio_params) {
+        for param in self.virtio.iter().filter(|_| mmio_params).filter_map(|v| v.transport.cmdline_param()) {
             cmdline.push(' ');
-            cmdline.push_str(&v.transport.cmdline_param());
+            cmdline.push_str(&param);
         }
         cmdline.trim_start().to_string()
     }
@@ -305,6 +359,12 @@ mod tests {
             dm.kernel_cmdline("console=ttyS0", true),
             "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
         );
+        // A PCI function needs no parameter: the kernel enumerates bus 0.
+        dm.virtio.push(VirtioPlacement {
+            device_type: 1,
+            transport: Transport::Pci(PciPlacement { device: 1, first_gsi: 24, vectors: 3 }),
+        });
+        assert_eq!(dm.kernel_cmdline("", true), "virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6");
     }
 
     #[test]
@@ -321,5 +381,11 @@ mod tests {
         assert_eq!(d.pci, None);
         dm.pci_root = Some(PciRoot::for_layout(256 << 20));
         assert_eq!(dm.acpi_devices().pci, dm.pci_root);
+        // A PCI function is not in the DSDT: the bus is.
+        dm.virtio.push(VirtioPlacement {
+            device_type: 2,
+            transport: Transport::Pci(PciPlacement { device: 1, first_gsi: 24, vectors: 2 }),
+        });
+        assert_eq!(dm.acpi_devices().virtio_mmio.len(), 3);
     }
 }
