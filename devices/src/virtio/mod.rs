@@ -7,6 +7,7 @@
 //!   device its queues once the driver sets `DRIVER_OK`.
 //! * [`block`]: the virtio-blk device model on a raw image file.
 //! * [`net`]: the virtio-net device model on a TAP interface.
+//! * [`p9`]: virtio-9p, a host directory shared over 9P2000.L.
 //! * [`IoVecs`]: the scatter lists of guest buffers the devices do their
 //!   vectored I/O on, safe by construction.
 //!
@@ -29,6 +30,7 @@ mod host_view;
 mod iovec;
 pub mod mmio;
 pub mod net;
+pub mod p9;
 mod queue_set;
 #[cfg(test)]
 mod test_utils;
