@@ -27,13 +27,11 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ember_devices::interrupt::CountingIrq;
 use ember_devices::virtio::p9::wire::{msg, Encoder, NOFID};
 use ember_devices::virtio::p9::{Share, ShareConfig, MAX_MSIZE};
-use ember_devices::virtio::{VirtioDevice, VirtioInterrupt};
+use ember_devices::virtio::VirtioDevice;
 use ember_devices::GuestMemoryMmap;
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::{Queue, QueueT};
@@ -187,8 +185,7 @@ fn main() {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), GUEST_MEM)]).unwrap();
     let mut g = Guest { mem: mem.clone(), avail_idx: 0, used_seen: 0, tag: 0 };
     let mut dev = Share::new(&ShareConfig { path: share.clone(), tag: "bench".into(), readonly: true }).unwrap();
-    let intr = Arc::new(VirtioInterrupt::new(Arc::new(CountingIrq::default())));
-    dev.activate(mem.clone(), intr, vec![g.queue()]).unwrap();
+    dev.activate(mem.clone(), vec![g.queue()]).unwrap();
     for m in [
         message(msg::TVERSION, |e| {
             e.u32(MSIZE).str(b"9P2000.L");

@@ -322,17 +322,6 @@ pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usiz
     })
 }
 
-/// `preadv(fd, iov, offset)`: the caller vouches for the buffers.
-pub fn preadv(fd: BorrowedFd<'_>, iov: &[libc::iovec], offset: u64) -> io::Result<usize> {
-    let off = libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let cnt = libc::c_int::try_from(iov.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    retry(|| {
-        // SAFETY: the caller guarantees each iovec is a writable buffer
-        // (guest memory held by the device).
-        cvt_size(unsafe { libc::preadv(fd.as_raw_fd(), iov.as_ptr(), cnt, off) })
-    })
-}
-
 /// `pwrite(fd, buf, offset)`.
 pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> io::Result<usize> {
     let off = libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;

@@ -27,17 +27,16 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{error, warn};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::chain::ChainWalker;
 use super::host_view::HostView;
-use super::{ActivateError, LogBudget, VirtioDevice, VirtioInterrupt};
+use super::iovec::IoVecBuf;
+use super::{ActivateError, IoVecs, LogBudget, QueueSet, VirtioDevice};
 use crate::GuestMemoryMmap;
 
 mod host;
@@ -107,105 +106,42 @@ pub enum ShareError {
     EventFd(#[source] io::Error),
 }
 
-/// One device-readable or device-writable piece of guest memory.
-#[derive(Clone, Copy)]
-struct Piece {
-    ptr: *mut u8,
-    len: usize,
-}
-
 /// The device-writable part of a chain as a [`ReplyBuf`].
-struct GuestReply<'a> {
-    pieces: &'a [Piece],
-    total: usize,
-    iov: &'a mut Vec<libc::iovec>,
+struct GuestReply<'a, 'm> {
+    writable: &'a IoVecs<'m>,
+    /// Scratch list for the part a read fills.
+    part: &'a mut IoVecBuf,
+    view: &'m HostView,
 }
 
-impl GuestReply<'_> {
-    /// Calls `f(piece, start, len)` for the parts of `[off, off + len)`.
-    fn ranges(&self, mut off: usize, mut len: usize, mut f: impl FnMut(Piece, usize, usize)) {
-        for p in self.pieces {
-            if len == 0 {
-                break;
-            }
-            if off >= p.len {
-                off -= p.len;
-                continue;
-            }
-            let n = (p.len - off).min(len);
-            f(*p, off, n);
-            off = 0;
-            len -= n;
-        }
-    }
-}
-
-impl ReplyBuf for GuestReply<'_> {
+impl ReplyBuf for GuestReply<'_, '_> {
     fn capacity(&self) -> usize {
-        self.total
+        self.writable.total()
     }
 
     fn put(&mut self, off: usize, data: &[u8]) {
-        let mut pos = 0;
-        self.ranges(off, data.len(), |p, start, n| {
-            // SAFETY: `p` is a mapped guest range of `p.len` bytes held by
-            // the device and `start + n <= p.len`; `data[pos..pos + n]`
-            // is in bounds because the ranges add up to `data.len()`.
-            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr().add(pos), p.ptr.add(start), n) };
-            pos += n;
-        });
+        self.writable.copy_from_at(off, data);
     }
 
     fn fill_from(&mut self, off: usize, len: usize, file: BorrowedFd<'_>, file_off: u64) -> io::Result<usize> {
-        let mut iov = std::mem::take(self.iov);
-        iov.clear();
-        self.ranges(off, len, |p, start, n| {
-            // SAFETY: `start + n <= p.len`, inside the mapped piece.
-            iov.push(libc::iovec { iov_base: unsafe { p.ptr.add(start) }.cast(), iov_len: n });
-        });
-        // The pieces are guest memory the device holds mapped.
-        let r = host::preadv(file, &iov, file_off);
-        *self.iov = iov;
-        r
+        let mut part = self.part.start(self.view);
+        if !part.push_part_of(self.writable, off, len) {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        part.read_from_at(file, file_off)
     }
-}
-
-/// Maps `len` bytes of guest memory at `addr` to host pieces; `false` if
-/// any byte is outside guest memory.
-fn map_desc(mem: &GuestMemoryMmap, view: &HostView, addr: GuestAddress, len: usize, out: &mut Vec<Piece>) -> bool {
-    if len == 0 {
-        return true;
-    }
-    if let Some(ptr) = view.ptr(addr, len as u64) {
-        out.push(Piece { ptr, len });
-        return true;
-    }
-    // Spanning two regions, or outside guest memory.
-    for slice in GuestMemoryBackend::get_slices(mem, addr, len) {
-        let Ok(slice) = slice else {
-            return false;
-        };
-        out.push(Piece { ptr: slice.ptr_guard_mut().as_ptr(), len: slice.len() });
-    }
-    true
 }
 
 /// Scratch space for serving chains, allocated once.
 struct Scratch {
-    readable: Vec<Piece>,
-    writable: Vec<Piece>,
+    readable: IoVecBuf,
+    writable: IoVecBuf,
+    part: IoVecBuf,
     req: Vec<u8>,
-    iov: Vec<libc::iovec>,
 }
-
-// SAFETY: the raw pointers are addresses in the guest memory mapping the
-// device holds; they are only used between the start and end of one
-// request on the thread serving it.
-unsafe impl Send for Scratch {}
 
 /// State that exists while the driver runs the device.
 struct Active {
-    mem: GuestMemoryMmap,
     view: HostView,
     queue: Queue,
 }
@@ -254,10 +190,10 @@ impl Share {
             acked_features: 0,
             active: None,
             scratch: Scratch {
-                readable: Vec::with_capacity(MAX_DESCS),
-                writable: Vec::with_capacity(MAX_DESCS),
+                readable: IoVecBuf::new(),
+                writable: IoVecBuf::new(),
+                part: IoVecBuf::new(),
                 req: Vec::with_capacity(MIN_MSIZE as usize),
-                iov: Vec::with_capacity(MAX_DESCS),
             },
             more: EventFd::new(libc::EFD_NONBLOCK).map_err(ShareError::EventFd)?,
             completed: Vec::with_capacity(usize::from(QUEUE_SIZE)),
@@ -273,15 +209,15 @@ impl Share {
     }
 
     /// Serves the queue until it is empty or the pass budget is spent.
-    /// Returns whether the driver must be interrupted.
-    fn serve(&mut self) -> bool {
+    /// Returns the queue if the driver must be notified.
+    fn serve(&mut self) -> QueueSet {
         let Share { server, active, scratch, more, completed, bad_chain_log, queue_error_log, .. } = self;
-        let Some(Active { mem, view, queue }) = active.as_mut() else {
-            return false;
+        let Some(Active { view, queue }) = active.as_mut() else {
+            return QueueSet::EMPTY;
         };
-        let (mem, view) = (&*mem, &*view);
+        let view = &*view;
         if !queue.ready() {
-            return false;
+            return QueueSet::EMPTY;
         }
         let start = Instant::now();
         let mut requests = 0u32;
@@ -313,7 +249,7 @@ impl Share {
             for chain in &mut avail {
                 let head = chain.head_index();
                 let walker = ChainWalker::new(view, table, size, head);
-                let (len, moved) = serve_chain(server, scratch, bad_chain_log, mem, view, head, walker);
+                let (len, moved) = serve_chain(server, scratch, bad_chain_log, view, head, walker);
                 completed.push((head, len));
                 requests += 1;
                 bytes += moved;
@@ -346,7 +282,7 @@ impl Share {
                 _ => break,
             }
         }
-        used && queue.needs_notification(view).unwrap_or(true)
+        QueueSet::of_if(0, used && queue.needs_notification(view).unwrap_or(true))
     }
 }
 
@@ -355,13 +291,12 @@ fn serve_chain(
     server: &mut Server,
     s: &mut Scratch,
     log: &mut LogBudget,
-    mem: &GuestMemoryMmap,
     view: &HostView,
     head: u16,
     chain: ChainWalker<'_>,
 ) -> (u32, u64) {
-    s.readable.clear();
-    s.writable.clear();
+    let mut readable = s.readable.start(view);
+    let mut writable = s.writable.start(view);
     let mut ndesc = 0usize;
     let mut bad: Option<&str> = None;
     for d in chain {
@@ -371,14 +306,14 @@ fn serve_chain(
             break;
         }
         let out = if d.is_write_only() {
-            &mut s.writable
-        } else if s.writable.is_empty() {
-            &mut s.readable
+            &mut writable
+        } else if writable.is_empty() {
+            &mut readable
         } else {
             bad = Some("device-readable descriptor after a writable one");
             break;
         };
-        if !map_desc(mem, view, d.addr, d.len as usize, out) {
+        if !out.push(d.addr, d.len as usize) {
             bad = Some("buffer outside guest memory");
             break;
         }
@@ -391,21 +326,10 @@ fn serve_chain(
     }
     // The request, up to msize bytes (a longer one is refused by the
     // server from its size field).
-    let limit = server.msize() as usize;
     s.req.clear();
-    for p in &s.readable {
-        let n = p.len.min(limit - s.req.len());
-        let at = s.req.len();
-        s.req.resize(at + n, 0);
-        // SAFETY: `p` is a mapped guest range of at least `n` bytes; the
-        // destination was just sized to hold them.
-        unsafe { std::ptr::copy_nonoverlapping(p.ptr, s.req[at..].as_mut_ptr(), n) };
-        if s.req.len() == limit {
-            break;
-        }
-    }
-    let total = s.writable.iter().map(|p| p.len).sum();
-    let mut reply = GuestReply { pieces: &s.writable, total, iov: &mut s.iov };
+    s.req.resize(readable.total().min(server.msize() as usize), 0);
+    readable.copy_to(&mut s.req);
+    let mut reply = GuestReply { writable: &writable, part: &mut s.part, view };
     let n = server.handle(&s.req, &mut reply);
     if n == 0 && log.take("virtio-9p: unanswerable request") {
         warn!("virtio-9p: descriptor chain {head}: no header or no room for a reply; dropped");
@@ -431,15 +355,7 @@ impl VirtioDevice for Share {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if start >= self.config.len() {
-            return;
-        }
-        let n = data.len().min(self.config.len() - start);
-        data[..n].copy_from_slice(&self.config[start..start + n]);
+        super::read_config_space(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -448,12 +364,7 @@ impl VirtioDevice for Share {
         }
     }
 
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        _interrupt: Arc<VirtioInterrupt>,
-        mut queues: Vec<Queue>,
-    ) -> Result<(), ActivateError> {
+    fn activate(&mut self, mem: GuestMemoryMmap, mut queues: Vec<Queue>) -> Result<(), ActivateError> {
         if self.active.is_some() {
             return Err(ActivateError::AlreadyActivated);
         }
@@ -464,12 +375,15 @@ impl VirtioDevice for Share {
         if !queue.ready() {
             return Err(ActivateError::QueueNotReady(0));
         }
-        self.active = Some(Active { view: HostView::new(&mem), mem, queue });
+        self.active = Some(Active { view: HostView::new(&mem), queue });
         Ok(())
     }
 
-    fn process_queue(&mut self, idx: usize) -> bool {
-        idx == 0 && self.serve()
+    fn process_queue(&mut self, idx: usize) -> QueueSet {
+        if idx != 0 {
+            return QueueSet::EMPTY;
+        }
+        self.serve()
     }
 
     fn reset(&mut self) {
@@ -483,9 +397,9 @@ impl VirtioDevice for Share {
         vec![self.more.as_raw_fd()]
     }
 
-    fn process_backend(&mut self, idx: usize) -> bool {
+    fn process_backend(&mut self, idx: usize) -> QueueSet {
         if idx != 0 {
-            return false;
+            return QueueSet::EMPTY;
         }
         // Non-blocking: WouldBlock is a spurious wake-up.
         let _ = self.more.read();
