@@ -62,7 +62,7 @@ mod vm;
 // 9
 mod smoke;
 
-pub use config::{BootProtocol, ConfigError, DiskConfig, NetConfig, SerialConfig, SharedWriter, VmConfig};
+pub use config::{BootProtocol, ConfigError, DiskConfig, NetConfig, SerialConfig, ShareConfig, SharedWriter, VmConfig};
 pub use cpio::{CpioError, CpioWriter};
 pub use ember_devices::legacy::I8042Error;
 pub use ember_devices::virtio::net::NetStats;

@@ -4,10 +4,10 @@
  * VIRTIO_9P_MOUNT_TAG, one request queue whose chains carry a T-message
  * in device-readable buffers and room for the R-message in
  * device-writable ones) and the 9P2000.L message layouts (as Linux's
- * net/9p sends them). It runs against the first virtio-9p device on the
- * command line.
+ * net/9p sends them). It runs against the virtio-9p device whose mount
+ * tag is tag= (the first one without it).
  *
- * Parameters: tag=NAME (expected mount tag), file=NAME (a file at the
+ * Parameters: tag=NAME (the mount tag to find), file=NAME (a file at the
  * share's root), len=N and crc=0xC (its length and CRC-32), link=NAME (a
  * symbolic link at the root pointing out of the share; walking through it
  * must stop at the link), msize=N (proposed, default 32768).
@@ -130,26 +130,30 @@ static const char *param_str(const char *name, char *buf, size_t size)
 int main(void)
 {
     static char tagbuf[64], file[64], link[64];
-    CHECK(vio_find(VIRTIO_ID_9P, 0, &dev), 60);
-    CHECK(vio_negotiate(&dev, BIT(VIRTIO_9P_MOUNT_TAG)), 60);
-    CHECK(dev.features & BIT(VIRTIO_9P_MOUNT_TAG), 60);
+    /* The 9P device whose mount tag is tag= (the first one without it):
+     * the tag is in config space once MOUNT_TAG is negotiated. */
+    const char *want_tag = rt_param("tag");
+    u16 tlen = 0;
+    for (int nth = 0;; nth++) {
+        CHECK(vio_find(VIRTIO_ID_9P, nth, &dev), 60);
+        CHECK(vio_negotiate(&dev, BIT(VIRTIO_9P_MOUNT_TAG)), 60);
+        CHECK(dev.features & BIT(VIRTIO_9P_MOUNT_TAG), 60);
+        tlen = vio_cfg16(&dev, 0);
+        CHECK(tlen > 0 && tlen < sizeof(tagbuf), 61);
+        for (u16 i = 0; i < tlen; i++)
+            tagbuf[i] = (char)vio_cfg8(&dev, 2u + i);
+        tagbuf[tlen] = 0;
+        rt_printf("p9: mount tag [%s]\n", tagbuf);
+        if (!want_tag || (rt_param_len(want_tag) == tlen && !strncmp(want_tag, tagbuf, tlen)))
+            break;
+        vio_reset(&dev);
+    }
     CHECK(vio_queue(&dev, &q, 0, 0), 60);
     msize = (u32)rt_param_u64("msize", 32768);
     req = vio_alloc(512, 16);
     hdr = vio_alloc(11, 1);
     rep = vio_alloc(msize, 4096);
     vio_driver_ok(&dev);
-
-    /* Config space: the mount tag. */
-    u16 tlen = vio_cfg16(&dev, 0);
-    CHECK(tlen > 0 && tlen < sizeof(tagbuf), 61);
-    for (u16 i = 0; i < tlen; i++)
-        tagbuf[i] = (char)vio_cfg8(&dev, 2u + i);
-    tagbuf[tlen] = 0;
-    rt_printf("p9: mount tag [%s]\n", tagbuf);
-    const char *want_tag = rt_param("tag");
-    if (want_tag)
-        CHECK(rt_param_len(want_tag) == tlen && !strncmp(want_tag, tagbuf, tlen), 61);
 
     /* Tversion. */
     u32 len;

@@ -10,7 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use ember::{BootProtocol, DiskConfig, Jail, NetConfig, SeccompMode, SerialConfig, Smoke, VmConfig};
 
 use crate::parse::{
-    parse_boot, parse_disk, parse_duration, parse_net, parse_seccomp, parse_serial, parse_size, parse_user,
+    parse_boot, parse_disk, parse_duration, parse_net, parse_run_share, parse_seccomp, parse_serial, parse_size,
+    parse_user, ShareSpec,
 };
 
 /// ember: a small, fast virtual machine monitor on Linux KVM.
@@ -148,6 +149,11 @@ pub struct RunArgs {
     /// line: a kernel with ACPI finds the devices in the DSDT.
     #[arg(long)]
     pub no_virtio_mmio_cmdline: bool,
+    /// A host directory shared over virtio-9p, read-write unless `,ro`; the
+    /// guest mounts it by its tag (default share0, share1, ...):
+    /// `mount -t 9p -o trans=virtio,version=9p2000.L TAG /mnt`. Repeatable.
+    #[arg(long, value_name = "HOST_DIR[:TAG][,ro|,rw]", value_parser = parse_run_share)]
+    pub share: Vec<ShareSpec>,
     /// Log level for ember's own messages on stderr: off, error, warn, info,
     /// debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
@@ -177,11 +183,13 @@ impl RunArgs {
             memory: self.memory,
             vcpus: self.cpus,
             serial: self.serial.clone(),
+            extra_serials: Vec::new(),
             debug_exit: self.debug_exit,
             boot: self.boot,
             disks: self.disk.clone(),
             nets: self.net.clone(),
             virtio_mmio_cmdline: !self.no_virtio_mmio_cmdline,
+            shares: self.share.iter().enumerate().map(|(i, s)| s.to_config(i)).collect(),
             seccomp: self.seccomp,
             jail: self.user.map(|(uid, gid)| Jail { uid, gid, chroot: self.chroot.clone() }),
         }

@@ -106,6 +106,17 @@ pub enum ShareError {
     EventFd(#[source] io::Error),
 }
 
+impl ShareError {
+    /// Whether the error is about the values given (the directory, the
+    /// tag) rather than the host (its kernel, its resources).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            ShareError::EmptyTag { .. } | ShareError::BadTag { .. } | ShareError::Server(ServerError::Open { .. })
+        )
+    }
+}
+
 /// The device-writable part of a chain as a [`ReplyBuf`].
 struct GuestReply<'a, 'm> {
     writable: &'a IoVecs<'m>,
@@ -201,6 +212,12 @@ impl Share {
             queue_error_log: LogBudget::new(8),
             config_write_log: LogBudget::new(4),
         })
+    }
+
+    /// Bounds the number of fids (each a host file descriptor) the guest
+    /// may hold at once (at least 1; 16,384 unless set).
+    pub fn set_max_fids(&mut self, n: usize) {
+        self.server.set_max_fids(n);
     }
 
     /// The file server's counters.
