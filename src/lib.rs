@@ -71,7 +71,7 @@ pub use exit::VmExit;
 pub use jail::Jail;
 pub use seccomp::SeccompMode;
 pub use serial_capture::SerialCapture;
-pub use smoke::{Expectation, Smoke, SmokeError, SmokeReport, Verdict};
+pub use smoke::{Expectation, Modules, RootPlan, Smoke, SmokeError, SmokeReport, SmokeShare, Verdict};
 pub use vm::{RunningVm, Vm, VmHandle};
 
 /// Restores the terminal (if a [`Vm`] put it in raw mode) before the

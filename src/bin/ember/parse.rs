@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ember::{BootProtocol, DiskConfig, NetConfig, SeccompMode, SerialConfig, ShareConfig};
+use ember::{BootProtocol, DiskConfig, Modules, NetConfig, SeccompMode, SerialConfig, ShareConfig};
 
 /// A value on the command line that is not understood.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -245,6 +245,38 @@ pub fn parse_run_share(s: &str) -> Result<ShareSpec, ParseError> {
     Ok(spec)
 }
 
+/// Parses `--modules`: `auto`, `none` or a directory.
+pub fn parse_modules(s: &str) -> Result<Modules, ParseError> {
+    Ok(match s {
+        "auto" => Modules::Auto,
+        "none" => Modules::Off,
+        "" => {
+            return Err(ParseError::DeviceOption {
+                what: "--modules",
+                value: s.into(),
+                why: "expected a module directory, auto or none".into(),
+            })
+        }
+        d => Modules::Dir(PathBuf::from(d)),
+    })
+}
+
+/// Parses `--env NAME=VALUE`.
+pub fn parse_env(s: &str) -> Result<(String, String), ParseError> {
+    let bad = |why: &str| ParseError::DeviceOption { what: "--env", value: s.to_string(), why: why.to_string() };
+    let (k, v) = s.split_once('=').ok_or_else(|| bad("expected NAME=VALUE"))?;
+    if k.is_empty()
+        || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        || k.starts_with(|c: char| c.is_ascii_digit())
+    {
+        return Err(bad("a variable name is letters, digits and '_', not starting with a digit"));
+    }
+    if v.contains('\0') {
+        return Err(bad("the value contains a NUL byte"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
 fn split_options(s: &str) -> impl Iterator<Item = &str> {
     s.split(',').filter(|p| !p.is_empty())
 }
@@ -354,6 +386,19 @@ mod tests {
         assert!(e.contains("'/srv:/mnt'") && e.contains("ember smoke"), "{e}");
         assert_eq!(spec("/s", None, None, true).to_config(2).tag, "share2");
         assert_eq!(spec("/s", Some("x"), None, true).to_config(2).tag, "x");
+    }
+
+    #[test]
+    fn modules_and_env() {
+        assert_eq!(parse_modules("auto"), Ok(Modules::Auto));
+        assert_eq!(parse_modules("none"), Ok(Modules::Off));
+        assert_eq!(parse_modules("/lib/modules/6.1"), Ok(Modules::Dir("/lib/modules/6.1".into())));
+        assert!(parse_modules("").is_err());
+        assert_eq!(parse_env("A_1=x=y"), Ok(("A_1".into(), "x=y".into())));
+        assert_eq!(parse_env("HOME="), Ok(("HOME".into(), String::new())));
+        for bad in ["noeq", "=v", "1A=v", "A-B=v"] {
+            assert!(parse_env(bad).unwrap_err().to_string().contains(&format!("'{bad}'")), "{bad}");
+        }
     }
 
     #[test]
