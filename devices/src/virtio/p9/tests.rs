@@ -968,3 +968,59 @@ fn device_yields_after_its_pass_budget_and_finishes_later() {
     dev.reset();
     assert!(!dev.backend_wants_input(0));
 }
+
+/// Device nodes already in the share (as under a shared `/`: the host's
+/// `/dev`) are never opened on the host, and the guest's open flags
+/// (`O_PATH`, `O_DIRECTORY`, `O_NOFOLLOW`, `O_CREAT`, `O_TRUNC`) cannot turn
+/// a fid into something that reaches outside or past the read-only bound.
+#[test]
+fn host_device_nodes_and_open_flag_tricks_reach_nothing() {
+    let f = Fixture::new("p9-devnodes");
+    // A host char device (/dev/null's numbers) and block device (/dev/sda's)
+    // in the share: needs CAP_MKNOD; without it the flag tricks still run.
+    let mut made = Vec::new();
+    for (name, mode, dev) in [("null", libc::S_IFCHR, libc::makedev(1, 3)), ("sda", libc::S_IFBLK, libc::makedev(8, 0))]
+    {
+        let p = std::ffi::CString::new(f.share().join(name).as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path; mknod touches no memory of ours.
+        if unsafe { libc::mknod(p.as_ptr(), mode | 0o666, dev) } == 0 {
+            made.push(name);
+        }
+    }
+    for ro in [true, false] {
+        let mut c = f.client(ro);
+        for name in &made {
+            c.walk(ROOT, 1, &[name.as_bytes()]).unwrap();
+            for flags in [libc::O_RDONLY, libc::O_RDWR, libc::O_WRONLY, libc::O_PATH] {
+                assert_eq!(c.lopen(1, flags as u32), Err(libc::EACCES), "{name} opened with {flags:#x}");
+            }
+            assert_eq!(c.read(1, 0, 16), Err(EBADF), "{name} read without an open");
+            c.clunk(1).unwrap();
+        }
+        // O_PATH from the guest: the fid is still opened for I/O on the
+        // file itself (or refused), never left as a bare path to misuse.
+        c.walk(ROOT, 1, &[b"file"]).unwrap();
+        if c.lopen(1, libc::O_PATH as u32).is_ok() {
+            assert_eq!(c.read(1, 0, 4).unwrap(), file_bytes()[..4]);
+        }
+        c.clunk(1).unwrap();
+        // Through a link: O_PATH, O_NOFOLLOW or O_DIRECTORY never follow it.
+        for link in [&b"abs"[..], b"dirlink", b"slash"] {
+            c.walk(ROOT, 1, &[link]).unwrap();
+            for flags in [libc::O_PATH, libc::O_PATH | libc::O_NOFOLLOW, libc::O_DIRECTORY, libc::O_NOFOLLOW] {
+                assert!(c.lopen(1, flags as u32).is_err(), "{link:?} opened with {flags:#x}");
+            }
+            c.clunk(1).unwrap();
+        }
+        // A read-only share refuses O_CREAT|O_TRUNC|O_WRONLY on an open.
+        c.walk(ROOT, 1, &[b"file"]).unwrap();
+        let r = c.lopen(1, (libc::O_WRONLY | libc::O_TRUNC | libc::O_CREAT) as u32);
+        if ro {
+            assert_eq!(r, Err(EROFS));
+        }
+        c.clunk(1).unwrap();
+    }
+    let data: Vec<u8> = std::fs::read(f.share().join("file")).unwrap();
+    assert!(data.is_empty() || data == file_bytes(), "only the rw pass may truncate");
+    f.outside_untouched();
+}
