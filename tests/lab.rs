@@ -44,6 +44,7 @@ fn steps() -> Vec<Step> {
         Step::new("test_kernel_ext4_disk", 300, test_kernel_ext4_disk),
         Step::new("test_kernel_network", 600, test_kernel_network),
         Step::new("test_kernel_root_share", 900, test_kernel_root_share),
+        Step::new("debian_root_share_modules", 900, debian_root_share_modules),
     ]
 }
 
@@ -408,6 +409,18 @@ fn share_pattern(len: usize) -> Vec<u8> {
 /// ro share refused the create; stdout, stderr and the kernel's console
 /// came out apart.
 fn test_kernel_root_share(r: &StepRun) {
+    root_share_checks(r);
+}
+
+/// The same on Debian's kernel, its modules loaded from its package.
+fn debian_root_share_modules(r: &StepRun) {
+    root_share_checks(r);
+    let log = r.read("root-kernel.log");
+    assert!(log.contains(r.get("release").as_str()), "Debian's kernel booted\n{log}");
+    assert!(!log.contains("insmod") && !log.contains("ember: cannot mount"), "every module loaded\n{log}");
+}
+
+fn root_share_checks(r: &StepRun) {
     assert_eq!(r.get("dynamic"), "1", "share_prog is dynamically linked");
     let b = r.l2("root");
     let log = r.read("root-kernel.log");
