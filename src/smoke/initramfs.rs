@@ -107,7 +107,7 @@ pub fn init_script_for(plan: &InitPlan<'_>) -> String {
         let tag = sh_quote(&root.tag);
         s.push_str(&format!(
             "/bin/busybox mkdir -p /ember/lower /ember/rw {NEW_ROOT}\n\
-             /bin/busybox mount -t 9p -o {P9_OPTS},ro {tag} /ember/lower || echo 'ember: cannot mount the root share'\n\
+             /bin/busybox mount -t 9p -o {P9_OPTS},ro,cache=loose {tag} /ember/lower || echo 'ember: cannot mount the root share'\n\
              /bin/busybox mount -t tmpfs -o mode=0755 tmpfs /ember/rw\n\
              /bin/busybox mkdir -p /ember/rw/upper /ember/rw/work\n\
              if ! /bin/busybox mount -t overlay -o lowerdir=/ember/lower,upperdir=/ember/rw/upper,workdir=/ember/rw/work overlay {NEW_ROOT} 2>/dev/null; then\n\
