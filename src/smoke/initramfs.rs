@@ -111,15 +111,13 @@ pub fn init_script_for(plan: &InitPlan<'_>) -> String {
              /bin/busybox mount -t tmpfs -o mode=0755 tmpfs /ember/rw\n\
              /bin/busybox mkdir -p /ember/rw/upper /ember/rw/work\n\
              if ! /bin/busybox mount -t overlay -o lowerdir=/ember/lower,upperdir=/ember/rw/upper,workdir=/ember/rw/work overlay {NEW_ROOT} 2>/dev/null; then\n\
-             \x20 echo 'ember: no overlayfs: the root is read-only, with tmpfs on /tmp /run /var/tmp /root'\n\
+             \x20 echo 'ember: no overlayfs: the root is read-only, with tmpfs on /run /var/tmp /root'\n\
              \x20 /bin/busybox mount --bind /ember/lower {NEW_ROOT}\n\
-             \x20 for d in /var/tmp /root; do /bin/busybox mount -t tmpfs tmpfs {NEW_ROOT}$d 2>/dev/null; done\n\
+             \x20 for d in /run /var/tmp /root; do /bin/busybox mount -t tmpfs tmpfs {NEW_ROOT}$d 2>/dev/null; done\n\
              fi\n\
              /bin/busybox mount -t proc proc {NEW_ROOT}/proc\n\
              /bin/busybox mount -t sysfs sysfs {NEW_ROOT}/sys\n\
              /bin/busybox mount -t devtmpfs devtmpfs {NEW_ROOT}/dev\n\
-             /bin/busybox mount -t tmpfs -o mode=1777 tmpfs {NEW_ROOT}/tmp\n\
-             /bin/busybox mount -t tmpfs -o mode=0755 tmpfs {NEW_ROOT}/run\n\
              /bin/busybox mkdir -p {NEW_ROOT}/run/ember\n\
              /bin/busybox cp /bin/busybox {NEW_ROOT}/run/ember/busybox\n"
         ));
