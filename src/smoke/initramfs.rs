@@ -320,7 +320,7 @@ mod tests {
         let pos = |n: &str| s.find(n).unwrap_or_else(|| panic!("no {n:?} in\n{s}"));
         assert!(pos("insmod") < pos("-t 9p"), "{s}");
         assert!(pos("'ember-root' /ember/lower") < pos("'out' '/ember/root/mnt/out'"), "{s}");
-        assert!(s.contains(",ro 'out'") && s.contains(",ro 'ember-root'"), "{s}");
+        assert!(s.contains(",ro 'out'") && s.contains(",ro,cache=loose 'ember-root'"), "{s}");
         assert!(s.contains("lowerdir=/ember/lower,upperdir=/ember/rw/upper"), "{s}");
         let line = s.lines().find(|l| l.starts_with("/bin/busybox chroot")).unwrap();
         assert_eq!(
