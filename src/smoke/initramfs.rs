@@ -157,8 +157,8 @@ pub fn init_script_for(plan: &InitPlan<'_>) -> String {
         // raw: no \n -> \r\n; opening a port the kernel has no UART for fails.
         s.push_str(
             "out=/dev/console; err=/dev/console\n\
-             /bin/busybox stty -F /dev/ttyS1 raw -echo 2>/dev/null && out=/dev/ttyS1\n\
-             /bin/busybox stty -F /dev/ttyS2 raw -echo 2>/dev/null && err=/dev/ttyS2\n",
+             if e=$(/bin/busybox stty -F /dev/ttyS1 raw -echo 2>&1); then out=/dev/ttyS1; else echo \"ember: ttyS1: $e: the command's stdout goes to the console\"; fi\n\
+             if e=$(/bin/busybox stty -F /dev/ttyS2 raw -echo 2>&1); then err=/dev/ttyS2; else echo \"ember: ttyS2: $e: the command's stderr goes to the console\"; fi\n",
         );
     }
     s.push_str(&format!("cd /\necho '{BEGIN_MARKER}'\n"));
