@@ -45,7 +45,6 @@ fn steps() -> Vec<Step> {
         Step::new("test_kernel_network", 600, test_kernel_network),
         Step::new("test_kernel_root_share", 900, test_kernel_root_share),
         Step::new("debian_root_share_modules", 900, debian_root_share_modules),
-        Step::new("test_kernel_share_read_bench", 900, test_kernel_share_read_bench),
     ]
 }
 
@@ -447,31 +446,4 @@ fn root_share_checks(r: &StepRun) {
     let expected = std::fs::read(r.path("expected.bin")).unwrap();
     assert_eq!(expected, share_pattern((1 << 20) + 3), "the host-side generator agrees with the check");
     assert!(written == expected, "written.bin: {} bytes, differs from the pattern", written.len());
-}
-
-/// The share-vs-disk read bench: every pass read all 256 MiB both ways;
-/// the figures (MB/s per pass, medians and their ratio) are printed, not
-/// asserted.
-fn test_kernel_share_read_bench(r: &StepRun) {
-    let b = r.l2("bench");
-    assert_eq!(b.status, 0, "{}", b.console);
-    let mut rates: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
-    for l in b.lines().iter().filter(|l| l.starts_with("BENCH ")) {
-        let kind = l.split_whitespace().nth(1).unwrap().to_string();
-        let f = |k: &str| {
-            l.split_whitespace().find_map(|w| w.strip_prefix(&format!("{k}="))).and_then(|v| v.parse::<f64>().ok())
-        };
-        let (n, a, e) = (f("bytes").unwrap(), f("start").unwrap(), f("end").unwrap());
-        assert_eq!(n as u64, 256 << 20, "{kind} read everything\n{}", b.console);
-        rates.entry(kind).or_default().push(n / 1e6 / (e - a).max(0.01));
-    }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
-    let (mut p9, mut blk) = (rates.remove("p9").unwrap_or_default(), rates.remove("blk").unwrap_or_default());
-    assert!(p9.len() == 3 && blk.len() == 3, "three passes each\n{}", b.console);
-    let (mp, mb) = (median(&mut p9), median(&mut blk));
-    println!("share read bench (256 MiB, L2 on the lab's KVM): virtio-9p {p9:.0?} MB/s, virtio-blk {blk:.0?} MB/s");
-    println!("share read bench: medians virtio-9p {mp:.0} MB/s, virtio-blk {mb:.0} MB/s, ratio 9p/blk {:.2}", mp / mb);
 }
