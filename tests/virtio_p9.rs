@@ -78,3 +78,30 @@ fn bad_shares_are_refused_before_the_guest_starts() {
     share_error(&["--share", &format!("{dir}:")], &["--share", "nothing after ':'"]);
     share_error(&["--share", ",ro"], &["host directory is missing"]);
 }
+
+fn smoke_error(args: &[&str], code: i32, needles: &[&str]) {
+    let g = guest("hello");
+    let mut all = vec!["smoke", "--kernel", g.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let o = run_ember(&all, None, T);
+    assert_code(&o, code);
+    for n in needles {
+        assert!(o.stderr.contains(n), "{args:?}: no {n:?} in {}", o.stderr);
+    }
+    assert!(!o.stderr.contains("panicked"), "{}", o.stderr);
+}
+
+/// `ember smoke`'s share, root-share and module flags: bad values are
+/// named, before any guest runs (2: the flags; 125: ember could not set up).
+#[test]
+fn smoke_share_flags_are_checked() {
+    let d = scratch("p9-smoke-flags");
+    let dir = d.to_str().unwrap();
+    smoke_error(&["--cwd", "/tmp", "--", "true"], 2, &["--root-share"]);
+    smoke_error(&["--root-share", "--env", "1X=y", "--", "true"], 2, &["'1X=y'"]);
+    smoke_error(&["--share", &format!("{dir}:"), "--", "true"], 2, &["nothing after ':'"]);
+    smoke_error(&["--modules", "/nonexistent/mods", "--", "true"], 125, &["/nonexistent/mods", "modules.dep"]);
+    smoke_error(&["--share", "/nonexistent/dir:/mnt/x", "--", "true"], 125, &["/nonexistent/dir"]);
+    let log = d.join("no/such/dir/console.log");
+    smoke_error(&["--console-log", log.to_str().unwrap(), "--", "true"], 125, &[log.to_str().unwrap()]);
+}
