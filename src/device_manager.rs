@@ -92,6 +92,8 @@ pub(crate) struct DeviceManager {
     pub(crate) i8042: Option<Arc<Mutex<I8042>>>,
     /// The PCI root, when the VM has one (not yet: virtio-pci will add it).
     pub(crate) pci_root: Option<PciRoot>,
+    /// The UARTs after COM1, as (first port, GSI).
+    pub(crate) extra_uarts: Vec<(u64, u32)>,
 }
 
 impl DeviceManager {
@@ -106,6 +108,7 @@ impl DeviceManager {
             net_counters: Vec::new(),
             i8042: None,
             pci_root: None,
+            extra_uarts: Vec::new(),
         }
     }
 
@@ -158,6 +161,7 @@ impl DeviceManager {
         for (out, &(port, irq)) in config.extra_serials.iter().zip(layout::EXTRA_COM_PORTS.iter()) {
             self.add_output_uart(vm, out, port, irq)?;
             uarts.push(port);
+            self.extra_uarts.push((port, irq));
         }
         let quiet: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(QuietPorts));
         for &(base, len) in QUIET_PORT_RANGES {
@@ -260,6 +264,7 @@ impl DeviceManager {
         acpi::Devices {
             virtio_mmio: self.virtio.iter().filter_map(|v| v.transport.acpi_mmio()).collect(),
             pci: self.pci_root,
+            extra_uarts: self.extra_uarts.clone(),
         }
     }
 
