@@ -424,8 +424,15 @@ impl Smoke {
         if let Some(root) = &self.root {
             config.shares.push(ShareConfig { path: "/".into(), tag: root.tag.clone(), read_only: true });
         }
+        // The command's stdout and stderr: to the caller's writers, and
+        // kept for the report.
+        let (cmd_out, cmd_err) = (SerialCapture::new(), SerialCapture::new());
         if let Some((out, err)) = &self.command_output {
-            config.extra_serials = vec![SerialConfig::Writer(out.clone()), SerialConfig::Writer(err.clone())];
+            let tee = |w: &SharedWriter, c: &SerialCapture| -> SharedWriter {
+                std::sync::Arc::new(std::sync::Mutex::new(Tee(w.clone(), c.clone(), 0)))
+            };
+            config.extra_serials =
+                vec![SerialConfig::Writer(tee(out, &cmd_out)), SerialConfig::Writer(tee(err, &cmd_err))];
         }
         // Opened before the VM starts: under seccomp this thread opens
         // nothing later.
@@ -541,8 +548,32 @@ impl Smoke {
             elapsed,
             timeout: self.timeout,
             console: console.text(),
+            command_output: (cmd_out.text(), cmd_err.text()),
             kernel: self.kernel.clone(),
         })
+    }
+}
+
+/// How much of the command's stdout and of its stderr the report keeps.
+const KEPT_OUTPUT: usize = 1 << 20;
+
+/// Writes to the caller's writer and keeps a copy of the first
+/// [`KEPT_OUTPUT`] bytes.
+struct Tee(SharedWriter, SerialCapture, usize);
+
+impl std::io::Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let keep = buf.len().min(KEPT_OUTPUT - self.2);
+        self.1.write_all(&buf[..keep])?;
+        self.2 += keep;
+        let mut w = lock(&self.0);
+        w.write_all(buf)?;
+        w.flush()?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        lock(&self.0).flush()
     }
 }
 
