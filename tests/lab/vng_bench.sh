@@ -9,6 +9,7 @@
 . "$LAB_REPO/tests/lab/lib.sh"
 runs=${1:-5}
 vng=${VNG:-/tmp/p9-work/venv/bin/vng}
+export PATH="$(dirname "$vng"):$PATH" # vng runs virtme-run from its own bin/
 # Both guests load the kernel's modules from the shared root's /lib/modules.
 mkdir -p /lib/modules
 ln -sfn "$LAB_MODULES/lib/modules/$LAB_KERNEL_RELEASE" "/lib/modules/$LAB_KERNEL_RELEASE"
