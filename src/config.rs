@@ -34,9 +34,31 @@ pub enum ConfigError {
         /// How many fit.
         max: usize,
     },
+    /// More extra UARTs than COM2 to COM4.
+    #[error("too many extra serial ports ({0}); at most 3 (COM2 to COM4)")]
+    TooManySerials(usize),
     /// The jail's chroot directory does not exist.
     #[error("chroot directory {} does not exist or is not a directory", .0.display())]
     BadChroot(PathBuf),
+    /// A shared directory's mount tag is empty, longer than 255 bytes or
+    /// holds a NUL byte.
+    #[error("invalid mount tag {tag:?} for shared directory {}: a tag is 1 to 255 bytes without NUL", path.display())]
+    BadShareTag {
+        /// The tag.
+        tag: String,
+        /// The shared directory.
+        path: PathBuf,
+    },
+    /// Two shared directories have the same mount tag.
+    #[error("mount tag {tag:?} is used twice (shared directories {} and {}); give each share its own tag", first.display(), second.display())]
+    DuplicateShareTag {
+        /// The tag.
+        tag: String,
+        /// The first directory with it.
+        first: PathBuf,
+        /// The second one.
+        second: PathBuf,
+    },
 }
 
 /// A `Write` shared between the caller and the VM.
@@ -170,6 +192,32 @@ impl NetConfig {
     }
 }
 
+/// One host directory shared with the guest over virtio-9p (9P2000.L).
+///
+/// The guest mounts it by its tag:
+/// `mount -t 9p -o trans=virtio,version=9p2000.L TAG /mnt`. Nothing of the
+/// host outside `path` is reachable through it (docs/share.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShareConfig {
+    /// The host directory.
+    pub path: PathBuf,
+    /// The mount tag the guest names it by (1 to 255 bytes, no NUL).
+    pub tag: String,
+    /// Refuse every change with `EROFS`.
+    pub read_only: bool,
+}
+
+impl ShareConfig {
+    /// The longest mount tag.
+    pub const MAX_TAG_LEN: usize = ember_devices::virtio::p9::MAX_TAG_LEN;
+
+    /// The tag of the share at `index` when none is given: `share0`,
+    /// `share1`, ...
+    pub fn default_tag(index: usize) -> String {
+        format!("share{index}")
+    }
+}
+
 /// Everything needed to build a VM.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
@@ -188,6 +236,12 @@ pub struct VmConfig {
     pub vcpus: u8,
     /// COM1.
     pub serial: SerialConfig,
+    /// More UARTs after COM1, output only: COM2 (Linux's ttyS1), COM3
+    /// (ttyS2), COM4 (ttyS3), in this order; at most three.
+    /// [`SerialConfig::Stdio`] here means stdout, without input. `ember
+    /// smoke` puts a command's stdout and stderr on two of them, apart from
+    /// the kernel's console.
+    pub extra_serials: Vec<SerialConfig>,
     /// Enable the debug-exit device at I/O port 0xf4.
     pub debug_exit: bool,
     /// The boot protocol.
@@ -202,6 +256,8 @@ pub struct VmConfig {
     /// also has `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES` (it would probe each
     /// device twice) or to prove discovery through ACPI.
     pub virtio_mmio_cmdline: bool,
+    /// Host directories shared over virtio-9p.
+    pub shares: Vec<ShareConfig>,
     /// seccomp filters on ember's threads (the CLI's default is `Kill`; the
     /// library's is `Off`: with a filter, the thread that calls
     /// [`Vm::start`](crate::Vm::start) is filtered too).
@@ -232,11 +288,13 @@ impl VmConfig {
             memory: Self::DEFAULT_MEMORY,
             vcpus: 1,
             serial: SerialConfig::Stdio,
+            extra_serials: Vec::new(),
             debug_exit: false,
             boot: BootProtocol::Auto,
             disks: Vec::new(),
             nets: Vec::new(),
             virtio_mmio_cmdline: true,
+            shares: Vec::new(),
             seccomp: SeccompMode::Off,
             jail: None,
         }
@@ -259,6 +317,22 @@ impl VmConfig {
                 return Err(ConfigError::BadChroot(dir.clone()));
             }
         }
+        if self.extra_serials.len() > crate::layout::EXTRA_COM_PORTS.len() {
+            return Err(ConfigError::TooManySerials(self.extra_serials.len()));
+        }
+        for (i, share) in self.shares.iter().enumerate() {
+            let tag = &share.tag;
+            if tag.is_empty() || tag.len() > ShareConfig::MAX_TAG_LEN || tag.contains('\0') {
+                return Err(ConfigError::BadShareTag { tag: tag.clone(), path: share.path.clone() });
+            }
+            if let Some(first) = self.shares[..i].iter().find(|s| s.tag == *tag) {
+                return Err(ConfigError::DuplicateShareTag {
+                    tag: tag.clone(),
+                    first: first.path.clone(),
+                    second: share.path.clone(),
+                });
+            }
+        }
         for transport in [VirtioTransport::Pci, VirtioTransport::Mmio] {
             let count = self.virtio_transports().filter(|&t| t == transport).count();
             let max = transport.max_devices();
@@ -271,7 +345,13 @@ impl VmConfig {
 
     /// The transport of each virtio device, disks then NICs.
     fn virtio_transports(&self) -> impl Iterator<Item = VirtioTransport> + '_ {
-        self.disks.iter().map(|d| d.transport).chain(self.nets.iter().map(|n| n.transport))
+        // Shares (virtio-9p) are on virtio-mmio: the guest finds them through
+        // the DSDT or the command line.
+        self.disks
+            .iter()
+            .map(|d| d.transport)
+            .chain(self.nets.iter().map(|n| n.transport))
+            .chain(self.shares.iter().map(|_| VirtioTransport::Mmio))
     }
 
     /// Whether any device is on PCI (then the VM has a PCI root).
@@ -298,6 +378,33 @@ mod tests {
         c.vcpus = 2;
         c.cmdline = "a\0b".into();
         assert_eq!(c.validate(), Err(ConfigError::CmdlineNul));
+        c.cmdline = String::new();
+        c.extra_serials = vec![SerialConfig::None; 4];
+        assert_eq!(c.validate(), Err(ConfigError::TooManySerials(4)));
+    }
+
+    #[test]
+    fn share_tags_are_checked() {
+        let share = |path: &str, tag: &str| ShareConfig { path: path.into(), tag: tag.into(), read_only: false };
+        let mut c = VmConfig::new("/k");
+        c.shares = vec![share("/a", "a"), share("/b", "b")];
+        assert!(c.validate().is_ok());
+        for bad in ["", "x\0y", &"t".repeat(256)] {
+            c.shares = vec![share("/a", bad)];
+            let e = c.validate().unwrap_err();
+            assert_eq!(e, ConfigError::BadShareTag { tag: bad.into(), path: "/a".into() });
+        }
+        c.shares = vec![share("/a", "same"), share("/b", "other"), share("/c", "same")];
+        let e = c.validate().unwrap_err();
+        assert!(
+            e.to_string().contains("\"same\"") && e.to_string().contains("/a") && e.to_string().contains("/c"),
+            "{e}"
+        );
+        c.shares = (0..30).map(|i| share("/s", &ShareConfig::default_tag(i))).collect();
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::TooManyDevices { transport: VirtioTransport::Mmio, count: 30, .. })
+        ));
     }
 
     #[test]

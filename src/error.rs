@@ -14,6 +14,7 @@ pub use crate::seccomp::{SeccompError, ThreadKind};
 pub use ember_devices::pci::PciError;
 pub use ember_devices::virtio::block::BlockError;
 pub use ember_devices::virtio::net::NetError;
+pub use ember_devices::virtio::p9::ShareError;
 
 /// Everything that can stop a VM from being built or started.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +66,9 @@ pub enum Error {
     /// A NIC's TAP device or MAC address cannot be used.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// A shared directory cannot be served.
+    #[error(transparent)]
+    Share(#[from] ShareError),
     /// A virtio transport could not be set up.
     #[error("setting up virtio device {index}: {source}")]
     Virtio {
@@ -110,6 +114,7 @@ impl Error {
             | Error::Disk(_)
             | Error::Net(_) => true,
             Error::Boot(b) => !matches!(b, BootError::Memory(_)),
+            Error::Share(s) => s.is_usage(),
             _ => false,
         }
     }

@@ -160,6 +160,11 @@ pub const COM1_PORT: u64 = 0x3f8;
 pub const COM1_PORT_LEN: u64 = 8;
 /// IRQ (IOAPIC pin) of the COM1 UART.
 pub const SERIAL_IRQ: u32 = 4;
+/// The UARTs after COM1 that a VM may have (`VmConfig::extra_serials`),
+/// as (first port, IRQ), in Linux's ttyS1, ttyS2, ttyS3 order: the PC's
+/// COM2, COM3 and COM4. COM3 shares IRQ 4 with COM1 and COM4 IRQ 3 with
+/// COM2, as on a PC; Linux's 8250 driver serves ports sharing a line.
+pub const EXTRA_COM_PORTS: [(u64, u32); 3] = [(0x2f8, 3), (0x3e8, 4), (0x2e8, 3)];
 /// The i8042 controller: data at 0x60, command/status at 0x64 (its reset
 /// command ends the VM).
 pub const I8042_PORT: u64 = 0x60;
@@ -232,6 +237,9 @@ mod tests {
             ("KVM_TSS_START", KVM_TSS_START),
             ("FIRST_ADDR_PAST_32BITS", FIRST_ADDR_PAST_32BITS),
             ("COM1_PORT", COM1_PORT),
+            ("COM2_PORT", EXTRA_COM_PORTS[0].0),
+            ("COM3_PORT", EXTRA_COM_PORTS[1].0),
+            ("COM4_PORT", EXTRA_COM_PORTS[2].0),
             ("I8042_PORT", I8042_PORT),
             ("CMOS_PORT", CMOS_PORT),
             ("PCI_CONFIG_PORT", PCI_CONFIG_PORT),

@@ -64,7 +64,8 @@ mod vm;
 mod smoke;
 
 pub use config::{
-    BootProtocol, ConfigError, DiskConfig, NetConfig, SerialConfig, SharedWriter, VirtioTransport, VmConfig,
+    BootProtocol, ConfigError, DiskConfig, NetConfig, SerialConfig, ShareConfig, SharedWriter, VirtioTransport,
+    VmConfig,
 };
 pub use cpio::{CpioError, CpioWriter};
 pub use ember_devices::legacy::I8042Error;
@@ -74,7 +75,7 @@ pub use exit::VmExit;
 pub use jail::Jail;
 pub use seccomp::SeccompMode;
 pub use serial_capture::SerialCapture;
-pub use smoke::{Expectation, Smoke, SmokeError, SmokeReport, Verdict};
+pub use smoke::{Expectation, Modules, RootPlan, Smoke, SmokeError, SmokeReport, SmokeShare, Verdict};
 pub use vm::{RunningVm, Vm, VmHandle};
 
 /// Restores the terminal (if a [`Vm`] put it in raw mode) before the

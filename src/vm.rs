@@ -171,7 +171,8 @@ impl Vm {
         // seccomp filters are built now and installed by each thread, which
         // then waits at the gate: every vCPU thread, the event loop and this
         // thread.
-        let filters = ThreadFilters::new(config.seccomp, vcpus.len() + 2, config.has_pci_devices())?;
+        let filters =
+            ThreadFilters::new(config.seccomp, vcpus.len() + 2, config.has_pci_devices(), !config.shares.is_empty())?;
         // Everything is open: drop privileges before any thread exists.
         if let Some(j) = &config.jail {
             j.enter()?;
@@ -182,7 +183,7 @@ impl Vm {
         let event_thread = std::thread::Builder::new()
             .name("ember-events".into())
             .spawn(move || {
-                if let Err(e) = ev_filters.enter(ThreadKind::Vmm) {
+                if let Err(e) = ev_filters.enter(ThreadKind::Events) {
                     ev_exit.request(VmExit::VmmError { message: format!("event loop thread: {e}") });
                     return;
                 }

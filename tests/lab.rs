@@ -44,6 +44,8 @@ fn steps() -> Vec<Step> {
         Step::new("test_kernel_ext4_disk", 300, test_kernel_ext4_disk),
         Step::new("test_kernel_network", 600, test_kernel_network),
         Step::new("debian_virtio_pci_disk_and_net", 600, debian_virtio_pci_disk_and_net),
+        Step::new("test_kernel_root_share", 900, test_kernel_root_share),
+        Step::new("debian_root_share_modules", 900, debian_root_share_modules),
     ]
 }
 
@@ -462,4 +464,54 @@ fn debian_virtio_pci_disk_and_net(r: &StepRun) {
         assert_eq!(std::fs::metadata(&dump).unwrap().len(), 8 << 20);
         assert_eq!(b.field("LAB-L2", "data_md5"), Some(md5_hex(&dump)), "--cpus {n}: md5 guest vs host\n{}", b.console);
     }
+}
+
+/// The pattern tests/lab/share_prog.c writes (its `byte_at`).
+fn share_pattern(len: usize) -> Vec<u8> {
+    (0..len as u64).map(|i| ((i.wrapping_mul(2654435761).wrapping_add(12345)) >> 13) as u8).collect()
+}
+
+/// `ember smoke --root-share` on the test kernel: L1's dynamically linked
+/// program ran in L2 in the caller's directory, environment and uid; its
+/// status (42) is ember's; the rw share holds its file byte for byte; the
+/// ro share refused the create; stdout, stderr and the kernel's console
+/// came out apart.
+fn test_kernel_root_share(r: &StepRun) {
+    root_share_checks(r);
+}
+
+/// The same on Debian's kernel, its modules loaded from its package.
+fn debian_root_share_modules(r: &StepRun) {
+    root_share_checks(r);
+    let log = r.read("root-kernel.log");
+    assert!(log.contains(r.get("release").as_str()), "Debian's kernel booted\n{log}");
+    assert!(!log.contains("insmod") && !log.contains("ember: cannot mount"), "every module loaded\n{log}");
+}
+
+fn root_share_checks(r: &StepRun) {
+    assert_eq!(r.get("dynamic"), "1", "share_prog is dynamically linked");
+    let b = r.l2("root");
+    let log = r.read("root-kernel.log");
+    let stderr = r.read("root-stderr.txt");
+    let all = format!("stdout:\n{}\nstderr:\n{stderr}\nconsole:\n{log}", b.console);
+    assert_eq!(b.status, 42, "the command's status is ember's\n{all}");
+    let (cwd, uid) = (r.get("cwd"), r.get("uid"));
+    assert_eq!(b.field("SHARE-PROG", "cwd"), Some(cwd), "{all}");
+    assert_eq!(b.field("SHARE-PROG", "uid"), Some(uid.clone()), "{all}");
+    assert_eq!(b.field("SHARE-PROG", "term").as_deref(), Some("lab-term"), "{all}");
+    assert_eq!(b.field("SHARE-PROG", "home").as_deref(), Some("/lab-home"), "{all}");
+    assert!(b.field("SHARE-PROG", "glibc").is_some(), "{all}");
+    assert_eq!(b.field("SHARE-PROG", "wrote").as_deref(), Some("1"), "{all}");
+    assert!(b.console.contains("ro_create=Read-only file system"), "the ro share refused the create\n{all}");
+    // Apart: the command's stderr on ember's stderr, the kernel's log only
+    // in the console log.
+    assert!(stderr.contains("SHARE-PROG to stderr") && !b.console.contains("to stderr"), "{all}");
+    assert!(log.contains("Linux version") && !b.console.contains("Linux version"), "{all}");
+    assert!(!log.contains("SHARE-PROG wrote"), "the command's stdout is not in the kernel's log\n{all}");
+    assert!(checks::kernel_log_problems(&log).is_empty(), "{:?}", checks::kernel_log_problems(&log));
+    assert_eq!(r.get("ro_files").trim(), "existing", "nothing was created in the ro share");
+    let written = std::fs::read(r.path("written.bin")).expect("the rw share's file, copied out by the step");
+    let expected = std::fs::read(r.path("expected.bin")).unwrap();
+    assert_eq!(expected, share_pattern((1 << 20) + 3), "the host-side generator agrees with the check");
+    assert!(written == expected, "written.bin: {} bytes, differs from the pattern", written.len());
 }

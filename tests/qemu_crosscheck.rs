@@ -160,3 +160,22 @@ fn pci_hostile_under_qemu_q35() {
     assert_image(&p0, &orig0);
     assert_image(&p1, &orig1);
 }
+
+/// The virtio-9p test guest against QEMU's virtio-9p-device (its own
+/// 9P2000.L server, `security_model=none`): the same spec-written client
+/// reads a file's exact bytes, `..` stays at the root and a walk through a
+/// symbolic link pointing out of the share stops at the link. The same
+/// guest runs under ember in tests/virtio_p9.rs.
+#[test]
+fn p9_under_qemu() {
+    if !qemu_available() {
+        return;
+    }
+    let f = P9Share::new("qemu-p9");
+    let cmdline = f.guest_cmdline("hostshare");
+    let fsdev = format!("local,id=fs0,path={},security_model=none", f.share.display());
+    let o =
+        run_qemu("p9", &cmdline, &["-fsdev", &fsdev, "-device", "virtio-9p-device,fsdev=fs0,mount_tag=hostshare"], T);
+    assert_eq!(qemu_guest_code(&o), 0, "{}", o.stdout);
+    f.check(&o.stdout);
+}

@@ -31,6 +31,7 @@ fn main() -> std::io::Result<()> {
         ("cli_parsers", seeds::cli_parsers()),
         ("cpio_roundtrip", seeds::cpio_roundtrip()),
         ("legacy_pio", seeds::legacy_pio()),
+        ("p9_server", seeds::p9_server()),
     ];
     for (target, list) in targets {
         let dir = root.join(target);

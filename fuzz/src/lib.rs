@@ -10,6 +10,7 @@
 //!   initialisation, split rings) and the virtio-blk request builder.
 //! * [`pci`]: bus 0 with a virtio-pci function wired as a VMM would, and
 //!   the virtio-pci driver steps.
+//! * [`p9`]: the `p9_server` target's request encoding.
 //! * [`seeds`]: the seed corpus, written by `examples/gen_seeds.rs`.
 //!
 //! Nothing here links libFuzzer; only the targets in `fuzz_targets/` do.
@@ -18,5 +19,6 @@ pub mod guest;
 pub mod image;
 pub mod input;
 pub mod pci;
+pub mod p9;
 pub mod seeds;
 pub mod virtio;

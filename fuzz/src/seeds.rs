@@ -801,3 +801,38 @@ pub fn legacy_pio() -> Vec<Seed> {
 
     out
 }
+
+/// Seeds of `p9_server`: valid sessions (Linux's order of requests) and
+/// the hostile walks of the unit tests.
+pub fn p9_server() -> Vec<Seed> {
+    use crate::p9::Session;
+    use ember_devices::virtio::p9::wire::msg;
+    let mut out = Vec::new();
+
+    let mut s = Session::new(true, 2);
+    s.version(65536).attach(0).walk(0, 1, &[b"file"]).on_fid(msg::TGETATTR, 1).lopen(1, 0);
+    s.read(msg::TREAD, 1, 0, 4096).read(msg::TREAD, 1, 1000, 100_000).clunk(1);
+    s.walk(0, 2, &[b"sub"]).lopen(2, 0o200000).read(msg::TREADDIR, 2, 0, 8192).clunk(2).on_fid(msg::TSTATFS, 0);
+    out.push(("ro_read_session", s.finish()));
+
+    let mut s = Session::new(false, 2);
+    s.version(512 * 1024).attach(0).walk(0, 1, &[]).lcreate(1, b"new", 2, 0o644);
+    s.write(1, 0, b"hello").write(1, 1 << 20, b"sparse").read(msg::TREAD, 1, 0, 100).clunk(1);
+    s.walk(0, 2, &[]).mknod(2, b"fifo", 0o10644, 0, 0).renameat(0, b"new", 0, b"new2");
+    s.walk(0, 3, &[b"new2"]).link(0, 3, b"new").on_fid(msg::TREMOVE, 3);
+    out.push(("rw_session", s.finish()));
+
+    let mut s = Session::new(false, 1);
+    s.version(8192).attach(0).walk(0, 1, &[b"..", b"..", b"outside", b"canary"]);
+    s.walk(0, 2, &[b"abs"]).lopen(2, 2).on_fid(msg::TREADLINK, 2).link(0, 2, b"new");
+    s.walk(0, 3, &[b"dirlink", b"canary"]).walk(0, 4, &[b"../outside"]).walk(0, 5, &[b"slash", b"etc", b"passwd"]);
+    s.symlink(0, b"new2", b"../outside").walk(0, 6, &[b"new2", b"canary"]).lcreate(0, b"rel", 0o1002, 0o644);
+    s.mknod(0, b"fifo", 0o20666, 1, 3);
+    out.push(("hostile_walks", s.finish()));
+
+    let mut s = Session::new(false, 0);
+    s.version(4096).attach(0).attach(0).clunk(7).clunk(0).clunk(0);
+    s.raw(&[3, 0, 0, 0, 120, 1, 0]).raw(&[0xff, 0xff, 0xff, 0xff, 110, 1, 0, 0, 0]).raw(&[1, 2]);
+    out.push(("bad_fids_and_frames", s.finish()));
+    out
+}

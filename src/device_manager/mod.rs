@@ -3,8 +3,8 @@
 //! virtio devices with their place on a transport.
 //!
 //! [`DeviceManager::add_legacy_devices`] puts the PC devices on their ports
-//! ([`crate::layout`]); [`DeviceManager::add_virtio_devices`] puts each disk
-//! and NIC behind its transport (virtio-pci on the PCI root of [`pci`],
+//! ([`crate::layout`]); [`DeviceManager::add_virtio_devices`] puts each disk,
+//! NIC and shared directory behind its transport (virtio-pci on the PCI root of [`pci`],
 //! made when the first device asks for PCI; or virtio-mmio) and records
 //! where ([`Transport`]). What the guest is told about the devices is
 //! derived from that one list: the kernel parameters
@@ -23,6 +23,7 @@ use ember_devices::legacy::{AcpiSleep, Cmos, DebugExit, ExitLine, QuietPorts, Se
 use ember_devices::virtio::block::{Block, BlockConfig};
 use ember_devices::virtio::mmio::{MmioTransport, MMIO_SIZE};
 use ember_devices::virtio::net::{format_mac, Net, NetCounters, NetStats};
+use ember_devices::virtio::p9::Share;
 use ember_devices::virtio::VirtioDevice;
 use kvm_ioctls::{IoEventAddress, VmFd};
 use pci::{PciBus, PciPlacement};
@@ -31,7 +32,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::Bus;
-use crate::config::{DiskConfig, NetConfig, VirtioTransport, VmConfig};
+use crate::config::{DiskConfig, NetConfig, SerialConfig, ShareConfig, VirtioTransport, VmConfig};
 use crate::console::{self, ConsoleInput};
 use crate::error::{io_err, kvm_err, Error};
 use crate::event_loop::Subscriber;
@@ -92,7 +93,7 @@ pub(crate) struct DeviceManager {
     pub(crate) mmio: Bus,
     /// What the event loop serves: queue notifications, TAP fds, stdin.
     pub(crate) subscribers: Vec<Subscriber>,
-    /// The virtio devices, in guest order (disks, then NICs).
+    /// The virtio devices, in guest order (disks, NICs, shared directories).
     pub(crate) virtio: Vec<VirtioPlacement>,
     /// Stdin into COM1, when the console is on stdio.
     pub(crate) console_input: Option<ConsoleInput>,
@@ -104,6 +105,8 @@ pub(crate) struct DeviceManager {
     pub(crate) pci_root: Option<PciRoot>,
     /// The PCI root itself.
     pci: Option<PciBus>,
+    /// The UARTs after COM1, as (first port, GSI).
+    pub(crate) extra_uarts: Vec<(u64, u32)>,
 }
 
 impl DeviceManager {
@@ -119,6 +122,7 @@ impl DeviceManager {
             i8042: None,
             pci_root: None,
             pci: None,
+            extra_uarts: Vec::new(),
         }
     }
 
@@ -167,16 +171,36 @@ impl DeviceManager {
         }
         #[cfg(feature = "seccomp-probe")]
         self.pio.insert(layout::SECCOMP_PROBE_PORT, 1, Arc::new(Mutex::new(SeccompProbe)))?;
+        let mut uarts = Vec::new();
+        for (out, &(port, irq)) in config.extra_serials.iter().zip(layout::EXTRA_COM_PORTS.iter()) {
+            self.add_output_uart(vm, out, port, irq)?;
+            uarts.push(port);
+            self.extra_uarts.push((port, irq));
+        }
         let quiet: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(QuietPorts));
         for &(base, len) in QUIET_PORT_RANGES {
-            self.pio.insert(u64::from(base), u64::from(len), quiet.clone())?;
+            // A UART configured there takes the place of its quiet stand-in.
+            if !uarts.contains(&u64::from(base)) {
+                self.pio.insert(u64::from(base), u64::from(len), quiet.clone())?;
+            }
         }
         Ok(())
     }
 
-    /// The disks, then the NICs, each behind its virtio transport in the
-    /// next free place. The PCI configuration ports belong to the PCI root
-    /// when there is one, else they are absent (quiet).
+    /// An output-only 8250 UART at `port` whose interrupt is `irq`.
+    fn add_output_uart(&mut self, vm: &VmFd, output: &SerialConfig, port: u64, irq: u32) -> Result<(), Error> {
+        let irq_evt = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(io_err("creating an eventfd"))?;
+        vm.register_irqfd(&irq_evt, irq).map_err(kvm_err(None, "KVM_IRQFD (UART)"))?;
+        let (out, _stdin) = console::serial_output(output)?;
+        let uart = SerialDevice::new(Arc::new(irq_evt) as Arc<dyn IrqLine>, out, None);
+        self.pio.insert(port, layout::COM1_PORT_LEN, Arc::new(Mutex::new(uart)))?;
+        Ok(())
+    }
+
+    /// The disks, the NICs, then the shared directories (on virtio-mmio),
+    /// each behind its virtio transport in the next free place. The PCI
+    /// configuration ports belong to the PCI root when there is one, else
+    /// they are absent (quiet).
     pub(crate) fn add_virtio_devices(
         &mut self,
         vm: &Arc<VmFd>,
@@ -192,6 +216,20 @@ impl DeviceManager {
             log::info!("net{i}: tap {} mac {}", nic.tap, format_mac(&net.mac()));
             self.net_counters.push((format!("net{i} ({})", nic.tap), net.stats_handle()));
             self.add_virtio(vm, mem, ram, Box::new(net), nic.transport)?;
+        }
+        if !config.shares.is_empty() {
+            let max_fids = fids_per_share(raise_fd_limit(), config.shares.len());
+            for (i, share) in config.shares.iter().enumerate() {
+                let mut dev = share_device(share)?;
+                dev.set_max_fids(max_fids);
+                log::info!(
+                    "share{i}: {} as tag {:?}{} (at most {max_fids} open files)",
+                    share.path.display(),
+                    share.tag,
+                    if share.read_only { ", read-only" } else { "" }
+                );
+                self.add_virtio(vm, mem, ram, Box::new(dev), VirtioTransport::Mmio)?;
+            }
         }
         if self.pci.is_none() {
             let quiet = Arc::new(Mutex::new(QuietPorts));
@@ -280,6 +318,7 @@ impl DeviceManager {
         acpi::Devices {
             virtio_mmio: self.virtio.iter().filter_map(|v| v.transport.acpi_mmio()).collect(),
             pci: self.pci_root,
+            extra_uarts: self.extra_uarts.clone(),
         }
     }
 
@@ -306,6 +345,50 @@ fn block_device(disk: &DiskConfig) -> Result<Block, Error> {
 fn net_device(nic: &NetConfig) -> Result<Net, Error> {
     let cfg = ember_devices::virtio::net::NetConfig { tap: nic.tap.clone(), mac: nic.mac };
     Ok(Net::new(&cfg)?)
+}
+
+/// The virtio-9p device for a configured shared directory.
+fn share_device(share: &ShareConfig) -> Result<Share, Error> {
+    let cfg = ember_devices::virtio::p9::ShareConfig {
+        path: share.path.clone(),
+        tag: share.tag.clone(),
+        readonly: share.read_only,
+    };
+    Ok(Share::new(&cfg)?)
+}
+
+/// File descriptors kept for everything but the shares' open files.
+const FD_RESERVE: u64 = 256;
+/// The most open files one share may hold (the server's own bound).
+const MAX_FIDS_PER_SHARE: u64 = 16_384;
+/// The fewest open files a share is given, whatever the limit.
+const MIN_FIDS_PER_SHARE: u64 = 64;
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard one (each file the guest
+/// holds open in a share is a host descriptor, and a guest with
+/// `cache=loose` keeps thousands) and returns the soft limit now in force.
+fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit fills the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        // SAFETY: setrlimit reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return raised.rlim_cur;
+        }
+        log::warn!("cannot raise the open-file limit from {} to {}", lim.rlim_cur, lim.rlim_max);
+    }
+    lim.rlim_cur
+}
+
+/// How many open files each of `shares` shares may hold under a
+/// descriptor limit of `limit`.
+fn fids_per_share(limit: u64, shares: usize) -> usize {
+    let each = limit.saturating_sub(FD_RESERVE) / shares.max(1) as u64;
+    each.clamp(MIN_FIDS_PER_SHARE, MAX_FIDS_PER_SHARE) as usize
 }
 
 /// Test-only (feature `seccomp-probe`): a port whose write of 0x5e makes
@@ -336,6 +419,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn open_files_are_shared_out_under_the_limit() {
+        assert_eq!(fids_per_share(1024, 1), 768);
+        assert_eq!(fids_per_share(1024, 3), 256);
+        assert_eq!(fids_per_share(1 << 20, 2), 16_384);
+        assert_eq!(fids_per_share(100, 1), 64);
+        assert_eq!(fids_per_share(u64::MAX, 0), 16_384);
+    }
+
+    #[test]
+    fn raising_the_fd_limit_reaches_the_hard_limit() {
+        let soft = raise_fd_limit();
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit fills the struct we pass.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        assert_eq!((soft, lim.rlim_cur), (lim.rlim_max, lim.rlim_max));
+    }
+
+    #[test]
     fn command_line_lists_each_virtio_device() {
         let mut dm = DeviceManager::new();
         assert_eq!(dm.kernel_cmdline("console=ttyS0", true), "console=ttyS0 pci=off");
@@ -364,7 +465,10 @@ mod tests {
             device_type: 1,
             transport: Transport::Pci(PciPlacement { device: 1, first_gsi: 24, vectors: 3 }),
         });
-        assert_eq!(dm.kernel_cmdline("", true), "virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6");
+        assert_eq!(
+            dm.kernel_cmdline("", true),
+            "virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
+        );
     }
 
     #[test]

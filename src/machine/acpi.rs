@@ -1,6 +1,6 @@
 //! The ACPI tables, for kernels built with ACPI: RSDP, XSDT, a FADT in
 //! hardware-reduced mode, the MADT (one local APIC per vCPU, the IOAPIC,
-//! the LINT1 NMI), the DSDT (COM1, the i8042's two ports, the CMOS clock,
+//! the LINT1 NMI), the DSDT (COM1 and the extra UARTs, the i8042's two ports, the CMOS clock,
 //! the virtio-mmio devices, the PCI host bridge when there is one and the
 //! `_S5` sleep state) and, with a PCI root, the MCFG.
 //!
@@ -111,6 +111,10 @@ pub(crate) struct Devices {
     /// The PCI root, when the VM has one (then the DSDT has a host bridge
     /// and there is an MCFG).
     pub(crate) pci: Option<PciRoot>,
+    /// The UARTs after COM1 (`VmConfig::extra_serials`), as (first port,
+    /// GSI): described like COM1 so that a kernel without legacy ISA
+    /// interrupts (no IRQ 3 or 4 of its own) still gets them through PNP.
+    pub(crate) extra_uarts: Vec<(u64, u32)>,
 }
 
 /// Built tables: the RSDP for [`ACPI_RSDP_START`] and every other table
@@ -164,6 +168,20 @@ fn dsdt_aml(devices: &Devices) -> Vec<u8> {
             &aml::Name::new("_CRS".into(), &com1_crs),
         ],
     )));
+
+    for (i, &(port, gsi)) in devices.extra_uarts.iter().enumerate() {
+        let (uart_io, uart_irq) = (io(port, COM1_PORT_LEN), edge_irq(gsi));
+        let crs = aml::ResourceTemplate::new(vec![&uart_io, &uart_irq]);
+        let uid = i as u32 + 1;
+        sb.push(aml_bytes(&aml::Device::new(
+            aml::Path::new(&format!("COM{}", i + 2)),
+            vec![
+                &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0501")),
+                &aml::Name::new("_UID".into(), &uid),
+                &aml::Name::new("_CRS".into(), &crs),
+            ],
+        )));
+    }
 
     // The i8042's keyboard port (data and command/status registers) and
     // its auxiliary port, each with its interrupt.
@@ -387,6 +405,7 @@ pub(crate) mod tests {
                 })
                 .collect(),
             pci: pci.then(|| PciRoot::for_layout(256 << 20)),
+            extra_uarts: Vec::new(),
         }
     }
 
@@ -520,6 +539,24 @@ pub(crate) mod tests {
         // No PCI without a PCI root.
         assert!(!contains(aml, b"PCI0") && !contains(aml, b"MBRD"));
         assert!(find(&all, b"MCFG").is_none());
+        assert!(!contains(aml, b"COM2"));
+    }
+
+    #[test]
+    fn dsdt_describes_the_extra_uarts() {
+        let mut d = devices(0, false);
+        d.extra_uarts = vec![(0x2f8, 3), (0x3e8, 4)];
+        let all = tables_by_signature(&build(1, &d).unwrap());
+        let aml = &find(&all, b"DSDT").unwrap()[36..];
+        for name in [&b"COM1"[..], b"COM2", b"COM3"] {
+            assert!(contains(aml, name), "{name:?}");
+        }
+        assert!(!contains(aml, b"COM4"));
+        assert!(contains(aml, &[0x47, 1, 0xf8, 2, 0xf8, 2, 1, 8]), "COM2's ports");
+        assert!(contains(aml, &[0x89, 6, 0, 0x03, 1, 3, 0, 0, 0]), "COM2's interrupt");
+        assert!(contains(aml, &[0x47, 1, 0xe8, 3, 0xe8, 3, 1, 8]), "COM3's ports");
+        let hid = aml_bytes(&aml::EISAName::new("PNP0501"));
+        assert_eq!(aml.windows(hid.len()).filter(|w| *w == &hid[..]).count(), 3);
     }
 
     #[test]

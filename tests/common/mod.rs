@@ -201,6 +201,44 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// A directory for the virtio-9p test guest (tests/guests/p9.c) to share:
+/// a 100,003-byte file (several reads at its msize, the last one short),
+/// and a symbolic link `out` to a directory outside holding a canary.
+pub struct P9Share {
+    /// The shared directory.
+    pub share: PathBuf,
+    data: Vec<u8>,
+    outside: PathBuf,
+}
+
+impl P9Share {
+    /// The directory under a scratch directory named `name`.
+    pub fn new(name: &str) -> P9Share {
+        let d = scratch(name);
+        let (share, outside) = (d.join("share"), d.join("outside"));
+        std::fs::create_dir_all(&share).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("passwd"), b"outside the share\n").unwrap();
+        std::os::unix::fs::symlink(&outside, share.join("out")).unwrap();
+        let data = pattern(100_003, 9);
+        std::fs::write(share.join("data.bin"), &data).unwrap();
+        P9Share { share, data, outside }
+    }
+
+    /// The guest's command line when the share's tag is `tag`.
+    pub fn guest_cmdline(&self, tag: &str) -> String {
+        format!("tag={tag} file=data.bin len={} crc={:#x} link=out", self.data.len(), crc32(&self.data))
+    }
+
+    /// The guest read the file's exact bytes and passed every step, and
+    /// nothing outside the share changed.
+    pub fn check(&self, console: &str) {
+        assert!(console.contains("p9: read 100003 bytes"), "{console}");
+        assert!(console.contains("P9 OK"), "{console}");
+        assert_eq!(std::fs::read(self.outside.join("passwd")).unwrap(), b"outside the share\n");
+    }
+}
+
 /// Whether `path` exists as a file.
 pub fn exists(path: &Path) -> bool {
     path.is_file()

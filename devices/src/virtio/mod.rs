@@ -10,6 +10,7 @@
 //!   activation at `DRIVER_OK` and the event-loop side.
 //! * [`block`]: the virtio-blk device model on a raw image file.
 //! * [`net`]: the virtio-net device model on a TAP interface.
+//! * [`p9`]: virtio-9p, a host directory shared over 9P2000.L.
 //! * [`IoVecs`]: the scatter lists of guest buffers the devices do their
 //!   vectored I/O on, safe by construction.
 //!
@@ -33,6 +34,7 @@ mod host_view;
 mod iovec;
 pub mod mmio;
 pub mod net;
+pub mod p9;
 pub mod pci;
 mod queue_set;
 #[cfg(test)]
