@@ -6,12 +6,13 @@
 //! `timeout` in its own cgroup, and a host-side check over what it left:
 //! its output, exit status and time, and the files in its work directory
 //! (the run's read-write 9p share, the same path in L1 and on the host).
-//! All steps that want the same L1 shape share one L1 boot. Whatever L1
-//! does, the harness ends: every step has a deadline enforced here too (L1
-//! itself can stop making progress), a step that never reports fails, the
-//! QEMU process is killed by PID and a fresh L1 runs the remaining steps
-//! (at most [`MAX_BOOTS`] boots per group), and the whole lab has a
-//! deadline ([`lab_deadline`]).
+//! The 1-vCPU steps are shared out among `EMBER_LAB_JOBS` L1s that run at
+//! once (each booted once, on its own work directory); wider L1s run after
+//! them, alone. Whatever L1 does, the harness ends: every step has a
+//! deadline enforced here too (L1 itself can stop making progress), a step
+//! that never reports fails, the QEMU process is killed by PID and a fresh
+//! L1 runs that L1's remaining steps (at most [`MAX_BOOTS`] boots per
+//! group), and the whole lab has a deadline ([`lab_deadline`]).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
