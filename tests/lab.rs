@@ -4,7 +4,7 @@
 //! ember under test runs there and boots stock and test kernels ("L2") to
 //! user space. Each step below is a bash script, `tests/lab/steps/NAME.sh`,
 //! run in L1, and a check here over what it left (tests/lab/checks.rs);
-//! tests/lab/harness.rs boots L1 once for all of them and reports each step
+//! tests/lab/harness.rs boots the L1s that run them and reports each step
 //! as a test (`lab::NAME`). Without QEMU every step is `ignored`
 //! (`EMBER_REQUIRE_QEMU=1`: failed).
 //!
