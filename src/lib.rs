@@ -61,6 +61,7 @@ mod device_manager;
 // 8
 mod vm;
 // 9
+pub mod api;
 mod smoke;
 
 pub use config::{
