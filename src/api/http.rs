@@ -296,6 +296,11 @@ impl Connection {
         self.closing
     }
 
+    /// Bytes of requests received and not yet answered.
+    pub fn buffered(&self) -> usize {
+        self.input.len()
+    }
+
     /// Requests answered so far.
     pub fn answered(&self) -> u64 {
         self.answered

@@ -35,7 +35,7 @@ mod router;
 mod server;
 
 pub use control::{ControlError, FakeCall, FakeVm, LoggerSettings, VmControl, VmState};
-pub use http::{Connection, Limits, Request, Response};
+pub use http::{write_response, Connection, Limits, Request, Response};
 pub use resources::{
     check_id, parse_config_file, BadRequest, ConfigFileContents, HostChecks, Resources, DEFAULT_MEM_SIZE_MIB,
 };
