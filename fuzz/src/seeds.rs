@@ -944,8 +944,13 @@ pub fn api_http() -> Vec<Seed> {
             "wire_methods",
             api_wire(
                 false,
-                &[&[http("POST", "/actions", "{}"), http("DELETE", "/drives/x", ""), http("GET", "/balloon", "")]
-                    .concat()],
+                &[&[
+                    http("POST", "/actions", "{}"),
+                    http("DELETE", "/drives/x", ""),
+                    http("HEAD", "/", ""),
+                    http("GET", "/balloon", ""),
+                ]
+                .concat()],
             ),
         ),
     ];

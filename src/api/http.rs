@@ -398,7 +398,14 @@ impl Connection {
             let path = target_path(req.path.unwrap_or(""));
             let body = (framing.content_length > 0).then(|| &self.input[head_len..total]);
             let resp = handle(&Request { method, path, body });
+            let start = self.output.len();
             write_response(&mut self.output, &resp, framing.keep_alive);
+            if method == "HEAD" {
+                // The head of the answer only (its Content-Length stays).
+                if let Some(end) = self.output[start..].windows(4).position(|w| w == b"\r\n\r\n") {
+                    self.output.truncate(start + end + 4);
+                }
+            }
             self.answered += 1;
             done += 1;
             self.input.drain(..total);
@@ -525,6 +532,13 @@ mod tests {
         let out = String::from_utf8_lossy(c.output()).into_owned();
         assert_eq!(out.matches("100 Continue").count(), 1);
         assert!(out.contains("200 OK"));
+    }
+
+    #[test]
+    fn head_answers_have_no_body() {
+        let (out, _) = run(b"HEAD / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n", &Limits::default());
+        let first = out.find("\r\n\r\n").unwrap() + 4;
+        assert!(out[first..].starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
     }
 
     #[test]
