@@ -52,7 +52,9 @@ impl ShutdownHandle {
 struct Client {
     stream: UnixStream,
     conn: Connection,
-    /// When the request at the head of the input started arriving.
+    /// When the request at the head of the input started arriving (or,
+    /// for a connection that has sent nothing yet, when it was accepted);
+    /// `None` while idle between requests.
     request_start: Option<Instant>,
     last_active: Instant,
 }
@@ -159,8 +161,13 @@ impl ApiServer {
             }
             for c in clients.iter_mut() {
                 if c.request_start.is_some_and(|s| now >= s + limits.request_timeout) {
-                    c.conn.time_out();
-                    write_client(c, now);
+                    if c.conn.has_partial_request() {
+                        c.conn.time_out();
+                        write_client(c, now);
+                    } else {
+                        // Connected and never sent a request: nothing to answer.
+                        c.conn.end_of_input();
+                    }
                     // Do not wait for a peer that does not read.
                     c.conn.consume_output(usize::MAX);
                 } else if c.request_start.is_none() && now >= c.last_active + limits.idle_timeout {
@@ -193,11 +200,17 @@ impl ApiServer {
             }
             if clients.len() >= limits.max_connections {
                 // Make room by closing the least recently used idle
-                // connection; with none idle, the newcomer gets a 503.
+                // keep-alive connection (one that was answered and has
+                // nothing pending); with none, the newcomer gets a 503.
                 let idle = clients
                     .iter()
                     .enumerate()
-                    .filter(|(_, c)| !c.conn.has_partial_request() && c.conn.output().is_empty())
+                    .filter(|(_, c)| {
+                        c.conn.answered() > 0
+                            && c.request_start.is_none()
+                            && !c.conn.has_partial_request()
+                            && c.conn.output().is_empty()
+                    })
                     .min_by_key(|(_, c)| c.last_active)
                     .map(|(i, _)| i);
                 match idle {
@@ -210,7 +223,8 @@ impl ApiServer {
                     }
                 }
             }
-            clients.push(Client { stream, conn: Connection::new(), request_start: None, last_active: now });
+            // A new connection has `request_timeout` to send its first request.
+            clients.push(Client { stream, conn: Connection::new(), request_start: Some(now), last_active: now });
         }
     }
 }
@@ -263,9 +277,6 @@ fn serve_client<V: VmControl>(c: &mut Client, limits: &Limits, controller: &mut 
         // What is left in the input is a new request, which starts now.
         c.request_start = c.conn.has_partial_request().then_some(now);
         c.last_active = now;
-    }
-    if !c.conn.has_partial_request() {
-        c.request_start = None;
     }
     write_client(c, now);
 }
