@@ -33,7 +33,6 @@
 // 0: nothing from the crate.
 mod cpio;
 mod cpuid;
-mod event_loop;
 mod jail;
 mod layout;
 mod seccomp;
@@ -44,9 +43,11 @@ mod bus;
 mod exit;
 mod irq_routing;
 mod memory;
+mod run_control;
 mod serial_capture;
 // 2
 mod config;
+mod event_loop;
 // 3
 mod boot;
 // 4
@@ -74,6 +75,7 @@ pub use ember_devices::virtio::net::NetStats;
 pub use error::Error;
 pub use exit::VmExit;
 pub use jail::Jail;
+pub use run_control::PauseError;
 pub use seccomp::SeccompMode;
 pub use serial_capture::SerialCapture;
 pub use smoke::{Expectation, Modules, RootPlan, Smoke, SmokeError, SmokeReport, SmokeShare, Verdict};

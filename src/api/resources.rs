@@ -13,8 +13,8 @@ use crate::api::model::{
     MachineConfigBody, MachineConfigInfo, MachineConfigPatch, NetworkInterfaceBody, NetworkInterfaceInfo, SerialBody,
 };
 use crate::config::{BootProtocol, DiskConfig, NetConfig, SerialConfig, VmConfig};
-use ember_devices::virtio::net::parse_mac;
 use crate::seccomp::SeccompMode;
+use ember_devices::virtio::net::parse_mac;
 
 /// Guest memory before any `PUT /machine-config`: Firecracker's default.
 pub const DEFAULT_MEM_SIZE_MIB: u64 = 128;
@@ -91,13 +91,12 @@ pub struct Resources {
 fn check_ext(ext: &EmberExtensions, base: &Extras) -> Result<Extras, BadRequest> {
     let mut out = base.clone();
     if let Some(s) = &ext.serial {
-        out.serial =
-            Some(match (s.as_str(), s.strip_prefix("file=")) {
-                ("stdio", _) => SerialConfig::Stdio,
-                ("none", _) => SerialConfig::None,
-                (_, Some(p)) if !p.is_empty() => SerialConfig::File(PathBuf::from(p)),
-                _ => return bad(format!("ember.serial {s:?} is invalid: expected stdio, none or file=PATH")),
-            });
+        out.serial = Some(match (s.as_str(), s.strip_prefix("file=")) {
+            ("stdio", _) => SerialConfig::Stdio,
+            ("none", _) => SerialConfig::None,
+            (_, Some(p)) if !p.is_empty() => SerialConfig::File(PathBuf::from(p)),
+            _ => return bad(format!("ember.serial {s:?} is invalid: expected stdio, none or file=PATH")),
+        });
         out.shown.serial = Some(s.clone());
     }
     if let Some(d) = ext.debug_exit {
@@ -143,7 +142,11 @@ struct MachineValues {
 
 fn check_machine(v: &MachineValues) -> Result<Machine, BadRequest> {
     if v.vcpu_count == 0 || v.vcpu_count > u64::from(VmConfig::MAX_VCPUS) {
-        return bad(format!("vcpu_count {} is out of range: ember supports 1 to {} vCPUs", v.vcpu_count, VmConfig::MAX_VCPUS));
+        return bad(format!(
+            "vcpu_count {} is out of range: ember supports 1 to {} vCPUs",
+            v.vcpu_count,
+            VmConfig::MAX_VCPUS
+        ));
     }
     let (min, max) = (VmConfig::MIN_MEMORY >> 20, VmConfig::MAX_MEMORY >> 20);
     if v.mem_size_mib < min || v.mem_size_mib > max {
