@@ -30,7 +30,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ember::api::{ApiServer, Controller, FakeVm, HostChecks, Limits};
+use ember::api::{ApiServer, Limits};
+use ember::fuzzing::api::{spawn_controller, Controller, FakeVm, HostChecks};
+use ember::SeccompMode;
 
 const CHILD: &str = "EMBER_API_BENCH_CHILD";
 
@@ -38,7 +40,8 @@ fn child_main(mode: &str) -> ! {
     match mode.split_once(':') {
         Some(("serve", path)) => {
             let server = ApiServer::bind(Path::new(path), Limits::default()).expect("bind");
-            let t = server.spawn(Controller::new(FakeVm::new(), "bench", HostChecks::Now)).expect("spawn");
+            let c = Controller::new(FakeVm::new(), "bench", HostChecks::Now);
+            let (t, _stop) = spawn_controller(server, c, SeccompMode::Kill).expect("spawn");
             let _ = t.join();
             std::process::exit(0)
         }
@@ -51,8 +54,8 @@ fn child_main(mode: &str) -> ! {
             let t = Instant::now();
             let server = ApiServer::bind(Path::new(path), Limits::default()).expect("bind");
             let bound = t.elapsed();
-            let stop = server.shutdown_handle();
-            let thread = server.spawn(Controller::new(FakeVm::new(), "bench", HostChecks::Now)).expect("spawn");
+            let c = Controller::new(FakeVm::new(), "bench", HostChecks::Now);
+            let (thread, stop) = spawn_controller(server, c, SeccompMode::Kill).expect("spawn");
             let spawned = t.elapsed();
             stop.shutdown();
             let _ = thread.join();

@@ -104,4 +104,8 @@ pub mod fuzzing {
     pub use crate::machine::{write_cmdline, write_pvh_info, write_zero_page};
     pub use crate::memory::{GuestRam, RamLayout};
     pub use crate::smoke::{build_initramfs, init_script};
+    /// The API's HTTP connection, controller and resources, and a fake VM.
+    pub mod api {
+        pub use crate::api::internals::*;
+    }
 }

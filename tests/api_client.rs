@@ -10,7 +10,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ember::api::{ApiServer, Controller, FakeCall, FakeVm, HostChecks, Limits};
+use ember::api::{ApiServer, Limits};
+use ember::fuzzing::api::{spawn_controller, Controller, FakeCall, FakeVm, HostChecks};
+use ember::SeccompMode;
 
 /// The pinned client version.
 const CLIENT: &str = "firecracker-python==0.0.5";
@@ -48,8 +50,8 @@ fn firecracker_python_drives_the_api() {
     let sock = data.join(id).join("firecracker.socket");
     let _ = std::fs::remove_file(&sock);
     let server = ApiServer::bind(&sock, Limits::default()).unwrap();
-    let stop = server.shutdown_handle();
-    let thread = server.spawn(Controller::new(FakeVm::new(), id, HostChecks::Never)).unwrap();
+    let (thread, stop) =
+        spawn_controller(server, Controller::new(FakeVm::new(), id, HostChecks::Never), SeccompMode::Kill).unwrap();
 
     let out = Command::new(&python)
         .arg(repo().join("tests/api/firecracker_python_client.py"))

@@ -32,8 +32,10 @@
 //!   describes exactly the configuration `InstanceStart` would use.
 #![no_main]
 
-use ember::api::{
-    parse_config_file, Connection, Controller, FakeCall, FakeVm, HostChecks, Limits, Request, Response, VmState,
+use ember::api::{Limits, VmState};
+use ember::fuzzing::api::{
+    parse_config_file_with as parse_config_file, write_response, Connection, Controller, FakeCall, FakeVm, HostChecks,
+    Request, Response,
 };
 use ember_fuzz::input::Reader;
 use libfuzzer_sys::fuzz_target;
@@ -163,7 +165,7 @@ fn check_controller(ctl: &mut Controller<FakeVm>) {
         assert_eq!(r.status, 200);
         let json = r.body.unwrap();
         let direct = ctl.resources().to_vm_config();
-        let again = parse_config_file(json.as_bytes(), HostChecks::Never).and_then(|f| f.resources.to_vm_config());
+        let again = parse_config_file(json.as_bytes(), HostChecks::Never).and_then(|f| f.vm_config());
         match (direct, again) {
             (Ok(a), Ok(b)) => assert_eq!(format!("{a:?}"), format!("{b:?}"), "{json}"),
             (Err(_), Err(_)) => {}
@@ -220,7 +222,7 @@ fn request_mode(mut r: Reader<'_>, fail_start: bool) {
         let body = r.blob16();
         if route == CONFIG_FILE {
             if let Ok(f) = parse_config_file(body, HostChecks::Never) {
-                if let Ok(c) = f.resources.to_vm_config() {
+                if let Ok(c) = f.vm_config() {
                     c.validate().expect("a config file's VmConfig validates");
                 }
             }
@@ -231,7 +233,7 @@ fn request_mode(mut r: Reader<'_>, fail_start: bool) {
         let resp: Response = ctl.handle(&Request { method, path, body });
         assert!([200, 204, 400, 405].contains(&resp.status), "{method} {path}: {}", resp.status);
         let mut wire = Vec::new();
-        ember::api::write_response(&mut wire, &resp, true);
+        write_response(&mut wire, &resp, true);
         check_transcript(&wire, &[method.to_string()]);
         if resp.status == 204 && method == "PUT" && path == "/machine-config" {
             let sent: Value = serde_json::from_slice(body.unwrap()).unwrap();

@@ -1,6 +1,6 @@
 //! The boundary between the API and a VM: the [`VmControl`] trait the API
-//! drives, the states it reports, and a [`FakeVm`] that records calls
-//! without a VM (for tests and fuzzing).
+//! drives, the states it reports, and (for tests and fuzzing) a `FakeVm`
+//! that records calls without a VM.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -105,6 +105,7 @@ pub trait VmControl: Send {
 }
 
 /// One call a [`FakeVm`] received.
+#[cfg(any(test, feature = "fuzzing"))]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FakeCall {
     /// `start`, with the configuration's essentials.
@@ -134,6 +135,7 @@ pub enum FakeCall {
     FlushMetrics,
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
 /// A [`VmControl`] with no VM behind it: it records every call and keeps
 /// the running/paused state, so the API can be tested and fuzzed without
 /// KVM. `fail_start` makes the next `start` fail (to test that path).
@@ -149,6 +151,7 @@ pub struct FakeVm {
     pub fail_start: Option<String>,
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
 impl FakeVm {
     /// A fake that has not started.
     pub fn new() -> Self {
@@ -156,6 +159,7 @@ impl FakeVm {
     }
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
 impl VmControl for FakeVm {
     fn start(&mut self, config: VmConfig) -> Result<(), ControlError> {
         if let Some(m) = self.fail_start.take() {

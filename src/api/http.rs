@@ -291,11 +291,13 @@ impl Connection {
         self.closing && self.output.is_empty()
     }
 
+    #[cfg(any(test, feature = "fuzzing"))]
     /// Whether no more requests will be read.
     pub fn is_closing(&self) -> bool {
         self.closing
     }
 
+    #[cfg(any(test, feature = "fuzzing"))]
     /// Bytes of requests received and not yet answered.
     pub fn buffered(&self) -> usize {
         self.input.len()

@@ -79,25 +79,57 @@ pub enum HugePages {
     Hugetlbfs2M,
 }
 
-/// ember's own fields, under `"ember"` in a machine configuration.
+/// ember's own fields, under `"ember"` in a machine configuration. Each is
+/// optional and applied over the previous value.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmberExtensions {
-    /// Where COM1 goes: `stdio`, `none` or `file=PATH` (as `ember run --serial`).
+    /// Where COM1 goes (as `ember run --serial`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub serial: Option<String>,
+    pub serial: Option<SerialExt>,
     /// The debug-exit device at port 0xf4 (as `ember run --debug-exit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debug_exit: Option<bool>,
-    /// `auto`, `linux64` or `pvh` (as `ember run --boot`).
+    /// The boot protocol (as `ember run --boot`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub boot_protocol: Option<String>,
-    /// The virtio transport: `mmio` (the only one in this build).
+    pub boot_protocol: Option<BootProtocolExt>,
+    /// The virtio transport of the drives and NICs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transport: Option<String>,
-    /// seccomp filters: `kill`, `log` or `off` (as `ember run --seccomp`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seccomp: Option<String>,
+    pub transport: Option<TransportExt>,
+}
+
+/// `ember.serial`: `"stdio"`, `"none"` or `{"file": "PATH"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SerialExt {
+    /// Output to ember's stdout, input from its stdin.
+    Stdio,
+    /// No console.
+    None,
+    /// Output appended to this file.
+    File(String),
+}
+
+/// `ember.boot_protocol`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootProtocolExt {
+    /// PVH when the ELF has a PVH note, else the Linux 64-bit protocol.
+    #[default]
+    Auto,
+    /// The Linux 64-bit boot protocol.
+    Linux64,
+    /// PVH.
+    Pvh,
+}
+
+/// `ember.transport`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportExt {
+    /// virtio-mmio (the only transport in this build).
+    #[default]
+    Mmio,
 }
 
 /// `PUT /boot-source`.

@@ -3,17 +3,17 @@
 //! into a [`VmConfig`]. The API socket and `--config-file` both go through
 //! these methods: one code path, one set of checks and messages.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
 use crate::api::control::LoggerSettings;
 use crate::api::model::{
-    BootSourceBody, CacheType, DriveBody, DriveInfo, EmberExtensions, FullConfig, HugePages, IoEngine, LoggerBody,
-    MachineConfigBody, MachineConfigInfo, MachineConfigPatch, NetworkInterfaceBody, NetworkInterfaceInfo, SerialBody,
+    BootProtocolExt, BootSourceBody, CacheType, DriveBody, DriveInfo, EmberExtensions, FullConfig, HugePages, IoEngine,
+    LoggerBody, MachineConfigBody, MachineConfigInfo, MachineConfigPatch, NetworkInterfaceBody, NetworkInterfaceInfo,
+    SerialBody, SerialExt,
 };
 use crate::config::{BootProtocol, DiskConfig, NetConfig, SerialConfig, VmConfig};
-use crate::seccomp::SeccompMode;
 use ember_devices::virtio::net::parse_mac;
 
 /// Guest memory before any `PUT /machine-config`: Firecracker's default.
@@ -72,7 +72,6 @@ struct Extras {
     serial: Option<SerialConfig>,
     debug_exit: bool,
     boot: BootProtocol,
-    seccomp: Option<SeccompMode>,
 }
 
 /// Everything that is configured before `InstanceStart`.
@@ -84,18 +83,18 @@ pub struct Resources {
     drives: Vec<DriveInfo>,
     nets: Vec<NetworkInterfaceInfo>,
     extras: Extras,
-    /// Whether the serial was set with `PUT /serial` or the `ember.serial` field.
-    serial_set: bool,
 }
 
 fn check_ext(ext: &EmberExtensions, base: &Extras) -> Result<Extras, BadRequest> {
     let mut out = base.clone();
     if let Some(s) = &ext.serial {
-        out.serial = Some(match (s.as_str(), s.strip_prefix("file=")) {
-            ("stdio", _) => SerialConfig::Stdio,
-            ("none", _) => SerialConfig::None,
-            (_, Some(p)) if !p.is_empty() => SerialConfig::File(PathBuf::from(p)),
-            _ => return bad(format!("ember.serial {s:?} is invalid: expected stdio, none or file=PATH")),
+        out.serial = Some(match s {
+            SerialExt::Stdio => SerialConfig::Stdio,
+            SerialExt::None => SerialConfig::None,
+            SerialExt::File(p) if p.is_empty() || p.contains('\0') => {
+                return bad(format!("ember.serial file {p:?} is not a path"))
+            }
+            SerialExt::File(p) => SerialConfig::File(PathBuf::from(p)),
         });
         out.shown.serial = Some(s.clone());
     }
@@ -103,29 +102,16 @@ fn check_ext(ext: &EmberExtensions, base: &Extras) -> Result<Extras, BadRequest>
         out.debug_exit = d;
         out.shown.debug_exit = Some(d);
     }
-    if let Some(b) = &ext.boot_protocol {
-        out.boot = match b.as_str() {
-            "auto" => BootProtocol::Auto,
-            "linux64" => BootProtocol::Linux64,
-            "pvh" => BootProtocol::Pvh,
-            _ => return bad(format!("ember.boot_protocol {b:?} is invalid: expected auto, linux64 or pvh")),
+    if let Some(b) = ext.boot_protocol {
+        out.boot = match b {
+            BootProtocolExt::Auto => BootProtocol::Auto,
+            BootProtocolExt::Linux64 => BootProtocol::Linux64,
+            BootProtocolExt::Pvh => BootProtocol::Pvh,
         };
-        out.shown.boot_protocol = Some(b.clone());
+        out.shown.boot_protocol = Some(b);
     }
-    if let Some(t) = &ext.transport {
-        if t != "mmio" {
-            return bad(format!("ember.transport {t:?} is not supported by this build: only \"mmio\""));
-        }
-        out.shown.transport = Some(t.clone());
-    }
-    if let Some(s) = &ext.seccomp {
-        out.seccomp = Some(match s.as_str() {
-            "kill" => SeccompMode::Kill,
-            "log" => SeccompMode::Log,
-            "off" => SeccompMode::Off,
-            _ => return bad(format!("ember.seccomp {s:?} is invalid: expected kill, log or off")),
-        });
-        out.shown.seccomp = Some(s.clone());
+    if let Some(t) = ext.transport {
+        out.shown.transport = Some(t);
     }
     Ok(out)
 }
@@ -227,7 +213,6 @@ impl Resources {
             drives: Vec::new(),
             nets: Vec::new(),
             extras: Extras::default(),
-            serial_set: false,
         }
     }
 
@@ -247,7 +232,8 @@ impl Resources {
             Some(e) => check_ext(e, &self.extras)?,
             None => self.extras.clone(),
         };
-        self.apply(machine, extras, body.ember.as_ref());
+        self.machine = machine;
+        self.extras = extras;
         Ok(())
     }
 
@@ -268,16 +254,9 @@ impl Resources {
             Some(e) => check_ext(e, &self.extras)?,
             None => self.extras.clone(),
         };
-        self.apply(machine, extras, patch.ember.as_ref());
-        Ok(())
-    }
-
-    fn apply(&mut self, machine: Machine, extras: Extras, ext: Option<&EmberExtensions>) {
         self.machine = machine;
         self.extras = extras;
-        if ext.is_some_and(|e| e.serial.is_some()) {
-            self.serial_set = true;
-        }
+        Ok(())
     }
 
     /// `PUT /boot-source`.
@@ -438,12 +417,11 @@ impl Resources {
         }
         let (cfg, shown) = match body.serial_out_path {
             Some(p) if p.is_empty() || p.contains('\0') => return bad(format!("serial_out_path {p:?} is not a path")),
-            Some(p) => (SerialConfig::File(PathBuf::from(&p)), format!("file={p}")),
-            None => (SerialConfig::Stdio, "stdio".to_string()),
+            Some(p) => (SerialConfig::File(PathBuf::from(&p)), SerialExt::File(p)),
+            None => (SerialConfig::Stdio, SerialExt::Stdio),
         };
         self.extras.serial = Some(cfg);
         self.extras.shown.serial = Some(shown);
-        self.serial_set = true;
         Ok(())
     }
 
@@ -499,7 +477,6 @@ impl Resources {
         c.serial = self.extras.serial.clone().unwrap_or(SerialConfig::Stdio);
         c.debug_exit = self.extras.debug_exit;
         c.boot = self.extras.boot;
-        c.seccomp = self.extras.seccomp.unwrap_or(SeccompMode::Kill);
         c.disks = drives
             .iter()
             .map(|d| DiskConfig { path: PathBuf::from(&d.path_on_host), read_only: d.is_read_only, id: None })
@@ -513,22 +490,17 @@ impl Resources {
         Ok(c)
     }
 
-    /// Whether a serial destination was configured (else the server's
-    /// default applies).
-    pub fn serial_configured(&self) -> bool {
-        self.serial_set
-    }
-
+    #[cfg(any(test, feature = "fuzzing"))]
     /// The kernel, when a boot source is set.
-    pub fn kernel(&self) -> Option<&Path> {
-        self.boot.as_ref().map(|b| Path::new(&b.kernel_image_path))
+    pub fn kernel(&self) -> Option<&std::path::Path> {
+        self.boot.as_ref().map(|b| std::path::Path::new(&b.kernel_image_path))
     }
 }
 
 /// Firecracker's `--config-file` JSON, as ember reads it.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct ConfigFile {
+struct ConfigFileJson {
     boot_source: BootSourceBody,
     #[serde(default)]
     drives: Vec<DriveBody>,
@@ -558,24 +530,48 @@ struct ConfigFile {
     pmem: Vec<serde::de::IgnoredAny>,
 }
 
-/// A config file, applied: the resources and the logger settings it gives.
-#[derive(Debug)]
-pub struct ConfigFileContents {
-    /// The resources, ready for [`Resources::to_vm_config`].
-    pub resources: Resources,
+/// A config file, read and checked: the VM it describes and the logger
+/// settings it gives.
+#[derive(Clone, Debug)]
+pub struct ConfigFile {
+    resources: Resources,
+    logger: Option<LoggerSettings>,
+}
+
+impl ConfigFile {
+    /// The VM configuration, validated. ember's library defaults apply to
+    /// what the file cannot say (seccomp off, no jail): the caller sets them.
+    pub fn vm_config(&self) -> Result<VmConfig, BadRequest> {
+        self.resources.to_vm_config()
+    }
+
     /// The `logger` section.
-    pub logger: Option<LoggerSettings>,
+    pub fn logger(&self) -> Option<&LoggerSettings> {
+        self.logger.as_ref()
+    }
+
+    /// The resources, as the API holds them.
+    pub(crate) fn into_resources(self) -> Resources {
+        self.resources
+    }
 }
 
 /// Reads Firecracker's `--config-file` JSON (`boot-source`, `drives`,
 /// `machine-config`, `network-interfaces`, `logger`, with ember's
 /// extensions under `machine-config.ember`) through the same checks as the
-/// API. Errors name the section and the value.
-pub fn parse_config_file(json: &[u8], checks: HostChecks) -> Result<ConfigFileContents, BadRequest> {
+/// API, the paths checked on the host (stat and access(2)). Errors name the
+/// section and the value.
+pub fn parse_config_file(json: &[u8]) -> Result<ConfigFile, BadRequest> {
+    parse_config_file_with(json, HostChecks::Now)
+}
+
+/// [`parse_config_file`], with the host checks given.
+pub fn parse_config_file_with(json: &[u8], checks: HostChecks) -> Result<ConfigFile, BadRequest> {
     if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return bad("invalid config file: expected a JSON object");
     }
-    let file: ConfigFile = serde_json::from_slice(json).map_err(|e| BadRequest(format!("invalid config file: {e}")))?;
+    let file: ConfigFileJson =
+        serde_json::from_slice(json).map_err(|e| BadRequest(format!("invalid config file: {e}")))?;
     for (name, present) in [
         ("balloon", file.balloon.is_some()),
         ("cpu-config", file.cpu_config.is_some()),
@@ -605,5 +601,5 @@ pub fn parse_config_file(json: &[u8], checks: HostChecks) -> Result<ConfigFileCo
         r.put_network_interface(&id, n).map_err(ctx(format!("network-interfaces[{i}]")))?;
     }
     let logger = file.logger.map(Resources::logger_settings).transpose().map_err(ctx("logger".into()))?;
-    Ok(ConfigFileContents { resources: r, logger })
+    Ok(ConfigFile { resources: r, logger })
 }

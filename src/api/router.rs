@@ -11,7 +11,7 @@ use crate::api::model::{
     ActionBody, ActionType, BootSourceBody, DriveBody, InstanceInfo, LoggerBody, MachineConfigBody, MachineConfigPatch,
     NetworkInterfaceBody, SerialBody, VersionInfo, VmBody, VmStateBody,
 };
-use crate::api::resources::{BadRequest, HostChecks, Resources};
+use crate::api::resources::{check_id, BadRequest, ConfigFile, HostChecks, Resources};
 
 /// The instance id when none is given (Firecracker's default).
 pub const DEFAULT_INSTANCE_ID: &str = "anonymous-instance";
@@ -73,8 +73,8 @@ fn bad(e: BadRequest) -> Response {
 
 /// Serves the API's requests for one VM: keeps the pre-boot resources,
 /// starts the VM on `InstanceStart` and forwards pause, resume and
-/// Ctrl-Alt-Del to it. Independent of HTTP's framing (see
-/// [`crate::api::Connection`]) and of sockets.
+/// Ctrl-Alt-Del to it. Independent of HTTP's framing (the connection's)
+/// and of sockets (the server's).
 pub struct Controller<V: VmControl> {
     vm: V,
     resources: Resources,
@@ -83,26 +83,31 @@ pub struct Controller<V: VmControl> {
 }
 
 impl<V: VmControl> Controller<V> {
-    /// A controller for `vm`, not started, identified as `id` in `GET /`.
+    /// A controller for `vm`, not started, identified as `id` in `GET /`;
+    /// paths in requests are checked on the host as `checks` says.
     pub fn new(vm: V, id: impl Into<String>, checks: HostChecks) -> Self {
         Controller { vm, resources: Resources::new(checks), started: false, id: id.into() }
     }
 
-    /// A controller whose resources come from a config file.
-    pub fn with_resources(vm: V, id: impl Into<String>, resources: Resources) -> Self {
-        Controller { vm, resources, started: false, id: id.into() }
+    /// A controller for a `vm` already started from `config` (`ember serve
+    /// --config-file`, where Firecracker starts the VM at once).
+    pub fn started(vm: V, id: impl Into<String>, config: ConfigFile) -> Self {
+        Controller { vm, resources: config.into_resources(), started: true, id: id.into() }
     }
 
+    #[cfg(any(test, feature = "fuzzing"))]
     /// The VM behind the API.
     pub fn vm(&self) -> &V {
         &self.vm
     }
 
-    /// The VM behind the API, mutably.
+    /// The VM behind the API, mutably (tests and fuzzing set up failures).
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn vm_mut(&mut self) -> &mut V {
         &mut self.vm
     }
 
+    #[cfg(any(test, feature = "fuzzing"))]
     /// The resources configured so far.
     pub fn resources(&self) -> &Resources {
         &self.resources
@@ -201,11 +206,11 @@ impl<V: VmControl> Controller<V> {
             ("PATCH", "/machine-config") => r.patch_machine_config(json_body::<MachineConfigPatch>(body)?),
             ("PUT", "/boot-source") => r.put_boot_source(json_body::<BootSourceBody>(body)?),
             ("PUT", "/drives/{}") => {
-                crate::api::resources::check_id("drive", id).map_err(bad)?;
+                check_id("drive", id).map_err(bad)?;
                 r.put_drive(id, json_body::<DriveBody>(body)?)
             }
             ("PUT", "/network-interfaces/{}") => {
-                crate::api::resources::check_id("network interface", id).map_err(bad)?;
+                check_id("network interface", id).map_err(bad)?;
                 r.put_network_interface(id, json_body::<NetworkInterfaceBody>(body)?)
             }
             ("PUT", "/serial") => r.put_serial(json_body::<SerialBody>(body)?),

@@ -2,9 +2,16 @@
 //! listening Unix socket and at most `Limits::max_connections` client
 //! connections, all non-blocking. Each connection's bytes go through a
 //! [`Connection`]; each complete request goes to the [`Controller`].
+//!
+//! The thread installs its own seccomp filter ([`ThreadKind::Api`]) before
+//! it serves anything, and removes the socket file when it stops, through
+//! a descriptor of the socket's directory opened at bind time (so this
+//! works after a chroot).
 
+use std::ffi::CString;
 use std::io::{self, Read};
-use std::os::unix::io::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,12 +22,15 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::api::control::VmControl;
 use crate::api::http::{busy_response, Connection, Limits};
+use crate::api::resources::{ConfigFile, HostChecks};
 use crate::api::router::Controller;
+use crate::seccomp::{self, SeccompError, SeccompMode, ThreadKind};
 
 /// Errors setting up the API socket.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// The socket could not be created at this path.
+    /// The socket could not be created at this path (it exists already, or
+    /// its directory is missing or not writable).
     #[error("cannot listen on the API socket {}: {source}", path.display())]
     Bind {
         /// The path.
@@ -28,14 +38,22 @@ pub enum ServerError {
         /// The error.
         source: io::Error,
     },
-    /// A host resource (eventfd, thread) failed.
+    /// A host resource (eventfd, thread, the socket's owner) failed.
     #[error("{what}: {source}")]
     Io {
         /// What was being done.
-        what: &'static str,
+        what: String,
         /// The error.
         source: io::Error,
     },
+    /// The API thread's seccomp filter could not be built or installed.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ServerError {
+    let what = what.into();
+    move |source| ServerError::Io { what, source }
 }
 
 /// Stops a running server from any thread.
@@ -43,18 +61,49 @@ pub enum ServerError {
 pub struct ShutdownHandle(Arc<EventFd>);
 
 impl ShutdownHandle {
-    /// Asks the server loop to return (open connections are closed).
+    /// Asks the server loop to return (open connections are closed, the
+    /// socket file removed).
     pub fn shutdown(&self) {
         let _ = self.0.write(1);
+    }
+}
+
+/// How [`ApiServer::spawn`] serves a VM.
+#[derive(Debug)]
+pub struct ServeOptions {
+    /// The instance id `GET /` reports (Firecracker's `--id`).
+    pub id: String,
+    /// The API thread's seccomp filter (its own allow-list).
+    pub seccomp: SeccompMode,
+    /// The configuration the VM was already started from (`ember serve
+    /// --config-file`); `None`: the API configures and starts it.
+    pub started: Option<ConfigFile>,
+}
+
+/// The running API thread.
+pub struct ApiThread {
+    thread: JoinHandle<()>,
+    shutdown: ShutdownHandle,
+}
+
+impl ApiThread {
+    /// A handle that stops the server from any thread.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Stops the server and waits for its thread to end; the socket file
+    /// is removed.
+    pub fn stop(self) {
+        self.shutdown.shutdown();
+        let _ = self.thread.join();
     }
 }
 
 struct Client {
     stream: UnixStream,
     conn: Connection,
-    /// When the request at the head of the input started arriving (or,
-    /// for a connection that has sent nothing yet, when it was accepted);
-    /// `None` while idle between requests.
+    /// When the request at the head of the input started arriving.
     request_start: Option<Instant>,
     last_active: Instant,
 }
@@ -63,19 +112,54 @@ struct Client {
 pub struct ApiServer {
     listener: UnixListener,
     path: PathBuf,
+    /// The socket's directory and name in it, to remove the socket file
+    /// wherever the process has moved its root since.
+    dir: OwnedFd,
+    name: CString,
     limits: Limits,
     shutdown: Arc<EventFd>,
 }
 
 impl ApiServer {
-    /// Creates the socket at `path` (which must not exist) and listens.
+    /// Creates the socket at `path` (which must not exist: a stale socket
+    /// is an error naming it, as in Firecracker), mode 0600, and listens.
+    /// Clients can connect as soon as this returns; they are answered once
+    /// the server runs.
     pub fn bind(path: &Path, limits: Limits) -> Result<Self, ServerError> {
-        let listener =
-            UnixListener::bind(path).map_err(|source| ServerError::Bind { path: path.to_path_buf(), source })?;
-        listener.set_nonblocking(true).map_err(|source| ServerError::Bind { path: path.to_path_buf(), source })?;
-        let shutdown = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
-            .map_err(|source| ServerError::Io { what: "creating the API shutdown eventfd", source })?;
-        Ok(ApiServer { listener, path: path.to_path_buf(), limits, shutdown: Arc::new(shutdown) })
+        let bind_err = |source| ServerError::Bind { path: path.to_path_buf(), source };
+        let name = path.file_name().ok_or_else(|| bind_err(io::Error::from_raw_os_error(libc::EINVAL)))?;
+        let name = CString::new(name.as_bytes()).map_err(|_| bind_err(io::Error::from_raw_os_error(libc::EINVAL)))?;
+        let dir = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(d) => CString::new(d.as_os_str().as_bytes()),
+            None => CString::new("."),
+        }
+        .map_err(|_| bind_err(io::Error::from_raw_os_error(libc::EINVAL)))?;
+        // SAFETY: a NUL-terminated path; the result is checked.
+        let fd = unsafe { libc::open(dir.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(bind_err(io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` was just opened and is owned by nothing else.
+        let dir = unsafe { OwnedFd::from_raw_fd(fd) };
+        let listener = UnixListener::bind(path).map_err(bind_err)?;
+        let server = ApiServer {
+            listener,
+            path: path.to_path_buf(),
+            dir,
+            name,
+            limits,
+            shutdown: Arc::new(
+                EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+                    .map_err(io_err("creating the API shutdown eventfd"))?,
+            ),
+        };
+        // From here on, dropping `server` removes the socket file.
+        server.listener.set_nonblocking(true).map_err(bind_err)?;
+        // SAFETY: `dir` and `name` are valid; the call only changes the mode.
+        if unsafe { libc::fchmodat(server.dir.as_raw_fd(), server.name.as_ptr(), 0o600, 0) } != 0 {
+            return Err(bind_err(io::Error::last_os_error()));
+        }
+        Ok(server)
     }
 
     /// The socket's path.
@@ -83,30 +167,81 @@ impl ApiServer {
         &self.path
     }
 
-    /// A handle that stops [`ApiServer::run`].
-    pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle(self.shutdown.clone())
+    /// Gives the socket file to `uid`:`gid` (the user a VM drops to with
+    /// `--user`), so that the process can still remove it at the end; that
+    /// user can then also connect.
+    pub fn chown(&self, uid: u32, gid: u32) -> Result<(), ServerError> {
+        // SAFETY: `dir` and `name` are valid; the call only changes the owner.
+        let r =
+            unsafe { libc::fchownat(self.dir.as_raw_fd(), self.name.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) };
+        if r != 0 {
+            return Err(io_err(format!("giving the API socket {} to {uid}:{gid}", self.path.display()))(
+                io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
     }
 
-    /// Runs the server on a thread of its own (`ember-api`), returning the
-    /// controller when it stops.
-    pub fn spawn<V: VmControl + 'static>(
+    /// Serves `vm` on a thread of its own (`ember-api`) until the returned
+    /// [`ApiThread`] is stopped. Returns once the thread has installed its
+    /// seccomp filter.
+    pub fn spawn<V: VmControl + 'static>(self, vm: V, options: ServeOptions) -> Result<ApiThread, ServerError> {
+        let controller = match options.started {
+            Some(config) => Controller::started(vm, options.id, config),
+            None => Controller::new(vm, options.id, HostChecks::Now),
+        };
+        let (thread, shutdown) = self.spawn_controller(controller, options.seccomp, drop)?;
+        Ok(ApiThread { thread, shutdown })
+    }
+
+    /// Runs `controller` on the `ember-api` thread, which installs the
+    /// `seccomp` filter first; returns the thread, which ends with
+    /// `finish(controller)`, once the filter is in place.
+    pub(crate) fn spawn_controller<V: VmControl + 'static, R: Send + 'static>(
         self,
         controller: Controller<V>,
-    ) -> Result<JoinHandle<Controller<V>>, ServerError> {
-        std::thread::Builder::new()
+        seccomp: SeccompMode,
+        finish: fn(Controller<V>) -> R,
+    ) -> Result<(JoinHandle<R>, ShutdownHandle), ServerError> {
+        let bpf = seccomp::filter(ThreadKind::Api, seccomp, false)?;
+        let shutdown = self.shutdown_handle();
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
             .name("ember-api".into())
             .stack_size(256 << 10)
             .spawn(move || {
                 let mut controller = controller;
+                if let Some(bpf) = &bpf {
+                    if let Err(e) = seccomp::install(ThreadKind::Api, bpf) {
+                        let _ = ready_tx.send(Err(e));
+                        return finish(controller);
+                    }
+                }
+                let _ = ready_tx.send(Ok(()));
                 self.run(&mut controller);
-                controller
+                finish(controller)
             })
-            .map_err(|source| ServerError::Io { what: "spawning the API thread", source })
+            .map_err(io_err("spawning the API thread"))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok((thread, shutdown)),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e.into())
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(io_err("starting the API thread")(io::Error::other("the thread ended before serving")))
+            }
+        }
+    }
+
+    /// A handle that stops [`ApiServer::run`].
+    pub(crate) fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shutdown.clone())
     }
 
     /// Serves requests until [`ShutdownHandle::shutdown`].
-    pub fn run<V: VmControl>(self, controller: &mut Controller<V>) {
+    pub(crate) fn run<V: VmControl>(self, controller: &mut Controller<V>) {
         let limits = self.limits;
         let mut clients: Vec<Client> = Vec::new();
         let mut fds: Vec<libc::pollfd> = Vec::new();
@@ -185,8 +320,8 @@ impl ApiServer {
     fn accept_all(&self, clients: &mut Vec<Client>, limits: &Limits, now: Instant) {
         // A bounded number per pass, so a flood cannot starve the others.
         for _ in 0..64 {
-            let stream = match self.listener.accept() {
-                Ok((s, _)) => s,
+            let stream = match accept_nonblocking(&self.listener) {
+                Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -195,9 +330,6 @@ impl ApiServer {
                     return;
                 }
             };
-            if stream.set_nonblocking(true).is_err() {
-                continue;
-            }
             if clients.len() >= limits.max_connections {
                 // Make room by closing the least recently used idle
                 // keep-alive connection (one that was answered and has
@@ -231,8 +363,31 @@ impl ApiServer {
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        // SAFETY: `dir` and `name` are valid; removes the socket's entry.
+        if unsafe { libc::unlinkat(self.dir.as_raw_fd(), self.name.as_ptr(), 0) } != 0 {
+            let e = io::Error::last_os_error();
+            log::warn!("API socket {} not removed: {e}", self.path.display());
+        }
     }
+}
+
+/// Accepts one connection, non-blocking and close-on-exec from the start
+/// (no `ioctl(FIONBIO)`: the API thread's filter allows no ioctl).
+fn accept_nonblocking(listener: &UnixListener) -> io::Result<UnixStream> {
+    // SAFETY: accept4 on a listening socket we own; no address is asked for.
+    let fd = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new connected socket owned by nothing else.
+    Ok(unsafe { UnixStream::from_raw_fd(fd) })
 }
 
 fn send_nosignal(stream: &UnixStream, data: &[u8]) -> io::Result<usize> {

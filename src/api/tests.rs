@@ -5,7 +5,10 @@
 
 use serde_json::{json, Value};
 
-use super::*;
+use super::control::{FakeCall, FakeVm};
+use super::http::Request;
+use super::resources::{parse_config_file_with as parse_config_file, HostChecks};
+use super::router::Controller;
 
 fn ctl() -> Controller<FakeVm> {
     Controller::new(FakeVm::new(), "test-vm", HostChecks::Never)
@@ -430,23 +433,26 @@ fn serial_and_ember_extensions() {
         "PUT",
         "/machine-config",
         r#"{"vcpu_count": 1, "mem_size_mib": 64,
-            "ember": {"debug_exit": true, "boot_protocol": "pvh", "transport": "mmio", "seccomp": "log"}}"#,
+            "ember": {"debug_exit": true, "boot_protocol": "pvh", "transport": "mmio"}}"#,
     );
     let m = "/machine-config";
-    refused(&mut c, "PATCH", m, r#"{"ember": {"transport": "pci"}}"#, "\"pci\"");
-    refused(&mut c, "PATCH", m, r#"{"ember": {"serial": "tcp"}}"#, "\"tcp\"");
-    refused(&mut c, "PATCH", m, r#"{"ember": {"seccomp": "maybe"}}"#, "\"maybe\"");
-    refused(&mut c, "PATCH", m, r#"{"ember": {"boot_protocol": "bios"}}"#, "\"bios\"");
+    refused(&mut c, "PATCH", m, r#"{"ember": {"transport": "pci"}}"#, "`pci`");
+    refused(&mut c, "PATCH", m, r#"{"ember": {"serial": "tcp"}}"#, "`tcp`");
+    // seccomp is the server's command line's, never a client's to turn off.
+    refused(&mut c, "PATCH", m, r#"{"ember": {"seccomp": "off"}}"#, "seccomp");
+    refused(&mut c, "PATCH", m, r#"{"ember": {"serial": {"file": ""}}}"#, "not a path");
+    refused(&mut c, "PATCH", m, r#"{"ember": {"boot_protocol": "bios"}}"#, "`bios`");
     refused(&mut c, "PATCH", m, r#"{"ember": {"gpu": true}}"#, "gpu");
     let (_, v) = call(&mut c, "GET", m, None);
     assert_eq!(
         v["ember"],
-        json!({"serial": "file=/tmp/serial.out", "debug_exit": true, "boot_protocol": "pvh", "transport": "mmio", "seccomp": "log"})
+        json!({"serial": {"file": "/tmp/serial.out"}, "debug_exit": true, "boot_protocol": "pvh", "transport": "mmio"})
     );
     let cfg = c.resources().to_vm_config().unwrap();
     assert!(cfg.debug_exit);
     assert_eq!(cfg.boot, crate::config::BootProtocol::Pvh);
-    assert_eq!(cfg.seccomp, crate::seccomp::SeccompMode::Log);
+    // The library's default: `ember serve` sets its own (`--seccomp`).
+    assert_eq!(cfg.seccomp, crate::seccomp::SeccompMode::Off);
     assert!(
         matches!(&cfg.serial, crate::config::SerialConfig::File(p) if p == std::path::Path::new("/tmp/serial.out"))
     );
@@ -497,8 +503,8 @@ const EXAMPLE_CONFIG: &str = r#"{
 #[test]
 fn config_file_example() {
     let f = parse_config_file(EXAMPLE_CONFIG.as_bytes(), HostChecks::Never).unwrap();
-    assert!(f.logger.is_none());
-    let c = f.resources.to_vm_config().unwrap();
+    assert!(f.logger().is_none());
+    let c = f.vm_config().unwrap();
     assert_eq!(c.kernel, std::path::Path::new("/images/vmlinux"));
     assert_eq!(c.initrd, None);
     assert_eq!((c.vcpus, c.memory), (2, 1024 << 20));
@@ -507,7 +513,8 @@ fn config_file_example() {
     assert_eq!(c.disks[0].path, std::path::Path::new("/images/rootfs.ext4"));
     assert!(!c.disks[0].read_only);
     assert!(c.nets.is_empty());
-    assert_eq!(c.seccomp, crate::seccomp::SeccompMode::Kill);
+    // What the file cannot say is the library's default; `ember` sets it.
+    assert_eq!(c.seccomp, crate::seccomp::SeccompMode::Off);
 }
 
 #[test]
@@ -523,8 +530,8 @@ fn config_file_with_everything_ember_has() {
       "logger": {"level": "Info", "log_path": "/tmp/ember.log"}
     }"#;
     let f = parse_config_file(json.as_bytes(), HostChecks::Never).unwrap();
-    assert_eq!(f.logger.as_ref().unwrap().level, Some(log::LevelFilter::Info));
-    let c = f.resources.to_vm_config().unwrap();
+    assert_eq!(f.logger().unwrap().level, Some(log::LevelFilter::Info));
+    let c = f.vm_config().unwrap();
     assert_eq!(c.initrd.as_deref(), Some(std::path::Path::new("/initrd.cpio")));
     assert_eq!(c.cmdline, format!("{} root=/dev/vda rw", crate::VmConfig::DEFAULT_CMDLINE));
     let disks: Vec<_> = c.disks.iter().map(|d| (d.path.to_str().unwrap(), d.read_only)).collect();
@@ -585,8 +592,7 @@ fn vm_config_output_is_a_config_file_for_the_same_vm() {
     let (s, v) = call(&mut c, "GET", "/vm/config", None);
     assert_eq!(s, 200);
     assert_eq!(v["drives"][0]["drive_id"], "a");
-    let again =
-        parse_config_file(v.to_string().as_bytes(), HostChecks::Never).unwrap().resources.to_vm_config().unwrap();
+    let again = parse_config_file(v.to_string().as_bytes(), HostChecks::Never).unwrap().vm_config().unwrap();
     let direct = c.resources().to_vm_config().unwrap();
     assert_eq!(format!("{again:?}"), format!("{direct:?}"));
 }
