@@ -197,7 +197,10 @@ impl<V: VmControl> Controller<V> {
         if self.started {
             return Err(Response::fault(
                 400,
-                &format!("{method} {pattern} is not supported after starting the microVM (pre-boot only)"),
+                &format!(
+                    "{method} {} is not supported after starting the microVM (pre-boot only)",
+                    pattern.replace("{}", id)
+                ),
             ));
         }
         let r = &mut self.resources;
