@@ -230,7 +230,11 @@ fn a_thousand_calls_from_16_clients_while_guests_do_disk_and_net_io() {
     configure(
         &blk_sock,
         &[
-            ("PUT", "/boot-source", format!(r#"{{"kernel_image_path": "{}", "boot_args": "irq=1 report=8"}}"#, g.display())),
+            (
+                "PUT",
+                "/boot-source",
+                format!(r#"{{"kernel_image_path": "{}", "boot_args": "irq=1 report=8"}}"#, g.display()),
+            ),
             (
                 "PUT",
                 "/machine-config",

@@ -102,7 +102,7 @@ fn configure_start_pause_resume_refuse_and_stop_a_guest_through_the_api() {
     let disk = dir.join("disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     let sock = dir.join("api.sock");
-    let mut ember = serve(&sock, &["--log-level", "info"]);
+    let mut ember = serve(&sock, &["--log-level", "info", "--shutdown-timeout", "2s"]);
     let (k, d) = (kernel.to_str().unwrap(), disk.to_str().unwrap());
 
     assert_eq!(state(&sock), "Not started");
@@ -175,10 +175,12 @@ fn configure_start_pause_resume_refuse_and_stop_a_guest_through_the_api() {
     let seen = counts(&ember.stdout()).len() as u64;
     wait_count(&mut ember, seen + 2);
 
-    // SIGTERM: the VM stops (this guest has no keyboard driver: after the
-    // Ctrl+Alt+Del timeout), ember exits and the socket is gone.
+    // SIGTERM: Ctrl+Alt+Del, which this guest ignores (it has no keyboard
+    // driver), so the VM is stopped after --shutdown-timeout (2 s); ember
+    // exits and the socket is gone.
     let status = ember.stop().expect("ember ended");
     assert!(status.success(), "{status:?}: {}", ember.stderr());
+    assert!(ember.stderr().contains("did not shut down within 2s: stopping it"), "{}", ember.stderr());
     assert!(!sock.exists(), "the socket is removed");
     assert_counts_consecutive(&counts(&ember.stdout()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -276,5 +278,73 @@ fn ember_run_boots_a_firecracker_config_file() {
     let o = run_ember(&["run", "--config-file", config.to_str().unwrap()], None, Duration::from_secs(120));
     assert_eq!(o.code(), 0, "{}", o.stderr);
     assert_eq!(counts(&o.stdout), [1, 2, 3, 4, 5], "{}", o.stdout);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The keyboard guest started through the API (it drives the i8042 as
+/// Linux does, then waits for the eight bytes of Ctrl+Alt+Del and exits 0).
+fn keyboard_vm(tag: &str, extra: &[&str]) -> (Spawned, PathBuf, PathBuf) {
+    let kernel = guest("keyboard");
+    let dir = scratch(tag);
+    let sock = dir.join("api.sock");
+    let mut ember = serve(&sock, extra);
+    for (m, p, b) in [
+        ("PUT", "/boot-source", format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.display())),
+        ("PUT", "/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 32, "ember": {"debug_exit": true}}"#.into()),
+    ] {
+        assert_eq!(call(&sock, m, p, Some(&b)).0, 204, "{m} {p}");
+    }
+    // Before start there is no keyboard to press keys on.
+    let (st, body) = call(&sock, "PUT", "/actions", Some(r#"{"action_type": "SendCtrlAltDel"}"#));
+    assert_eq!(st, 400, "{body}");
+    let (st, body) = call(&sock, "PUT", "/actions", Some(r#"{"action_type": "InstanceStart"}"#));
+    assert_eq!(st, 204, "{body}");
+    assert!(ember.wait_for("KBD READY", Duration::from_secs(60)), "{}\n{}", ember.stdout(), ember.stderr());
+    (ember, sock, dir)
+}
+
+fn wait_exit(ember: &mut Spawned, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(st) = ember.child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "ember serve still runs: {}\n{}", ember.stdout(), ember.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn send_ctrl_alt_del_presses_the_keys_on_the_guest_keyboard() {
+    if !kvm_available() {
+        return;
+    }
+    let (mut ember, sock, dir) = keyboard_vm("api-vm-cad", &[]);
+    let (st, body) = call(&sock, "PUT", "/actions", Some(r#"{"action_type": "SendCtrlAltDel"}"#));
+    assert_eq!(st, 204, "{body}");
+    // The guest saw the eight scan codes and exited 0: so does ember.
+    let st = wait_exit(&mut ember, Duration::from_secs(60));
+    assert!(ember.stdout().contains("KBD OK"), "{}", ember.stdout());
+    assert_eq!(st.code(), Some(0), "{}", ember.stderr());
+    assert!(!sock.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sigterm_presses_ctrl_alt_del_and_the_guest_shuts_down_before_the_timeout() {
+    if !kvm_available() {
+        return;
+    }
+    let (mut ember, sock, dir) = keyboard_vm("api-vm-term", &["--shutdown-timeout", "60s", "--log-level", "info"]);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(ember.child.id() as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    let st = wait_exit(&mut ember, Duration::from_secs(50));
+    // Ended by the guest (KBD OK, status 0) well before the 60 s timeout.
+    assert!(ember.stdout().contains("KBD OK"), "{}\n{}", ember.stdout(), ember.stderr());
+    assert_eq!(st.code(), Some(0), "{}", ember.stderr());
+    assert!(ember.stderr().contains("Ctrl+Alt+Del sent"), "{}", ember.stderr());
+    eprintln!("SIGTERM to exit: {:?}", t.elapsed());
+    assert!(!sock.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }

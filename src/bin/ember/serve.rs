@@ -119,10 +119,10 @@ impl VmControl for ServedVm {
     }
 }
 
-/// Presses Ctrl+Alt+Del on the guest's keyboard.
+/// Presses Ctrl+Alt+Del on the guest's i8042 keyboard (a Linux guest
+/// reboots, which ends an ember VM, or tells its init).
 fn press_ctrl_alt_del(handle: &VmHandle) -> Result<(), String> {
-    let _ = handle;
-    Err("this build's i8042 has no keyboard to press keys on".into())
+    handle.send_ctrl_alt_del().map_err(|e| format!("cannot press Ctrl+Alt+Del: {e}"))
 }
 
 /// SIGTERM and SIGINT, blocked in this thread (and so in every thread
