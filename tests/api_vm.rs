@@ -208,7 +208,20 @@ fn a_config_file_starts_the_vm_and_the_api_serves_it_running() {
     )
     .unwrap();
     let sock = dir.join("api.sock");
-    let mut ember = serve(&sock, &["--config-file", config.to_str().unwrap(), "--shutdown-timeout", "0"]);
+    let log = dir.join("ember.log");
+    let mut ember = serve(
+        &sock,
+        &[
+            "--config-file",
+            config.to_str().unwrap(),
+            "--shutdown-timeout",
+            "0",
+            "--log-level",
+            "info",
+            "--log-path",
+            log.to_str().unwrap(),
+        ],
+    );
     assert_eq!(state(&sock), "Running");
     wait_count(&mut ember, 2);
     let (st, body) = call(&sock, "GET", "/vm/config", None);
@@ -225,6 +238,10 @@ fn a_config_file_starts_the_vm_and_the_api_serves_it_running() {
     let status = ember.stop().expect("ember ended");
     assert!(status.success(), "{status:?}: {}", ember.stderr());
     assert!(!sock.exists());
+    // --log-path: ember's messages went to the file, not stderr.
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(logged.contains("kernel command line") && logged.contains("VM ended"), "{logged}");
+    assert!(!ember.stderr().contains("kernel command line"), "{}", ember.stderr());
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -62,6 +62,10 @@ pub struct ServeArgs {
     /// change it before start).
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
     pub log_level: log::LevelFilter,
+    /// Append ember's messages to this file or FIFO instead of stderr (as
+    /// Firecracker's --log-path; PUT /logger can set it too).
+    #[arg(long, value_name = "PATH")]
+    pub log_path: Option<PathBuf>,
     /// seccomp filters on every ember thread, the API's included: kill,
     /// log or off.
     #[arg(long, value_name = "kill|log|off", default_value = "kill", value_parser = parse_seccomp)]

@@ -182,6 +182,18 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 /// `ember serve`.
 pub fn serve(args: ServeArgs) -> ExitCode {
     logger::init(args.log_level);
+    if let Some(p) = &args.log_path {
+        let settings = LoggerSettings {
+            log_path: Some(p.clone()),
+            level: None,
+            show_level: true,
+            show_log_origin: false,
+            module: None,
+        };
+        if let Err(e) = apply_logger(&settings) {
+            return fail(e);
+        }
+    }
     ember::restore_terminal_on_fatal_signals();
     let signals = match block_stop_signals() {
         Ok(s) => s,
