@@ -199,7 +199,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(format!("blocking SIGTERM and SIGINT: {e}")),
     };
-    // With --config-file, the file is read and the VM built first: a bad
+    // With --config-file, the file is read and checked first: a bad
     // file fails before the socket exists, as Firecracker does.
     let mut started = None;
     if let Some(path) = &args.config_file {
