@@ -7,8 +7,11 @@
 //! virtualenv, from PyPI) when it is not there yet; that needs `python3`
 //! with `venv` and network access to PyPI.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use ember::api::{ApiServer, Limits};
 use ember::fuzzing::api::{spawn_controller, Controller, FakeCall, FakeVm, HostChecks};
@@ -103,4 +106,62 @@ fn firecracker_python_drives_the_api() {
     assert_eq!(nets, &["tap0"]);
     assert!(cmdline.ends_with(" root=/dev/vda rw"), "{cmdline}");
     assert_eq!(&calls[1..], [FakeCall::Pause, FakeCall::Resume, FakeCall::CtrlAltDel]);
+}
+
+/// The same client, unmodified, against `ember serve` with a real VM: the
+/// `keyboard` guest (it drives the i8042 as Linux does and exits 0 once
+/// Ctrl+Alt+Del arrives) with the client's drive and its NIC on `tap0` in
+/// a network namespace. The client configures and starts it, pauses and
+/// resumes it through its VMM manager, and stops it with SendCtrlAltDel:
+/// the guest sees the keys and exits, and so does `ember serve`.
+#[test]
+fn firecracker_python_drives_ember_serve_with_a_real_guest() {
+    if !common::kvm_available() {
+        return;
+    }
+    let Some(ns) = common::NetNs::new("apipy", "172.16.0.1") else { return };
+    let python = client_python();
+    let data = common::scratch("api-client-vm");
+    let id = "vm0";
+    std::fs::create_dir_all(data.join(id)).unwrap();
+    let sock = data.join(id).join("firecracker.socket");
+    let rootfs = data.join("rootfs.ext4");
+    std::fs::write(&rootfs, vec![0u8; 1 << 20]).unwrap();
+    let kernel = common::guest("keyboard");
+    let e = common::ember();
+    let mut args = ns.prefix();
+    for a in [e.to_str().unwrap(), "serve", "--api-sock", sock.to_str().unwrap(), "--id", id, "--log-level", "info"] {
+        args.push(a.to_string());
+    }
+    let mut vmm = common::Spawned::new("ip", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let t = Instant::now();
+    while !sock.exists() {
+        assert!(t.elapsed() < Duration::from_secs(20), "no socket: {}", vmm.stderr());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = Command::new(&python)
+        .arg(repo().join("tests/api/firecracker_python_client.py"))
+        .arg(&data)
+        .arg(id)
+        .arg(&kernel)
+        .arg(&rootfs)
+        .env("HOME", &data)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stdout.contains("DONE"), "client failed:\n{stdout}\n{stderr}\n{}", vmm.stderr());
+    // The keys reached the guest, which exited 0: so did ember serve.
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = vmm.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "ember serve still runs: {}\n{}", vmm.stdout(), vmm.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(vmm.stdout().contains("KBD OK"), "{}\n{}", vmm.stdout(), vmm.stderr());
+    assert_eq!(status.code(), Some(0), "{}", vmm.stderr());
+    assert!(!sock.exists(), "the socket is removed");
+    let _ = std::fs::remove_dir_all(&data);
 }
