@@ -135,7 +135,8 @@ fn firecracker_python_drives_ember_serve_with_a_real_guest() {
     }
     let mut vmm = common::Spawned::new("ip", &args.iter().map(String::as_str).collect::<Vec<_>>());
     let t = Instant::now();
-    while !sock.exists() {
+    // The file exists from bind(2); connections are accepted from listen(2).
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
         assert!(t.elapsed() < Duration::from_secs(20), "no socket: {}", vmm.stderr());
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -96,6 +96,11 @@ fn wait_socket(sock: &Path, vm: &mut Spawned) {
         assert!(Instant::now() < deadline && vm.child.try_wait().unwrap().is_none(), "no socket: {}", vm.stderr());
         std::thread::sleep(Duration::from_millis(10));
     }
+    // The file exists from bind(2); connections are accepted from listen(2).
+    while UnixStream::connect(sock).is_err() {
+        assert!(Instant::now() < deadline, "the socket never accepted a connection");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Configures and starts a VM through its API.
@@ -222,7 +227,7 @@ fn a_thousand_calls_from_16_clients_while_guests_do_disk_and_net_io() {
     let mut blk_in = blk.stdin.take().unwrap();
     let blk_out = || std::fs::read_to_string(&blk_stdout).unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !blk_sock.exists() {
+    while UnixStream::connect(&blk_sock).is_err() {
         assert!(Instant::now() < deadline, "no socket for the disk VM");
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -53,6 +53,11 @@ fn wait_socket(sock: &Path, ember: &mut Spawned) {
         assert!(ember.child.try_wait().unwrap().is_none(), "ember serve ended: {}", ember.stderr());
         std::thread::sleep(Duration::from_millis(10));
     }
+    // The file exists from bind(2); connections are accepted from listen(2).
+    while UnixStream::connect(sock).is_err() {
+        assert!(Instant::now() < deadline, "the socket never accepted a connection");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn serve(sock: &Path, extra: &[&str]) -> Spawned {

@@ -293,10 +293,11 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// Applies the flags that are not the VM's description (seccomp, the
-    /// jail) to a configuration from a config file.
+    /// Applies the flags a config file cannot express (seccomp, the jail,
+    /// --no-virtio-mmio-cmdline) to a configuration read from one.
     pub fn apply_host_flags(&self, config: &mut VmConfig) {
         config.seccomp = self.seccomp;
+        config.virtio_mmio_cmdline = !self.no_virtio_mmio_cmdline;
         config.jail = self.user.map(|(uid, gid)| Jail { uid, gid, chroot: self.chroot.clone() });
     }
 

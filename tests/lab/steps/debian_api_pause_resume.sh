@@ -44,7 +44,8 @@ wait_count() { # N SECS: until N count lines, or SECS pass
 
 lab_l2 vm "$EMBER" serve --api-sock "$sock" --shutdown-timeout 10s &
 l2=$!
-for _ in $(seq 100); do [[ -S $sock ]] && break; sleep 0.1; done
+# The file exists from bind(2); connections are accepted from listen(2).
+for _ in $(seq 100); do curl -s -o /dev/null --unix-socket "$sock" http://localhost/ && break; sleep 0.1; done
 lab_kv state_before "$(curl -s --unix-socket "$sock" http://localhost/ | sed -n 's/.*"state":"\([^"]*\)".*/\1/p')"
 lab_kv boot_status "$(api PUT /boot-source "{\"kernel_image_path\": \"$LAB_VMLINUZ\", \"initrd_path\": \"$PWD/initramfs.cpio\", \"boot_args\": \"console=ttyS0 reboot=k panic=-1\"}")"
 lab_kv machine_status "$(api PUT /machine-config '{"vcpu_count": 1, "mem_size_mib": 256}')"
