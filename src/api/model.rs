@@ -127,8 +127,10 @@ pub enum BootProtocolExt {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TransportExt {
-    /// virtio-mmio (the only transport in this build).
+    /// virtio-pci (ember's default).
     #[default]
+    Pci,
+    /// virtio-mmio, announced on the kernel command line.
     Mmio,
 }
 

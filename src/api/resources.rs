@@ -11,9 +11,9 @@ use crate::api::control::LoggerSettings;
 use crate::api::model::{
     BootProtocolExt, BootSourceBody, CacheType, DriveBody, DriveInfo, EmberExtensions, FullConfig, HugePages, IoEngine,
     LoggerBody, MachineConfigBody, MachineConfigInfo, MachineConfigPatch, NetworkInterfaceBody, NetworkInterfaceInfo,
-    SerialBody, SerialExt,
+    SerialBody, SerialExt, TransportExt,
 };
-use crate::config::{BootProtocol, DiskConfig, NetConfig, SerialConfig, VmConfig};
+use crate::config::{BootProtocol, DiskConfig, NetConfig, SerialConfig, VirtioTransport, VmConfig};
 use ember_devices::virtio::net::parse_mac;
 
 /// Guest memory before any `PUT /machine-config`: Firecracker's default.
@@ -72,6 +72,7 @@ struct Extras {
     serial: Option<SerialConfig>,
     debug_exit: bool,
     boot: BootProtocol,
+    transport: VirtioTransport,
 }
 
 /// Everything that is configured before `InstanceStart`.
@@ -111,6 +112,10 @@ fn check_ext(ext: &EmberExtensions, base: &Extras) -> Result<Extras, BadRequest>
         out.shown.boot_protocol = Some(b);
     }
     if let Some(t) = ext.transport {
+        out.transport = match t {
+            TransportExt::Pci => VirtioTransport::Pci,
+            TransportExt::Mmio => VirtioTransport::Mmio,
+        };
         out.shown.transport = Some(t);
     }
     Ok(out)
@@ -479,12 +484,21 @@ impl Resources {
         c.boot = self.extras.boot;
         c.disks = drives
             .iter()
-            .map(|d| DiskConfig { path: PathBuf::from(&d.path_on_host), read_only: d.is_read_only, id: None })
+            .map(|d| DiskConfig {
+                path: PathBuf::from(&d.path_on_host),
+                read_only: d.is_read_only,
+                id: None,
+                transport: self.extras.transport,
+            })
             .collect();
         c.nets = self
             .nets
             .iter()
-            .map(|n| NetConfig { tap: n.host_dev_name.clone(), mac: n.guest_mac.as_deref().and_then(parse_mac) })
+            .map(|n| NetConfig {
+                tap: n.host_dev_name.clone(),
+                mac: n.guest_mac.as_deref().and_then(parse_mac),
+                transport: self.extras.transport,
+            })
             .collect();
         c.validate().map_err(|e| BadRequest(format!("cannot start the microVM: {e}")))?;
         Ok(c)

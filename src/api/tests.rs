@@ -436,7 +436,7 @@ fn serial_and_ember_extensions() {
             "ember": {"debug_exit": true, "boot_protocol": "pvh", "transport": "mmio"}}"#,
     );
     let m = "/machine-config";
-    refused(&mut c, "PATCH", m, r#"{"ember": {"transport": "pci"}}"#, "`pci`");
+    refused(&mut c, "PATCH", m, r#"{"ember": {"transport": "isa"}}"#, "`isa`");
     refused(&mut c, "PATCH", m, r#"{"ember": {"serial": "tcp"}}"#, "`tcp`");
     // seccomp is the server's command line's, never a client's to turn off.
     refused(&mut c, "PATCH", m, r#"{"ember": {"seccomp": "off"}}"#, "seccomp");

@@ -690,6 +690,8 @@ pub fn q35_args(g: &Path, cmdline: &str) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect()
+}
+
 /// The numbers of the `count N` lines the `count` guest printed, in order.
 /// A line cut by a pause is whole again once its end arrives.
 pub fn counts(text: &str) -> Vec<u64> {
