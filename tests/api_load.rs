@@ -243,7 +243,7 @@ fn a_thousand_calls_from_16_clients_while_guests_do_disk_and_net_io() {
             (
                 "PUT",
                 "/machine-config",
-                r#"{"vcpu_count": 1, "mem_size_mib": 64, "ember": {"debug_exit": true}}"#.into(),
+                r#"{"vcpu_count": 1, "mem_size_mib": 64, "ember": {"debug_exit": true, "transport": "mmio"}}"#.into(),
             ),
             (
                 "PUT",
@@ -276,7 +276,7 @@ fn a_thousand_calls_from_16_clients_while_guests_do_disk_and_net_io() {
             (
                 "PUT",
                 "/machine-config",
-                r#"{"vcpu_count": 1, "mem_size_mib": 64, "ember": {"debug_exit": true}}"#.into(),
+                r#"{"vcpu_count": 1, "mem_size_mib": 64, "ember": {"debug_exit": true, "transport": "mmio"}}"#.into(),
             ),
             (
                 "PUT",
@@ -338,10 +338,11 @@ fn a_thousand_calls_from_16_clients_while_guests_do_disk_and_net_io() {
         // The server closes a connection when it sees its end, on its next pass.
         let pid = [blk_pid, net_pid][i];
         let deadline = Instant::now() + Duration::from_secs(10);
-        while footprint(pid).1 != b.1 && Instant::now() < deadline {
+        // (`before` may still count the warm-up's last connection.)
+        while footprint(pid).1 > b.1 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert_eq!(footprint(pid).1, b.1, "open fds changed");
+        assert!(footprint(pid).1 <= b.1, "open fds grew: {} -> {}", b.1, footprint(pid).1);
     }
     let mut c = Client::connect(&blk_sock);
     let (_, info) = c.call("GET", "/", None);

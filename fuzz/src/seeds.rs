@@ -834,6 +834,9 @@ pub fn p9_server() -> Vec<Seed> {
     s.version(4096).attach(0).attach(0).clunk(7).clunk(0).clunk(0);
     s.raw(&[3, 0, 0, 0, 120, 1, 0]).raw(&[0xff, 0xff, 0xff, 0xff, 110, 1, 0, 0, 0]).raw(&[1, 2]);
     out.push(("bad_fids_and_frames", s.finish()));
+    out
+}
+
 /// A wire-mode `api_http` input: `chunks` arrive one after another, each
 /// followed by the peer reading the answers.
 fn api_wire(small: bool, chunks: &[&[u8]]) -> Vec<u8> {
