@@ -189,6 +189,20 @@ impl MmioTransport {
         }
         let used = self.device.process_queue(idx);
         self.signal_used(used);
+        self.continue_unfinished();
+    }
+
+    /// Signals the notification eventfd of every queue whose pass stopped
+    /// on its budget with work left, so the event loop comes back to it
+    /// after serving what else is ready.
+    fn continue_unfinished(&mut self) {
+        for idx in self.device.take_unfinished().iter() {
+            if let Some(evt) = self.queue_evts.get(idx) {
+                if let Err(e) = evt.write(1) {
+                    error!("virtio-mmio: cannot signal queue {idx}: {e}");
+                }
+            }
+        }
     }
 
     /// Raises the one interrupt of the transport if any queue was used.
@@ -543,6 +557,7 @@ impl MutEventSubscriber for MmioTransport {
         } else if self.activated {
             let used = self.device.process_backend(idx - nqueues);
             self.signal_used(used);
+            self.continue_unfinished();
         }
         self.rearm_backends(ops);
     }
