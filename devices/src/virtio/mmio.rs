@@ -24,7 +24,7 @@ use virtio_bindings::bindings::virtio_config::*;
 use virtio_bindings::bindings::virtio_mmio::*;
 use virtio_bindings::bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestAddress;
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{LogBudget, QueueSet, VirtioDevice};
@@ -401,11 +401,15 @@ impl MmioTransport {
             );
             return;
         }
-        q.set_ready(true);
-        if !q.is_valid(&self.mem) {
-            q.set_ready(false);
+        // Checked here rather than with virtio-queue's `is_valid`, which
+        // logs every refusal itself, outside the transport's budget (one
+        // line per MMIO write).
+        let in_memory = |(addr, len): (u64, u64)| self.mem.check_range(GuestAddress(addr), len as usize);
+        if !(in_memory(desc) && in_memory(avail) && in_memory(used)) {
             guest_warn!(self, "queue {i}: rings are not in guest memory; QueueReady refused");
+            return;
         }
+        q.set_ready(true);
     }
 
     fn write_status(&mut self, val: u32) {
@@ -490,7 +494,11 @@ impl MmioTransport {
     }
 
     fn activation_failed(&mut self, why: &str) {
-        error!("virtio-mmio ({}): device activation failed: {why}", self.device.device_type());
+        // A driver can make activation fail on every reset -> DRIVER_OK
+        // cycle: within the budget of guest-caused lines.
+        if self.log.take("virtio-mmio: guest register access") {
+            error!("virtio-mmio ({}): device activation failed: {why}", self.device.device_type());
+        }
         self.status |= S_NEEDS_RESET;
         self.config_generation = self.config_generation.wrapping_add(1);
         if let Err(e) = self.interrupt.signal_config_change() {

@@ -637,3 +637,38 @@ fn hostile_register_accesses_do_not_panic() {
     wr(&mut t, VIRTIO_MMIO_STATUS, 0);
     assert_eq!(rd(&mut t, VIRTIO_MMIO_STATUS), 0);
 }
+
+/// Finding 2 of issue 16 (the transport half): a refused QueueReady went
+/// through virtio-queue's `is_valid`, which logs each refusal itself (one
+/// line per MMIO write), and a failed activation logged an error per
+/// reset -> DRIVER_OK cycle. Both are now within the transport's budget.
+#[test]
+fn refused_queue_ready_and_failed_activation_log_within_budget() {
+    let Setup { mut t, state, .. } = dummy();
+    let ((), lines) = count_log_records(|| {
+        for _ in 0..16_000 {
+            wr(&mut t, VIRTIO_MMIO_STATUS, 0);
+            negotiate(&mut t, version_1());
+            wr(&mut t, VIRTIO_MMIO_QUEUE_SEL, 0);
+            // Rings past the end of guest memory.
+            set_queue_addrs(&mut t, MEM_SIZE, MEM_SIZE + 0x1000, MEM_SIZE + 0x2000);
+            wr(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
+        }
+    });
+    assert_eq!(rd(&mut t, VIRTIO_MMIO_QUEUE_READY), 0, "refused");
+    assert!(lines <= 66, "{lines} log records for 16,000 refused QueueReady writes");
+
+    // A fresh transport whose device refuses to start, on every cycle.
+    let Setup { mut t, state, .. } = dummy();
+    state.lock().unwrap().fail_activation = true;
+    let ((), lines) = count_log_records(|| {
+        for _ in 0..16_000 {
+            wr(&mut t, VIRTIO_MMIO_STATUS, 0);
+            negotiate(&mut t, version_1());
+            wr(&mut t, VIRTIO_MMIO_STATUS, DOK);
+        }
+    });
+    assert_eq!(rd(&mut t, VIRTIO_MMIO_STATUS), DOK | S_NEEDS_RESET);
+    assert_eq!(rd(&mut t, VIRTIO_MMIO_CONFIG_GENERATION), 16_000, "every cycle failed");
+    assert!(lines <= 66, "{lines} log records for 16,000 failed activations");
+}
