@@ -418,7 +418,9 @@ impl MmioTransport {
             return;
         }
         if val & S_FAILED != 0 {
-            info!("virtio-mmio ({}): driver gave up on the device (FAILED)", self.device.device_type());
+            if self.log.take("virtio-mmio: guest register access") {
+                info!("virtio-mmio ({}): driver gave up on the device (FAILED)", self.device.device_type());
+            }
             self.status |= S_FAILED;
             return;
         }

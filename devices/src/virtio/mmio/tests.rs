@@ -671,4 +671,16 @@ fn refused_queue_ready_and_failed_activation_log_within_budget() {
     assert_eq!(rd(&mut t, VIRTIO_MMIO_STATUS), DOK | S_NEEDS_RESET);
     assert_eq!(rd(&mut t, VIRTIO_MMIO_CONFIG_GENERATION), 16_000, "every cycle failed");
     assert!(lines <= 66, "{lines} log records for 16,000 failed activations");
+
+    // A driver that gives up on every cycle.
+    let Setup { mut t, .. } = dummy();
+    let ((), lines) = count_log_records(|| {
+        for _ in 0..16_000 {
+            wr(&mut t, VIRTIO_MMIO_STATUS, 0);
+            wr(&mut t, VIRTIO_MMIO_STATUS, ACK);
+            wr(&mut t, VIRTIO_MMIO_STATUS, S_FAILED);
+        }
+    });
+    assert_eq!(rd(&mut t, VIRTIO_MMIO_STATUS) & S_FAILED, S_FAILED);
+    assert!(lines <= 66, "{lines} log records for 16,000 FAILED writes");
 }
