@@ -2,10 +2,18 @@
 //! static busybox with its applet links, `/dev/console`, and an `/init`
 //! that mounts proc, sysfs and devtmpfs, runs the command, prints its exit
 //! status between markers on the console and reboots.
+//!
+//! The markers carry a per-run nonce (`.ember-nonce` in the archive):
+//! `/init` reads it into an unexported shell variable and deletes the file
+//! before the command runs, so the command cannot print a marker ember
+//! believes (short of reading `/init`'s memory as root: the console is the
+//! only channel, and the command shares it). Busybox is never run on the
+//! host: the archive links a core set of applets and `/init` has busybox
+//! install the rest in the guest.
 
 use std::path::{Path, PathBuf};
 
-use super::{SmokeError, BEGIN_MARKER, BUSYBOX_CANDIDATES, EXIT_MARKER};
+use super::{SmokeError, BEGIN_MARKER, BUSYBOX_CANDIDATES, EXIT_MARKER, NONCE_FILE};
 use crate::cpio::{CpioError, CpioWriter};
 
 /// Quotes `s` for a POSIX shell.
@@ -13,7 +21,10 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// The `/init` script that runs `command`.
+/// The `/init` script that runs `command`: it prints
+/// `{BEGIN_MARKER}<nonce>===` before and `{EXIT_MARKER}<nonce>=<status>===`
+/// after the command, with the nonce read from `/.ember-nonce` (deleted
+/// before the command runs).
 pub fn init_script(command: &[String]) -> String {
     let cmd: Vec<String> = command.iter().map(|a| sh_quote(a)).collect();
     format!(
@@ -23,12 +34,15 @@ pub fn init_script(command: &[String]) -> String {
          /bin/busybox mount -t proc proc /proc\n\
          /bin/busybox mount -t sysfs sysfs /sys\n\
          /bin/busybox mount -t devtmpfs devtmpfs /dev 2>/dev/null\n\
+         /bin/busybox --install -s 2>/dev/null\n\
+         read -r ember_nonce < /{NONCE_FILE}\n\
+         /bin/busybox rm -f /{NONCE_FILE}\n\
          export PATH=/sbin:/bin:/usr/sbin:/usr/bin HOME=/root TERM=dumb\n\
          cd /\n\
-         echo '{BEGIN_MARKER}'\n\
+         echo \"{BEGIN_MARKER}$ember_nonce===\"\n\
          {}\n\
          rc=$?\n\
-         echo \"{EXIT_MARKER}$rc===\"\n\
+         echo \"{EXIT_MARKER}$ember_nonce=$rc===\"\n\
          /bin/busybox sync\n\
          /bin/busybox reboot -f\n\
          /bin/busybox sleep 5\n",
@@ -39,6 +53,16 @@ pub fn init_script(command: &[String]) -> String {
 /// Lays out ember's initramfs: directories, `/dev/console`, busybox, its
 /// applet links (paths like `bin/ls`), and `/init`.
 pub fn build_initramfs(busybox: &[u8], applets: &[String], init: &str) -> Result<Vec<u8>, CpioError> {
+    build_archive(busybox, applets, init, None)
+}
+
+/// [`build_initramfs`], with the run's marker nonce in `/.ember-nonce`.
+pub(super) fn build_archive(
+    busybox: &[u8],
+    applets: &[String],
+    init: &str,
+    nonce: Option<&str>,
+) -> Result<Vec<u8>, CpioError> {
     let mut w = CpioWriter::new();
     for d in ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "root", "etc", "mnt"] {
         w.dir(d, if d == "tmp" { 0o1777 } else { 0o755 })?;
@@ -58,26 +82,36 @@ pub fn build_initramfs(busybox: &[u8], applets: &[String], init: &str) -> Result
         w.symlink(a, "/bin/busybox")?;
     }
     w.file("init", 0o755, init.as_bytes())?;
+    if let Some(n) = nonce {
+        w.file(NONCE_FILE, 0o400, format!("{n}\n").as_bytes())?;
+    }
     Ok(w.finish())
 }
 
-/// The applets `busybox --list-full` reports (a fixed core set if it
-/// cannot run on this host).
-pub(super) fn applets(busybox: &Path) -> Vec<String> {
-    let listed = std::process::Command::new(busybox)
-        .arg("--list-full")
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect::<Vec<_>>());
-    match listed {
-        Some(l) if !l.is_empty() => l,
-        _ => ["bin/sh", "bin/ls", "bin/cat", "bin/echo", "bin/mount", "bin/uname", "bin/sleep", "sbin/reboot"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-    }
+/// The applet links the archive holds: a core set, so that `/init` and a
+/// plain command work even if busybox cannot install its links; `/init`
+/// runs `busybox --install -s` in the guest for the rest. Busybox is never
+/// executed on the host: `--busybox` may name any file.
+pub(super) fn applets() -> Vec<String> {
+    [
+        "bin/sh",
+        "bin/ash",
+        "bin/ls",
+        "bin/cat",
+        "bin/echo",
+        "bin/mount",
+        "bin/umount",
+        "bin/uname",
+        "bin/sleep",
+        "bin/rm",
+        "bin/mkdir",
+        "bin/dmesg",
+        "sbin/reboot",
+        "sbin/poweroff",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// Finds a static busybox: the given path, else Debian's busybox-static.
@@ -132,8 +166,11 @@ mod tests {
         let s = init_script(&["sh".into(), "-c".into(), "echo 'hi'; exit 7".into()]);
         assert!(s.starts_with("#!/bin/busybox sh\n"));
         assert!(s.contains("'sh' '-c' 'echo '\\''hi'\\''; exit 7'\n"), "{s}");
-        assert!(s.contains(BEGIN_MARKER));
-        assert!(s.contains(&format!("echo \"{EXIT_MARKER}$rc===\"")));
+        assert!(s.contains(&format!("echo \"{BEGIN_MARKER}$ember_nonce===\"")));
+        assert!(s.contains(&format!("echo \"{EXIT_MARKER}$ember_nonce=$rc===\"")));
+        // The nonce file is gone before the command runs.
+        let rm = s.find(&format!("rm -f /{NONCE_FILE}")).unwrap();
+        assert!(rm < s.find("'sh' '-c'").unwrap());
         assert!(s.contains("reboot -f"));
     }
 
