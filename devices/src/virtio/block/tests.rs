@@ -331,6 +331,7 @@ fn readonly_disk_refuses_writes() {
     assert_eq!(status(&mem), S_OK);
     f.unchanged();
 
+    drop(blk);
     let rw = open(&f.path, false, None);
     assert_eq!(rw.avail_features() & (1 << VIRTIO_BLK_F_RO), 0);
 }
@@ -770,6 +771,7 @@ fn one_notification_moves_a_bounded_number_of_bytes() {
     assert_eq!(drv.used_idx(), 256);
     assert!((0..256).all(|i| drv.used(i).1 == 0));
     assert_eq!(status(&mem), 0xff, "nothing written");
+    drop(blk);
 
     // The largest allowed request, 256 of them.
     let drv = Driver::new(&mem, 256);
@@ -859,4 +861,34 @@ fn bad_heads_log_within_budget() {
     });
     assert_eq!(drv.used_idx(), 0, "nothing returned");
     assert!(lines <= 64, "{lines} log records for 16,000 bad heads");
+}
+
+/// Issue 16 item 9: an image is a regular file or a block device (a FIFO
+/// used to block the open forever), and a writable image is locked, so a
+/// second VM cannot open it read-write (nor read-only while it is written).
+#[test]
+fn images_are_files_and_writers_are_exclusive() {
+    let f = fixture("lock");
+    let cfg = |readonly| BlockConfig { path: f.path.clone(), readonly, id: None };
+    let first = Block::new(&cfg(false)).unwrap();
+    for readonly in [false, true] {
+        let e = Block::new(&cfg(readonly)).unwrap_err();
+        assert!(matches!(e, BlockError::Locked { .. }), "{e}");
+        assert!(e.to_string().contains("in use by another process"), "{e}");
+    }
+    drop(first);
+    // Readers share; a writer waits for them all.
+    let (r1, r2) = (Block::new(&cfg(true)).unwrap(), Block::new(&cfg(true)).unwrap());
+    assert!(matches!(Block::new(&cfg(false)), Err(BlockError::Locked { .. })));
+    drop((r1, r2));
+    drop(Block::new(&cfg(false)).unwrap());
+
+    let fifo = f._dir.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads the NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    for (p, readonly) in [(fifo.as_path(), true), (Path::new("/dev/null"), true), (Path::new("/dev/zero"), true)] {
+        let e = Block::new(&BlockConfig { path: p.to_path_buf(), readonly, id: None }).unwrap_err();
+        assert!(matches!(e, BlockError::NotAnImage { .. }), "{}: {e}", p.display());
+    }
 }
