@@ -203,19 +203,26 @@ impl DeviceManager {
         Ok(())
     }
 
-    /// `base` followed by what the kernel needs to know about the devices:
+    /// `base` with what the kernel needs to know about the devices:
     /// `pci=off` when there is no PCI root (so Linux does not probe the
     /// absent configuration ports, which costs seconds of VM exits), and
     /// with `mmio_params`, each virtio-mmio device for kernels without ACPI
-    /// (a kernel with ACPI finds them in the DSDT).
+    /// (a kernel with ACPI finds them in the DSDT). They go at the end, or
+    /// before a `--` in `base` (the kernel passes what follows `--` to
+    /// init, so parameters after it would not reach the kernel).
     pub(crate) fn kernel_cmdline(&self, base: &str, mmio_params: bool) -> String {
-        let mut cmdline = base.to_string();
+        let (kernel, init) = split_at_dashes(base);
+        let mut cmdline = kernel.trim_end().to_string();
         if self.pci_root.is_none() {
             cmdline.push_str(" pci=off");
         }
         for v in self.virtio.iter().filter(|_| mmio_params) {
             cmdline.push(' ');
             cmdline.push_str(&v.transport.cmdline_param());
+        }
+        if let Some(init) = init {
+            cmdline.push_str(" --");
+            cmdline.push_str(init);
         }
         cmdline.trim_start().to_string()
     }
@@ -277,9 +284,51 @@ impl BusDevice for SeccompProbe {
     }
 }
 
+/// Splits a kernel command line at its first `--` word outside double
+/// quotes (the kernel's rule): the kernel's part, and what follows `--`.
+fn split_at_dashes(cmdline: &str) -> (&str, Option<&str>) {
+    let b = cmdline.as_bytes();
+    let mut quoted = false;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => quoted = !quoted,
+            b'-' if !quoted
+                && b.get(i + 1) == Some(&b'-')
+                && (i == 0 || b[i - 1].is_ascii_whitespace())
+                && b.get(i + 2).is_none_or(u8::is_ascii_whitespace) =>
+            {
+                return (&cmdline[..i], Some(&cmdline[i + 2..]));
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    (cmdline, None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 16 item 9: a `--` in the user's command line swallowed the
+    /// device parameters ember appends (they went to init, not the kernel).
+    #[test]
+    fn device_parameters_go_before_a_double_dash() {
+        let mut dm = DeviceManager::new();
+        let (base, irq) = layout::virtio_slot(0);
+        dm.virtio.push(VirtioPlacement { device_type: 2, transport: Transport::Mmio { base, irq } });
+        let dev = "pci=off virtio_mmio.device=4K@0xd0000000:5";
+        assert_eq!(
+            dm.kernel_cmdline("console=ttyS0 -- init-arg --x", true),
+            format!("console=ttyS0 {dev} -- init-arg --x")
+        );
+        assert_eq!(dm.kernel_cmdline("-- a", true), format!("{dev} -- a"));
+        assert_eq!(dm.kernel_cmdline("a --", true), format!("a {dev} --"));
+        // Not a `--` word: left alone.
+        assert_eq!(dm.kernel_cmdline("a --b c--", true), format!("a --b c-- {dev}"));
+        assert_eq!(dm.kernel_cmdline("x=\"1 -- 2\" y", true), format!("x=\"1 -- 2\" y {dev}"));
+    }
 
     #[test]
     fn command_line_lists_each_virtio_device() {

@@ -52,6 +52,7 @@ pub fn init_script(command: &[String]) -> String {
 
 /// Lays out ember's initramfs: directories, `/dev/console`, busybox, its
 /// applet links (paths like `bin/ls`), and `/init`.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn build_initramfs(busybox: &[u8], applets: &[String], init: &str) -> Result<Vec<u8>, CpioError> {
     build_archive(busybox, applets, init, None)
 }
