@@ -89,6 +89,18 @@ fn every_thread_is_filtered_and_unprivileged() {
         assert!(field(st, "Uid").split_whitespace().all(|u| u == "65534"), "{name}: {}", field(st, "Uid"));
         assert!(field(st, "Gid").split_whitespace().all(|u| u == "65534"), "{name}");
         assert_eq!(field(st, "Groups"), "", "{name}");
+        // Issue 16 item 8: every capability set empty, the bounding and
+        // ambient sets included.
+        for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            assert_eq!(field(st, set), "0000000000000000", "{name}: {set}");
+        }
+        // Issue 16 item 10: termination signals reach the main thread only.
+        if name.starts_with("ember-") {
+            let blk = u64::from_str_radix(field(st, "SigBlk"), 16).unwrap();
+            for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
+                assert_ne!(blk & (1 << (sig - 1)), 0, "{name}: signal {sig} not blocked");
+            }
+        }
     }
     let root = std::fs::read_link(format!("/proc/{pid}/root")).unwrap();
     assert_eq!(root, jail);
@@ -107,6 +119,24 @@ fn privilege_drop_errors_are_clear() {
     assert!(o.stderr.contains("nobody"), "{}", o.stderr);
     let o = run_ember(&["run", "--kernel", k, "--chroot", "/tmp"], None, T);
     assert_code(&o, 2); // --chroot requires --user
+                        // Issue 16 item 8: a --user that drops nothing is a usage error, up
+                        // front (before any device is opened).
+    let o = run_ember(&["run", "--kernel", k, "--user", "0", "--disk", "path=/nonexistent.img"], None, T);
+    assert_code(&o, 2);
+    assert!(o.stderr.contains("--user 0 drops no privileges"), "{}", o.stderr);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // Started as an unprivileged user: nothing to drop either.
+        let o = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(ember())
+            .args(["run", "--kernel", "/nonexistent", "--user", "65534"])
+            .output()
+            .expect("setpriv (util-linux)");
+        assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("--user needs ember to start as root (it runs as uid 65534"), "{err}");
+    }
     let o = run_ember(&["run", "--kernel", k, "--seccomp", "maybe"], None, T);
     assert_code(&o, 2);
     assert!(o.stderr.contains("maybe"), "{}", o.stderr);
