@@ -261,8 +261,10 @@ fn net_device(nic: &NetConfig) -> Result<Net, Error> {
     Ok(Net::new(&cfg)?)
 }
 
-/// Test-only (feature `seccomp-probe`): a port whose write of 0x5e makes
-/// the vCPU thread call sysinfo(2), outside the seccomp allow-list.
+/// Test-only (feature `seccomp-probe`): a port whose writes make the vCPU
+/// thread call what its seccomp filter refuses: 0x5e sysinfo(2); 0x5f an
+/// executable mprotect; 0x60 tgkill to another process (pid 1, signal 0);
+/// 0x61 a SIGSYS handler of its own (then sysinfo).
 #[cfg(feature = "seccomp-probe")]
 struct SeccompProbe;
 
@@ -273,13 +275,37 @@ impl BusDevice for SeccompProbe {
     }
 
     fn write(&mut self, _offset: u64, data: &[u8]) {
-        if data.first() == Some(&0x5e) {
+        let sysinfo = || {
             // SAFETY: libc::sysinfo is plain integers, for which all-zero
             // bytes are a valid value.
             let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
             // SAFETY: sysinfo fills the struct we pass.
-            let r = unsafe { libc::syscall(libc::SYS_sysinfo, &mut info) };
-            eprintln!("ember: seccomp-probe: sysinfo returned {r}");
+            unsafe { libc::syscall(libc::SYS_sysinfo, &mut info) }
+        };
+        match data.first() {
+            Some(0x5e) => eprintln!("ember: seccomp-probe: sysinfo returned {}", sysinfo()),
+            Some(0x5f) => {
+                let mut page = vec![0u8; 8192];
+                let at = (page.as_mut_ptr() as usize + 4095) & !4095;
+                // SAFETY: changes the protection of a page inside a live
+                // heap buffer, back to read/write right after.
+                let r = unsafe { libc::mprotect(at as *mut libc::c_void, 4096, libc::PROT_READ | libc::PROT_EXEC) };
+                // SAFETY: as above.
+                unsafe { libc::mprotect(at as *mut libc::c_void, 4096, libc::PROT_READ | libc::PROT_WRITE) };
+                eprintln!("ember: seccomp-probe: mprotect(PROT_EXEC) returned {r}");
+            }
+            Some(0x60) => {
+                // SAFETY: signal 0 only checks that the target exists.
+                let r = unsafe { libc::syscall(libc::SYS_tgkill, 1, 1, 0) };
+                eprintln!("ember: seccomp-probe: tgkill(1) returned {r}");
+            }
+            Some(0x61) => {
+                // SAFETY: ignoring SIGSYS is the escape being probed; the
+                // filter must refuse it.
+                let r = unsafe { libc::signal(libc::SIGSYS, libc::SIG_IGN) };
+                eprintln!("ember: seccomp-probe: signal(SIGSYS) returned {r}, sysinfo returned {}", sysinfo());
+            }
+            _ => {}
         }
     }
 }

@@ -106,7 +106,6 @@ const COMMON: &[i64] = &[
     libc::SYS_sched_yield,
     libc::SYS_write,
     libc::SYS_writev,
-    libc::SYS_read,
     libc::SYS_close,
     libc::SYS_exit,
     libc::SYS_exit_group,
@@ -126,6 +125,7 @@ const COMMON: &[i64] = &[
 /// The VMM threads' additions: epoll, disk I/O, TAP I/O, waiting and
 /// joining threads, the terminal.
 const VMM: &[i64] = &[
+    libc::SYS_read,
     libc::SYS_epoll_wait,
     libc::SYS_epoll_pwait,
     libc::SYS_epoll_ctl,
@@ -138,11 +138,9 @@ const VMM: &[i64] = &[
     libc::SYS_fsync,
     libc::SYS_fallocate,
     libc::SYS_lseek,
-    libc::SYS_fcntl,
     libc::SYS_poll,
     libc::SYS_ppoll,
     libc::SYS_sched_getaffinity,
-    libc::SYS_prctl,
 ];
 
 fn rules_for(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
@@ -154,8 +152,37 @@ fn rules_for(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccom
         SeccompRule::new(vec![SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, req)?])
     };
     // Every thread: fcntl(fd, F_GETFD), which Rust's fd drop makes in debug
-    // builds to check the fd is open. The VMM threads get all of fcntl below.
+    // builds to check the fd is open; no other fcntl is made after start
+    // (O_NONBLOCK and locks are set while devices are built).
     rules.insert(libc::SYS_fcntl, vec![ioctl_eq(libc::F_GETFD as u64)?]);
+    // No executable memory after start: the allocator maps and protects
+    // read/write (and PROT_NONE guard pages) only.
+    let no_exec = || -> Result<SeccompRule, seccompiler::BackendError> {
+        let exec = libc::PROT_EXEC as u64;
+        SeccompRule::new(vec![SeccompCondition::new(2, SeccompCmpArgLen::Dword, SeccompCmpOp::MaskedEq(exec), 0)?])
+    };
+    rules.insert(libc::SYS_mmap, vec![no_exec()?]);
+    rules.insert(libc::SYS_mprotect, vec![no_exec()?]);
+    // Signals only within ember (the vCPU kick, raising a fatal signal on
+    // itself): tgkill's first argument is ember's own pid.
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() } as u64;
+    rules.insert(
+        libc::SYS_tgkill,
+        vec![SeccompRule::new(vec![SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, pid)?])?],
+    );
+    // No thread may take over SIGSYS: a handler of its own would turn the
+    // kill into a message and carry on. (ember's handler is installed
+    // before the first filter.)
+    rules.insert(
+        libc::SYS_rt_sigaction,
+        vec![SeccompRule::new(vec![SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Ne,
+            libc::SIGSYS as u64,
+        )?])?],
+    );
     let ioctls: Vec<u64> = match kind {
         ThreadKind::Vcpu => vec![KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, TUNSETOFFLOAD],
         ThreadKind::Vmm => {
@@ -278,15 +305,19 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
         buf[n] = b;
         n += 1;
     }
-    // SAFETY: write(2) of a stack buffer; then restore the default action
-    // and re-raise: SIGSYS is blocked inside its handler, so it is
-    // delivered (and kills the process) when the handler returns.
+    // SAFETY: write(2) of a stack buffer; then ask for SIGSYS's default
+    // action. The filter refuses that call (no thread may change SIGSYS),
+    // and a trap while SIGSYS is blocked (as it is inside its handler)
+    // makes the kernel deliver SIGSYS with its default action: the process
+    // dies of SIGSYS. Should it not, re-raise, and exit as a shell would
+    // report a death by SIGSYS.
     unsafe {
         libc::write(2, buf.as_ptr().cast(), n);
         let mut dfl: libc::sigaction = std::mem::zeroed();
         dfl.sa_sigaction = libc::SIG_DFL;
         libc::sigaction(libc::SIGSYS, &dfl, std::ptr::null_mut());
         libc::syscall(libc::SYS_tgkill, libc::getpid(), libc::syscall(libc::SYS_gettid), libc::SIGSYS);
+        libc::_exit(128 + libc::SIGSYS);
     }
 }
 
@@ -336,6 +367,56 @@ mod tests {
         assert!(!v.contains_key(&libc::SYS_openat) && !m.contains_key(&libc::SYS_openat));
         assert!(!v.contains_key(&libc::SYS_execve) && !m.contains_key(&libc::SYS_execve));
         assert!(!m.contains_key(&libc::SYS_socket));
+        // Issue 16 item 7: no read on vCPU threads; no prctl; fcntl,
+        // mmap, mprotect, tgkill and rt_sigaction only with arguments.
+        assert!(!v.contains_key(&libc::SYS_read) && m.contains_key(&libc::SYS_read));
+        for r in [&v, &m] {
+            assert!(!r.contains_key(&libc::SYS_prctl) && !r.contains_key(&libc::SYS_tkill));
+            for nr in [libc::SYS_fcntl, libc::SYS_mmap, libc::SYS_mprotect, libc::SYS_tgkill, libc::SYS_rt_sigaction] {
+                assert_eq!(r[&nr].len(), 1, "{nr} has one argument rule");
+            }
+        }
+    }
+
+    /// The argument rules at work, on a thread of this test under `log`
+    /// would prove nothing (log lets calls through): under a filter whose
+    /// mismatch action is an errno, the refused forms fail and the allowed
+    /// ones pass.
+    #[test]
+    fn argument_rules_refuse_exec_foreign_signals_and_sigsys() {
+        let rules = rules_for(ThreadKind::Vmm).unwrap();
+        let f = SeccompFilter::new(
+            rules,
+            SeccompAction::Errno(libc::EPERM as u32),
+            SeccompAction::Allow,
+            TargetArch::x86_64,
+        )
+        .unwrap();
+        let bpf: BpfProgram = f.try_into().unwrap();
+        let r = std::thread::spawn(move || {
+            seccompiler::apply_filter(&bpf).unwrap();
+            // SAFETY: anonymous mappings and protection changes of them;
+            // signal 0 to pid 1 only checks it exists; sigaction reads
+            // `sa`; none of it touches memory in use.
+            unsafe {
+                let rw = libc::PROT_READ | libc::PROT_WRITE;
+                let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+                let p = libc::mmap(std::ptr::null_mut(), 4096, rw, flags, -1, 0);
+                let x = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_EXEC, flags, -1, 0);
+                let mprot_rx = libc::mprotect(p, 4096, libc::PROT_READ | libc::PROT_EXEC);
+                let mprot_r = libc::mprotect(p, 4096, libc::PROT_READ);
+                let own = libc::syscall(libc::SYS_tgkill, libc::getpid(), libc::syscall(libc::SYS_gettid), 0);
+                let other = libc::syscall(libc::SYS_tgkill, 1, 1, 0);
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                sa.sa_sigaction = libc::SIG_IGN;
+                let sigsys = libc::sigaction(libc::SIGSYS, &sa, std::ptr::null_mut());
+                let sigusr2 = libc::sigaction(libc::SIGUSR2, std::ptr::null(), &mut sa);
+                (p != libc::MAP_FAILED, x == libc::MAP_FAILED, mprot_rx, mprot_r, own, other, sigsys, sigusr2)
+            }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(r, (true, true, -1, 0, 0, -1, -1, 0));
     }
 
     /// A filtered thread that makes a forbidden call under `log` keeps

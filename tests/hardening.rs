@@ -164,17 +164,8 @@ fn a_forbidden_syscall_kills_or_is_logged() {
     }
     let ember = probe_build();
     let g = guest("seccomp_probe");
-    let run = |mode: &str| {
-        let child = Command::new(&ember)
-            .args(["run", "--kernel", g.to_str().unwrap(), "--debug-exit", "--seccomp", mode])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        finish(child, T)
-    };
     use std::os::unix::process::ExitStatusExt;
+    let run = |mode: &str| run_probe(&ember, &g, mode, 0x5e);
     let o = run("kill");
     assert_eq!(o.status.and_then(|s| s.signal()), Some(libc::SIGSYS), "{o:#?}");
     assert!(o.stderr.contains(&format!("blocked system call {}", libc::SYS_sysinfo)), "{}", o.stderr);
@@ -187,4 +178,31 @@ fn a_forbidden_syscall_kills_or_is_logged() {
 
     let o = run("off");
     assert_code(&o, 0);
+
+    // Issue 16 item 7: argument-level rules. An executable mapping, a
+    // signal to another process, and a SIGSYS handler of the thread's own
+    // (which would turn the kill into a message and carry on) are refused.
+    for (probe, call) in [(0x5f, libc::SYS_mprotect), (0x60, libc::SYS_tgkill), (0x61, libc::SYS_rt_sigaction)] {
+        let o = run_probe(&ember, &g, "kill", probe);
+        assert_eq!(o.status.and_then(|s| s.signal()), Some(libc::SIGSYS), "probe {probe:#x}: {o:#?}");
+        assert!(o.stderr.contains(&format!("blocked system call {call}\u{20}")), "probe {probe:#x}: {}", o.stderr);
+        assert!(!o.stdout.contains("PROBE SURVIVED"), "{}", o.stdout);
+        let o = run_probe(&ember, &g, "log", probe);
+        assert_code(&o, 0);
+        assert!(o.stdout.contains("PROBE SURVIVED"), "probe {probe:#x}: {}", o.stdout);
+    }
+}
+
+/// Runs the seccomp probe guest under `mode`, asking for refused call
+/// `probe`.
+fn run_probe(ember: &std::path::Path, g: &std::path::Path, mode: &str, probe: u8) -> Outcome {
+    let cmdline = format!("probe={probe}");
+    let child = Command::new(ember)
+        .args(["run", "--kernel", g.to_str().unwrap(), "--debug-exit", "--seccomp", mode, "--cmdline", &cmdline])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    finish(child, T)
 }
