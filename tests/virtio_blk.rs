@@ -276,7 +276,9 @@ fn console_and_ctrl_a_x_answer_while_the_disk_is_flooded() {
     }
     let d = scratch("storm");
     let img = d.join("disk.img");
-    std::fs::File::create(&img).unwrap().set_len(16 << 20).unwrap();
+    // Sparse, and large enough for the 64 MiB requests 1,024-entry tables
+    // made before they were refused.
+    std::fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
     let g = guest("blk_storm");
     for table in ["256", "1024"] {
         let o = Command::new("python3")
