@@ -644,7 +644,7 @@ fn hostile_register_accesses_do_not_panic() {
 /// reset -> DRIVER_OK cycle. Both are now within the transport's budget.
 #[test]
 fn refused_queue_ready_and_failed_activation_log_within_budget() {
-    let Setup { mut t, state, .. } = dummy();
+    let Setup { mut t, .. } = dummy();
     let ((), lines) = count_log_records(|| {
         for _ in 0..16_000 {
             wr(&mut t, VIRTIO_MMIO_STATUS, 0);
