@@ -154,10 +154,7 @@ fuzz_target!(|data: &[u8]| {
             kick(&mut t);
             let (cpu, io) = (thread_cpu() - cpu0, thread_io() - io0);
             assert!(cpu <= MAX_KICK_CPU, "one notification took {cpu:?} of CPU");
-            assert!(
-                io <= MAX_PASS_BYTES + MAX_REQUEST_BYTES + PROC_IO_SLACK,
-                "one notification moved {io} bytes"
-            );
+            assert!(io <= MAX_PASS_BYTES + MAX_REQUEST_BYTES + PROC_IO_SLACK, "one notification moved {io} bytes");
             assert_eq!(img.size(), image::IMAGE_SIZE, "image size changed");
             assert!(t.is_activated(), "device stopped");
         }
