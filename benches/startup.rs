@@ -16,6 +16,9 @@
 //! * host memory per idle VM with EMBER_BENCH_MANY of them running
 //!   (the drop of MemAvailable, divided by the count, and the meminfo
 //!   fields it went to).
+//! * the first two again with one virtio-blk disk and one virtio-net NIC
+//!   (on a TAP the bench creates; root only), on each transport: virtio-pci
+//!   (the default) beside virtio-mmio.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -70,6 +73,11 @@ fn static_ember() -> Option<PathBuf> {
 }
 
 fn ember_at(name: &'static str, bin: PathBuf) -> Vmm {
+    ember_with(name, bin, Vec::new())
+}
+
+/// ember from `bin` with `extra` arguments (devices) after the common ones.
+fn ember_with(name: &'static str, bin: PathBuf, extra: Vec<String>) -> Vmm {
     Vmm {
         name,
         cmd: Box::new(move |g: &Path| {
@@ -85,10 +93,41 @@ fn ember_at(name: &'static str, bin: PathBuf) -> Vmm {
                 "console=ttyS0",
                 "--kernel",
             ])
-            .arg(g);
+            .arg(g)
+            .args(&extra);
             c
         }),
     }
+}
+
+/// A TAP device for the device rows, removed on drop.
+struct Tap(String);
+
+impl Tap {
+    fn new() -> Option<Tap> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return None;
+        }
+        let name = format!("ebench{}", std::process::id() % 100_000);
+        let ok = Command::new("ip").args(["tuntap", "add", "dev", &name, "mode", "tap"]).status();
+        matches!(ok, Ok(s) if s.success()).then_some(Tap(name))
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+/// The median of `runs` first-byte times (ms) and of up to 10 idle RSS
+/// readings beyond guest RAM (KiB) of `vmm`.
+fn first_byte_and_rss(vmm: &Vmm, tiny: &Path, hang: &Path, runs: usize) -> (f64, f64) {
+    first_byte(vmm, tiny);
+    let t: Vec<f64> = (0..runs).map(|_| first_byte(vmm, tiny).as_secs_f64() * 1e3).collect();
+    let r: Vec<f64> = (0..runs.min(10)).map(|_| idle_rss(vmm, hang).0 as f64).collect();
+    (median(t), median(r))
 }
 
 fn ember_vmm() -> Vmm {
@@ -288,6 +327,7 @@ fn main() {
         );
     }
     println!("targets: first byte <= 3 ms (Firecracker here: 10 ms), RSS beyond guest <= 2 MiB (Firecracker: 4.1 MiB)");
+    devices_by_transport(&vmms, &tiny, &hang, runs);
     if many > 0 {
         let (per, parts) = per_vm_host_memory(&vmms[0], &hang, many);
         println!(
@@ -297,6 +337,50 @@ fn main() {
         let parts: Vec<String> = parts.iter().map(|(k, v)| format!("{k} {v:.0}")).collect();
         println!("  of which, KiB per VM: {}", parts.join(", "));
     }
+}
+
+/// The first ember again with one disk and one NIC, on virtio-pci and on
+/// virtio-mmio, beside the same ember without devices (measured again here,
+/// so the three rows come from the same minutes of the machine).
+fn devices_by_transport(vmms: &[Vmm], tiny: &Path, hang: &Path, runs: usize) {
+    let Some(tap) = Tap::new() else {
+        println!("devices: skipped (needs root for a TAP device)");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("ember-startup-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let img = dir.join("disk.img");
+    std::fs::write(&img, vec![0u8; 8 << 20]).unwrap();
+    let bin = (vmms[0].cmd)(tiny).get_program().to_owned();
+    let with = |name: &'static str, t: &str| {
+        let extra = vec![
+            "--disk".to_string(),
+            format!("path={},transport={t}", img.display()),
+            "--net".to_string(),
+            format!("tap={},transport={t}", tap.0),
+        ];
+        ember_with(name, PathBuf::from(&bin), extra)
+    };
+    let rows = [
+        ember_at("no devices", PathBuf::from(&bin)),
+        with("disk+NIC on virtio-pci", "pci"),
+        with("disk+NIC on virtio-mmio", "mmio"),
+    ];
+    let figures: Vec<(f64, f64)> = rows.iter().map(|v| first_byte_and_rss(v, tiny, hang, runs)).collect();
+    println!("{} with devices ({runs} runs each):", vmms[0].name);
+    for (v, (t, r)) in rows.iter().zip(&figures) {
+        println!(
+            "  {:<26} exec->first serial byte: median {t:.2} ms; idle RSS beyond guest RAM {:.2} MiB",
+            v.name,
+            r / 1024.0
+        );
+    }
+    println!(
+        "  ratio pci/mmio (this run): first byte {:.3}x, RSS beyond guest {:.3}x",
+        figures[1].0 / figures[2].0,
+        figures[1].1 / figures[2].1
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn num_cpus() -> usize {

@@ -23,9 +23,20 @@ pub enum ConfigError {
     /// The kernel command line has a NUL byte.
     #[error("the kernel command line contains a NUL byte")]
     CmdlineNul,
-    /// Too many devices for the IRQ/MMIO window.
-    #[error("too many virtio devices ({0}); at most {1} fit")]
-    TooManyDevices(usize, usize),
+    /// Too many devices on one transport (virtio-mmio: one IOAPIC pin
+    /// each; virtio-pci: one device number of PCI bus 0 each).
+    #[error("too many virtio devices with transport={transport} ({count}); at most {max} fit")]
+    TooManyDevices {
+        /// The transport.
+        transport: VirtioTransport,
+        /// Devices configured on it.
+        count: usize,
+        /// How many fit.
+        max: usize,
+    },
+    /// More extra UARTs than COM2 to COM4.
+    #[error("too many extra serial ports ({0}); at most 3 (COM2 to COM4)")]
+    TooManySerials(usize),
     /// `--user` given to an ember that does not run as root: there is
     /// nothing to drop (and setresuid would fail late).
     #[error("--user needs ember to start as root (it runs as uid {0}, with no privileges to drop)")]
@@ -37,6 +48,25 @@ pub enum ConfigError {
     /// The jail's chroot directory does not exist.
     #[error("chroot directory {} does not exist or is not a directory", .0.display())]
     BadChroot(PathBuf),
+    /// A shared directory's mount tag is empty, longer than 255 bytes or
+    /// holds a NUL byte.
+    #[error("invalid mount tag {tag:?} for shared directory {}: a tag is 1 to 255 bytes without NUL", path.display())]
+    BadShareTag {
+        /// The tag.
+        tag: String,
+        /// The shared directory.
+        path: PathBuf,
+    },
+    /// Two shared directories have the same mount tag.
+    #[error("mount tag {tag:?} is used twice (shared directories {} and {}); give each share its own tag", first.display(), second.display())]
+    DuplicateShareTag {
+        /// The tag.
+        tag: String,
+        /// The first directory with it.
+        first: PathBuf,
+        /// The second one.
+        second: PathBuf,
+    },
 }
 
 /// A `Write` shared between the caller and the VM.
@@ -82,6 +112,56 @@ pub enum BootProtocol {
     Pvh,
 }
 
+/// How a virtio device is attached to the guest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum VirtioTransport {
+    /// A virtio-pci (modern, MSI-X) function on PCI bus 0: found by every
+    /// kernel with `CONFIG_VIRTIO_PCI` (x86_64 defconfig,
+    /// `kvm_guest.config`, distribution kernels), which is why it is the
+    /// default. The driver must use MSI-X (Linux's does).
+    #[default]
+    Pci,
+    /// A virtio-mmio window, announced with `virtio_mmio.device=` on the
+    /// kernel command line: for kernels built with
+    /// `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES` (a smaller kernel, no PCI).
+    Mmio,
+}
+
+impl VirtioTransport {
+    /// The name used in `transport=` options: `pci` or `mmio`.
+    pub fn name(self) -> &'static str {
+        match self {
+            VirtioTransport::Pci => "pci",
+            VirtioTransport::Mmio => "mmio",
+        }
+    }
+
+    /// The transport named `name` (`pci`, `mmio`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "pci" => Some(VirtioTransport::Pci),
+            "mmio" => Some(VirtioTransport::Mmio),
+            _ => None,
+        }
+    }
+
+    /// How many devices fit on this transport: one IOAPIC pin each for
+    /// virtio-mmio, one device number of PCI bus 0 each (00:01 to 00:1f)
+    /// for virtio-pci.
+    pub fn max_devices(self) -> usize {
+        match self {
+            VirtioTransport::Pci => layout::max_pci_devices(),
+            VirtioTransport::Mmio => layout::max_virtio_devices(),
+        }
+    }
+}
+
+impl fmt::Display for VirtioTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One virtio-blk disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskConfig {
@@ -91,6 +171,15 @@ pub struct DiskConfig {
     pub read_only: bool,
     /// The serial the guest reads with GET_ID (at most 20 bytes).
     pub id: Option<String>,
+    /// How the disk is attached.
+    pub transport: VirtioTransport,
+}
+
+impl DiskConfig {
+    /// A writable disk on `path` with the default transport and no id.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        DiskConfig { path: path.into(), read_only: false, id: None, transport: VirtioTransport::default() }
+    }
 }
 
 /// One virtio-net NIC on a TAP device.
@@ -100,6 +189,41 @@ pub struct NetConfig {
     pub tap: String,
     /// The guest MAC; a locally administered one is generated when absent.
     pub mac: Option<[u8; 6]>,
+    /// How the NIC is attached.
+    pub transport: VirtioTransport,
+}
+
+impl NetConfig {
+    /// A NIC on TAP `tap` with a generated MAC and the default transport.
+    pub fn new(tap: impl Into<String>) -> Self {
+        NetConfig { tap: tap.into(), mac: None, transport: VirtioTransport::default() }
+    }
+}
+
+/// One host directory shared with the guest over virtio-9p (9P2000.L).
+///
+/// The guest mounts it by its tag:
+/// `mount -t 9p -o trans=virtio,version=9p2000.L TAG /mnt`. Nothing of the
+/// host outside `path` is reachable through it (docs/share.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShareConfig {
+    /// The host directory.
+    pub path: PathBuf,
+    /// The mount tag the guest names it by (1 to 255 bytes, no NUL).
+    pub tag: String,
+    /// Refuse every change with `EROFS`.
+    pub read_only: bool,
+}
+
+impl ShareConfig {
+    /// The longest mount tag.
+    pub const MAX_TAG_LEN: usize = ember_devices::virtio::p9::MAX_TAG_LEN;
+
+    /// The tag of the share at `index` when none is given: `share0`,
+    /// `share1`, ...
+    pub fn default_tag(index: usize) -> String {
+        format!("share{index}")
+    }
 }
 
 /// Everything needed to build a VM.
@@ -120,6 +244,12 @@ pub struct VmConfig {
     pub vcpus: u8,
     /// COM1.
     pub serial: SerialConfig,
+    /// More UARTs after COM1, output only: COM2 (Linux's ttyS1), COM3
+    /// (ttyS2), COM4 (ttyS3), in this order; at most three.
+    /// [`SerialConfig::Stdio`] here means stdout, without input. `ember
+    /// smoke` puts a command's stdout and stderr on two of them, apart from
+    /// the kernel's console.
+    pub extra_serials: Vec<SerialConfig>,
     /// Enable the debug-exit device at I/O port 0xf4.
     pub debug_exit: bool,
     /// The boot protocol.
@@ -134,6 +264,8 @@ pub struct VmConfig {
     /// also has `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES` (it would probe each
     /// device twice) or to prove discovery through ACPI.
     pub virtio_mmio_cmdline: bool,
+    /// Host directories shared over virtio-9p.
+    pub shares: Vec<ShareConfig>,
     /// seccomp filters on ember's threads (the CLI's default is `Kill`; the
     /// library's is `Off`: with a filter, the thread that calls
     /// [`Vm::start`](crate::Vm::start) is filtered too).
@@ -164,11 +296,13 @@ impl VmConfig {
             memory: Self::DEFAULT_MEMORY,
             vcpus: 1,
             serial: SerialConfig::Stdio,
+            extra_serials: Vec::new(),
             debug_exit: false,
             boot: BootProtocol::Auto,
             disks: Vec::new(),
             nets: Vec::new(),
             virtio_mmio_cmdline: true,
+            shares: Vec::new(),
             seccomp: SeccompMode::Off,
             jail: None,
         }
@@ -201,12 +335,46 @@ impl VmConfig {
                 return Err(ConfigError::BadChroot(dir.clone()));
             }
         }
-        let devices = self.disks.len() + self.nets.len();
-        let max = layout::max_virtio_devices();
-        if devices > max {
-            return Err(ConfigError::TooManyDevices(devices, max));
+        if self.extra_serials.len() > crate::layout::EXTRA_COM_PORTS.len() {
+            return Err(ConfigError::TooManySerials(self.extra_serials.len()));
+        }
+        for (i, share) in self.shares.iter().enumerate() {
+            let tag = &share.tag;
+            if tag.is_empty() || tag.len() > ShareConfig::MAX_TAG_LEN || tag.contains('\0') {
+                return Err(ConfigError::BadShareTag { tag: tag.clone(), path: share.path.clone() });
+            }
+            if let Some(first) = self.shares[..i].iter().find(|s| s.tag == *tag) {
+                return Err(ConfigError::DuplicateShareTag {
+                    tag: tag.clone(),
+                    first: first.path.clone(),
+                    second: share.path.clone(),
+                });
+            }
+        }
+        for transport in [VirtioTransport::Pci, VirtioTransport::Mmio] {
+            let count = self.virtio_transports().filter(|&t| t == transport).count();
+            let max = transport.max_devices();
+            if count > max {
+                return Err(ConfigError::TooManyDevices { transport, count, max });
+            }
         }
         Ok(())
+    }
+
+    /// The transport of each virtio device, disks then NICs.
+    fn virtio_transports(&self) -> impl Iterator<Item = VirtioTransport> + '_ {
+        // Shares (virtio-9p) are on virtio-mmio: the guest finds them through
+        // the DSDT or the command line.
+        self.disks
+            .iter()
+            .map(|d| d.transport)
+            .chain(self.nets.iter().map(|n| n.transport))
+            .chain(self.shares.iter().map(|_| VirtioTransport::Mmio))
+    }
+
+    /// Whether any device is on PCI (then the VM has a PCI root).
+    pub(crate) fn has_pci_devices(&self) -> bool {
+        self.virtio_transports().any(|t| t == VirtioTransport::Pci)
     }
 }
 
@@ -228,5 +396,63 @@ mod tests {
         c.vcpus = 2;
         c.cmdline = "a\0b".into();
         assert_eq!(c.validate(), Err(ConfigError::CmdlineNul));
+        c.cmdline = String::new();
+        c.extra_serials = vec![SerialConfig::None; 4];
+        assert_eq!(c.validate(), Err(ConfigError::TooManySerials(4)));
+    }
+
+    #[test]
+    fn share_tags_are_checked() {
+        let share = |path: &str, tag: &str| ShareConfig { path: path.into(), tag: tag.into(), read_only: false };
+        let mut c = VmConfig::new("/k");
+        c.shares = vec![share("/a", "a"), share("/b", "b")];
+        assert!(c.validate().is_ok());
+        for bad in ["", "x\0y", &"t".repeat(256)] {
+            c.shares = vec![share("/a", bad)];
+            let e = c.validate().unwrap_err();
+            assert_eq!(e, ConfigError::BadShareTag { tag: bad.into(), path: "/a".into() });
+        }
+        c.shares = vec![share("/a", "same"), share("/b", "other"), share("/c", "same")];
+        let e = c.validate().unwrap_err();
+        assert!(
+            e.to_string().contains("\"same\"") && e.to_string().contains("/a") && e.to_string().contains("/c"),
+            "{e}"
+        );
+        c.shares = (0..30).map(|i| share("/s", &ShareConfig::default_tag(i))).collect();
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::TooManyDevices { transport: VirtioTransport::Mmio, count: 30, .. })
+        ));
+    }
+
+    #[test]
+    fn device_counts_are_per_transport() {
+        let mut c = VmConfig::new("/k");
+        let mmio = |i: usize| DiskConfig { transport: VirtioTransport::Mmio, ..DiskConfig::new(format!("/d{i}")) };
+        c.disks = (0..19).map(mmio).collect();
+        c.nets = (0..31).map(|i| NetConfig::new(format!("tap{i}"))).collect();
+        assert_eq!(c.validate(), Ok(()));
+        assert!(c.has_pci_devices());
+        c.disks.push(mmio(19));
+        let e = c.validate().unwrap_err();
+        assert_eq!(e, ConfigError::TooManyDevices { transport: VirtioTransport::Mmio, count: 20, max: 19 });
+        assert_eq!(e.to_string(), "too many virtio devices with transport=mmio (20); at most 19 fit");
+        c.disks.pop();
+        c.nets.push(NetConfig::new("tap31"));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::TooManyDevices { transport: VirtioTransport::Pci, count: 32, .. })
+        ));
+        c.nets.clear();
+        assert!(!c.has_pci_devices());
+    }
+
+    #[test]
+    fn transport_names() {
+        for t in [VirtioTransport::Pci, VirtioTransport::Mmio] {
+            assert_eq!(VirtioTransport::from_name(t.name()), Some(t));
+        }
+        assert_eq!(VirtioTransport::from_name("PCI"), None);
+        assert_eq!(VirtioTransport::default(), VirtioTransport::Pci);
     }
 }

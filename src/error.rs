@@ -7,11 +7,14 @@ pub use crate::boot::BootError;
 pub use crate::bus::BusError;
 pub use crate::config::ConfigError;
 pub use crate::event_loop::EventLoopError;
+pub use crate::irq_routing::RoutingError;
 pub use crate::jail::JailError;
 pub use crate::memory::MemoryError;
 pub use crate::seccomp::{SeccompError, ThreadKind};
+pub use ember_devices::pci::PciError;
 pub use ember_devices::virtio::block::BlockError;
 pub use ember_devices::virtio::net::NetError;
+pub use ember_devices::virtio::p9::ShareError;
 
 /// Everything that can stop a VM from being built or started.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +66,9 @@ pub enum Error {
     /// A NIC's TAP device or MAC address cannot be used.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// A shared directory cannot be served.
+    #[error(transparent)]
+    Share(#[from] ShareError),
     /// A virtio transport could not be set up.
     #[error("setting up virtio device {index}: {source}")]
     Virtio {
@@ -71,6 +77,13 @@ pub enum Error {
         /// The error.
         source: std::io::Error,
     },
+    /// The PCI root or a PCI function could not be built (bus full, no
+    /// room in a BAR window).
+    #[error(transparent)]
+    Pci(#[from] PciError),
+    /// The MSI-X vectors of the PCI functions need more GSIs than KVM has.
+    #[error(transparent)]
+    MsiRouting(#[from] RoutingError),
     /// A seccomp filter could not be built or installed.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
@@ -101,6 +114,7 @@ impl Error {
             | Error::Disk(_)
             | Error::Net(_) => true,
             Error::Boot(b) => !matches!(b, BootError::Memory(_)),
+            Error::Share(s) => s.is_usage(),
             _ => false,
         }
     }

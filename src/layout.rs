@@ -30,6 +30,7 @@
 //! max(4 GiB, end of RAM) rounded up to 1 GiB: the PCI 64-bit BAR window (64 GiB)
 //! ```
 
+use ember_devices::pci::bus::{CONFIG_IO_LEN, CONFIG_IO_PORT, DEVICES_PER_BUS, ECAM_BUS0_SIZE};
 use ember_devices::virtio::mmio::MMIO_SIZE;
 
 // ---- Low memory: boot structures -------------------------------------
@@ -96,8 +97,8 @@ pub const PCI_MMIO32_SIZE: u64 = 0x1000_0000;
 /// has a PCI root, which reserves it in the e820 map).
 pub const PCI_ECAM_START: u64 = 0xe000_0000;
 /// Size of the ECAM window: one bus (32 devices, 8 functions, 4 KiB each).
-pub const PCI_ECAM_SIZE: u64 = 1 << 20;
-/// Size of the PCI root's 64-bit BAR window.
+pub const PCI_ECAM_SIZE: u64 = ECAM_BUS0_SIZE;
+/// Size of the PCI root's 64-bit BAR window ([`pci_mmio64_start`]).
 pub const PCI_MMIO64_SIZE: u64 = 64 << 30;
 
 /// First virtio-mmio device. Each gets one transport window of
@@ -106,7 +107,7 @@ pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
 /// IRQ (IOAPIC pin / GSI) of the first virtio-mmio device.
 pub const VIRTIO_IRQ_BASE: u32 = 5;
 /// Last IRQ usable for virtio-mmio devices (the IOAPIC has 24 pins).
-pub const VIRTIO_IRQ_LAST: u32 = 23;
+pub const VIRTIO_IRQ_LAST: u32 = IOAPIC_PINS - 1;
 /// IOAPIC base (served in the kernel).
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// Local APIC base (served in the kernel).
@@ -129,10 +130,27 @@ pub const fn max_virtio_devices() -> usize {
     (VIRTIO_IRQ_LAST - VIRTIO_IRQ_BASE + 1) as usize
 }
 
+/// How many PCI devices fit: device numbers 1 to 31 of bus 0 (the host
+/// bridge is 0).
+pub const fn max_pci_devices() -> usize {
+    DEVICES_PER_BUS - 1
+}
+
 /// Address and IRQ of virtio-mmio device number `index`.
 pub const fn virtio_slot(index: usize) -> (u64, u32) {
     (VIRTIO_MMIO_START + index as u64 * MMIO_SIZE, VIRTIO_IRQ_BASE + index as u32)
 }
+
+// ---- Interrupt routing ---------------------------------------------------
+
+/// Pins of the in-kernel IOAPIC; GSI *n* below this is IOAPIC pin *n*
+/// (and, below 16, also PIC input *n*).
+pub const IOAPIC_PINS: u32 = 24;
+/// First GSI of the MSI routes (one per MSI-X vector of the PCI devices),
+/// right above the IOAPIC pins.
+pub const MSI_GSI_BASE: u32 = IOAPIC_PINS;
+/// One past the last GSI KVM routes (`KVM_MAX_IRQ_ROUTES`).
+pub const GSI_END: u32 = 4096;
 
 // ---- I/O ports and legacy interrupt lines --------------------------------
 
@@ -142,6 +160,11 @@ pub const COM1_PORT: u64 = 0x3f8;
 pub const COM1_PORT_LEN: u64 = 8;
 /// IRQ (IOAPIC pin) of the COM1 UART.
 pub const SERIAL_IRQ: u32 = 4;
+/// The UARTs after COM1 that a VM may have (`VmConfig::extra_serials`),
+/// as (first port, IRQ), in Linux's ttyS1, ttyS2, ttyS3 order: the PC's
+/// COM2, COM3 and COM4. COM3 shares IRQ 4 with COM1 and COM4 IRQ 3 with
+/// COM2, as on a PC; Linux's 8250 driver serves ports sharing a line.
+pub const EXTRA_COM_PORTS: [(u64, u32); 3] = [(0x2f8, 3), (0x3e8, 4), (0x2e8, 3)];
 /// The i8042 controller: data at 0x60, command/status at 0x64 (its reset
 /// command ends the VM).
 pub const I8042_PORT: u64 = 0x60;
@@ -159,6 +182,11 @@ pub const I8042_AUX_IRQ: u32 = 12;
 pub const ACPI_SLEEP_CONTROL_PORT: u64 = 0x600;
 /// The ACPI sleep status register (FADT `SLEEP_STATUS_REG`).
 pub const ACPI_SLEEP_STATUS_PORT: u64 = 0x601;
+/// The PCI configuration mechanism #1: `CONFIG_ADDRESS` at 0xcf8,
+/// `CONFIG_DATA` at 0xcfc (the PCI root's, when there is one; else absent).
+pub const PCI_CONFIG_PORT: u64 = CONFIG_IO_PORT;
+/// Ports from [`PCI_CONFIG_PORT`] (0xcf8..=0xcff).
+pub const PCI_CONFIG_PORT_LEN: u64 = CONFIG_IO_LEN;
 /// The CMOS RTC: index at 0x70, data at 0x71.
 pub const CMOS_PORT: u64 = 0x70;
 /// Ports of the CMOS RTC.
@@ -201,16 +229,20 @@ mod tests {
             ("HIMEM_START", HIMEM_START),
             ("MMIO32_START", MMIO32_START),
             ("PCI_MMIO32_START", PCI_MMIO32_START),
-            ("PCI_ECAM_START", PCI_ECAM_START),
             ("VIRTIO_MMIO_START", VIRTIO_MMIO_START),
+            ("PCI_ECAM_START", PCI_ECAM_START),
             ("IOAPIC_START", IOAPIC_START),
             ("APIC_START", APIC_START),
             ("KVM_IDENTITY_MAP_START", KVM_IDENTITY_MAP_START),
             ("KVM_TSS_START", KVM_TSS_START),
             ("FIRST_ADDR_PAST_32BITS", FIRST_ADDR_PAST_32BITS),
             ("COM1_PORT", COM1_PORT),
+            ("COM2_PORT", EXTRA_COM_PORTS[0].0),
+            ("COM3_PORT", EXTRA_COM_PORTS[1].0),
+            ("COM4_PORT", EXTRA_COM_PORTS[2].0),
             ("I8042_PORT", I8042_PORT),
             ("CMOS_PORT", CMOS_PORT),
+            ("PCI_CONFIG_PORT", PCI_CONFIG_PORT),
             ("DEBUG_EXIT_PORT", DEBUG_EXIT_PORT),
             ("ACPI_SLEEP_CONTROL_PORT", ACPI_SLEEP_CONTROL_PORT),
         ];
@@ -234,9 +266,10 @@ mod tests {
     const _: () = assert!(LOW_RAM_END <= ACPI_RSDP_START && ACPI_RSDP_START + 36 <= ACPI_TABLES_START);
     const _: () = assert!(ACPI_TABLES_START < ACPI_END && ACPI_END <= BIOS_AREA_START);
     // The PCI windows sit in the MMIO hole, clear of the virtio-mmio devices
-    // and the IOAPIC.
+    // and the IOAPIC; MSI routes start above the IOAPIC pins.
     const _: () = assert!(PCI_MMIO32_START >= MMIO32_START && PCI_MMIO32_START + PCI_MMIO32_SIZE <= VIRTIO_MMIO_START);
     const _: () = assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= IOAPIC_START);
+    const _: () = assert!(VIRTIO_IRQ_LAST < IOAPIC_PINS && MSI_GSI_BASE >= IOAPIC_PINS);
 
     #[test]
     fn virtio_window_fits_below_the_ioapic() {

@@ -42,6 +42,7 @@ mod terminal;
 // 1
 mod bus;
 mod exit;
+mod irq_routing;
 mod memory;
 mod serial_capture;
 // 2
@@ -62,7 +63,10 @@ mod vm;
 // 9
 mod smoke;
 
-pub use config::{BootProtocol, ConfigError, DiskConfig, NetConfig, SerialConfig, SharedWriter, VmConfig};
+pub use config::{
+    BootProtocol, ConfigError, DiskConfig, NetConfig, SerialConfig, ShareConfig, SharedWriter, VirtioTransport,
+    VmConfig,
+};
 pub use cpio::{CpioError, CpioWriter};
 pub use ember_devices::legacy::I8042Error;
 pub use ember_devices::virtio::net::NetStats;
@@ -71,7 +75,7 @@ pub use exit::VmExit;
 pub use jail::Jail;
 pub use seccomp::SeccompMode;
 pub use serial_capture::SerialCapture;
-pub use smoke::{Expectation, Smoke, SmokeError, SmokeReport, Verdict};
+pub use smoke::{Expectation, Modules, RootPlan, Smoke, SmokeError, SmokeReport, SmokeShare, Verdict};
 pub use vm::{RunningVm, Vm, VmHandle};
 
 /// Restores the terminal (if a [`Vm`] put it in raw mode) before the

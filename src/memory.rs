@@ -60,6 +60,16 @@ impl RamLayout {
         }
     }
 
+    /// One past the last RAM address (above 4 GiB when RAM reaches the
+    /// MMIO hole).
+    pub const fn end(&self) -> u64 {
+        if self.high_size() > 0 {
+            FIRST_ADDR_PAST_32BITS + self.high_size()
+        } else {
+            self.low_end()
+        }
+    }
+
     /// RAM above 4 GiB, in bytes (0 when it all fits below the hole).
     pub(crate) const fn high_size(&self) -> u64 {
         self.size - self.low_end()
@@ -159,6 +169,8 @@ mod tests {
         assert_eq!(r.iter().map(|x| x.1 as u64).sum::<u64>(), 5 << 30);
         assert_eq!(l.low_end(), 3 << 30);
         assert_eq!(l.high_size(), 2 << 30);
+        assert_eq!(l.end(), 6 << 30);
+        assert_eq!(RamLayout::new(128 << 20).end(), 128 << 20);
     }
 
     #[test]

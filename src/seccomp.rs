@@ -8,6 +8,9 @@
 //! * **the VMM threads** — the event loop and the thread that started the
 //!   VM (`main` for the CLI) — serve device queues (disk and TAP I/O),
 //!   serial input, wait for the exit, restore the terminal, and tear down.
+//! * **the event loop**, when the VM has shared directories, also serves
+//!   the 9P file servers: the `*at` calls on descriptors it holds
+//!   ([`SHARE`]). Without shares its filter is the VMM threads'.
 //!
 //! A call outside the list: with [`SeccompMode::Kill`] the thread gets
 //! SIGSYS (`SECCOMP_RET_TRAP`); ember's handler prints the system call
@@ -42,6 +45,9 @@ pub enum ThreadKind {
     Vcpu,
     /// The event loop and the thread that started the VM.
     Vmm,
+    /// The event loop: [`ThreadKind::Vmm`]'s list, and the file server's
+    /// calls when the VM has shared directories.
+    Events,
 }
 
 /// Errors building or installing a filter.
@@ -87,6 +93,10 @@ pub(crate) const KVM_RUN: u64 = ioc(IOC_NONE, KVM, 0x80, 0);
 pub(crate) const KVM_GET_REGS: u64 = ioc(IOC_READ, KVM, 0x81, 144);
 /// `KVM_GET_SREGS`.
 pub(crate) const KVM_GET_SREGS: u64 = ioc(IOC_READ, KVM, 0x83, 312);
+/// `KVM_IOEVENTFD` (a PCI BAR with notification addresses moved).
+pub(crate) const KVM_IOEVENTFD: u64 = ioc(IOC_WRITE, KVM, 0x79, 64);
+/// `KVM_SET_GSI_ROUTING` (a PCI function's MSI-X vector got a new message).
+pub(crate) const KVM_SET_GSI_ROUTING: u64 = ioc(IOC_WRITE, KVM, 0x6a, 8);
 /// `TUNSETOFFLOAD` (a driver acknowledged offload features).
 pub(crate) const TUNSETOFFLOAD: u64 = ioc(IOC_WRITE, b'T' as u64, 208, 4);
 /// `TCGETS`/`TCSETS*`: restoring the terminal.
@@ -143,7 +153,36 @@ const VMM: &[i64] = &[
     libc::SYS_sched_getaffinity,
 ];
 
-fn rules_for(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
+/// The event loop's additions when it serves shared directories (virtio-9p,
+/// ember_devices::virtio::p9): every call takes a descriptor the server
+/// holds (`openat2` confined with `RESOLVE_BENEATH`, the `*at` calls on a
+/// single name, `openat` only below the server's own `/proc/self/fd`).
+/// `renameat2` beside `renameat` because glibc versions differ in which
+/// one `renameat(3)` makes.
+pub(crate) const SHARE: &[i64] = &[
+    libc::SYS_openat2,
+    libc::SYS_openat,
+    libc::SYS_newfstatat,
+    libc::SYS_fstatfs,
+    libc::SYS_getdents64,
+    libc::SYS_mkdirat,
+    libc::SYS_mknodat,
+    libc::SYS_symlinkat,
+    libc::SYS_linkat,
+    libc::SYS_unlinkat,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
+    libc::SYS_readlinkat,
+    libc::SYS_fchownat,
+    libc::SYS_fchmodat,
+    libc::SYS_utimensat,
+    libc::SYS_ftruncate,
+];
+
+/// The rules of `kind`; with `pci` (the VM has a PCI root) the vCPU threads
+/// may also move ioeventfds and replace the GSI routing table, which the
+/// guest's BAR moves and MSI-X table writes do from the vCPU thread.
+fn rules_for(kind: ThreadKind, pci: bool) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for &nr in COMMON {
         rules.insert(nr, vec![]);
@@ -184,10 +223,18 @@ fn rules_for(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccom
         )?])?],
     );
     let ioctls: Vec<u64> = match kind {
+        ThreadKind::Vcpu if pci => {
+            vec![KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, TUNSETOFFLOAD, KVM_IOEVENTFD, KVM_SET_GSI_ROUTING]
+        }
         ThreadKind::Vcpu => vec![KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, TUNSETOFFLOAD],
-        ThreadKind::Vmm => {
+        ThreadKind::Vmm | ThreadKind::Events => {
             for &nr in VMM {
                 rules.insert(nr, vec![]);
+            }
+            if kind == ThreadKind::Events {
+                for &nr in SHARE {
+                    rules.insert(nr, vec![]);
+                }
             }
             let mut v = TERMIOS.to_vec();
             v.push(TUNSETOFFLOAD);
@@ -198,18 +245,24 @@ fn rules_for(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccom
     Ok(rules)
 }
 
-/// Builds the BPF program for `kind` under `mode` (`None` when off).
-pub(crate) fn filter(kind: ThreadKind, mode: SeccompMode) -> Result<Option<BpfProgram>, SeccompError> {
+/// Builds the BPF program for `kind` under `mode` (`None` when off), for a
+/// VM with a PCI root when `pci`.
+pub(crate) fn filter(kind: ThreadKind, mode: SeccompMode, pci: bool) -> Result<Option<BpfProgram>, SeccompError> {
     let mismatch = match mode {
         SeccompMode::Off => return Ok(None),
         SeccompMode::Kill => SeccompAction::Trap,
         SeccompMode::Log => SeccompAction::Log,
     };
-    let rules = rules_for(kind).map_err(|source| SeccompError::Build { kind, source })?;
+    compile(kind, mismatch, pci).map(Some)
+}
+
+/// The BPF program for `kind` (for a VM with a PCI root when `pci`),
+/// `mismatch` for calls outside its list.
+fn compile(kind: ThreadKind, mismatch: SeccompAction, pci: bool) -> Result<BpfProgram, SeccompError> {
+    let rules = rules_for(kind, pci).map_err(|source| SeccompError::Build { kind, source })?;
     let f = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)
         .map_err(|source| SeccompError::Build { kind, source })?;
-    let bpf: BpfProgram = f.try_into().map_err(|source| SeccompError::Compile { kind, source })?;
-    Ok(Some(bpf))
+    f.try_into().map_err(|source| SeccompError::Compile { kind, source })
 }
 
 /// Installs `bpf` on the calling thread (and sets `no_new_privs`).
@@ -225,18 +278,24 @@ pub(crate) fn install(kind: ThreadKind, bpf: &BpfProgram) -> Result<(), SeccompE
 pub(crate) struct ThreadFilters {
     vcpu: Option<BpfProgram>,
     vmm: Option<BpfProgram>,
+    /// The event loop's: `vmm`'s, with the file server's calls when the
+    /// VM has shared directories.
+    events: Option<BpfProgram>,
     /// Waited at by every thread once its filter is installed.
     gate: Option<Barrier>,
 }
 
 impl ThreadFilters {
     /// Builds the filters for `mode`, with a gate for `threads` threads
-    /// (every vCPU thread, the event loop and the starting thread).
-    pub(crate) fn new(mode: SeccompMode, threads: usize) -> Result<Arc<Self>, SeccompError> {
-        let vcpu = filter(ThreadKind::Vcpu, mode)?;
-        let vmm = filter(ThreadKind::Vmm, mode)?;
+    /// (every vCPU thread, the event loop and the starting thread), for a
+    /// VM with a PCI root when `pci`; the event loop's allows the file
+    /// server's calls if `shares`.
+    pub(crate) fn new(mode: SeccompMode, threads: usize, pci: bool, shares: bool) -> Result<Arc<Self>, SeccompError> {
+        let vcpu = filter(ThreadKind::Vcpu, mode, pci)?;
+        let vmm = filter(ThreadKind::Vmm, mode, pci)?;
+        let events = if shares { filter(ThreadKind::Events, mode, pci)? } else { vmm.clone() };
         let gate = vmm.as_ref().map(|_| Barrier::new(threads));
-        Ok(Arc::new(ThreadFilters { vcpu, vmm, gate }))
+        Ok(Arc::new(ThreadFilters { vcpu, vmm, events, gate }))
     }
 
     /// Installs the filter of `kind` on the calling thread, then waits at
@@ -246,6 +305,7 @@ impl ThreadFilters {
         let bpf = match kind {
             ThreadKind::Vcpu => &self.vcpu,
             ThreadKind::Vmm => &self.vmm,
+            ThreadKind::Events => &self.events,
         };
         let (Some(bpf), Some(gate)) = (bpf, &self.gate) else {
             return Ok(());
@@ -345,23 +405,25 @@ mod tests {
         assert_eq!(KVM_GET_REGS, 0x8090_ae81);
         assert_eq!(KVM_GET_SREGS, 0x8138_ae83);
         assert_eq!(TUNSETOFFLOAD, 0x4004_54d0);
+        assert_eq!(KVM_IOEVENTFD, 0x4040_ae79);
+        assert_eq!(KVM_SET_GSI_ROUTING, 0x4008_ae6a);
     }
 
     #[test]
     fn filters_build() {
-        for kind in [ThreadKind::Vcpu, ThreadKind::Vmm] {
+        for kind in [ThreadKind::Vcpu, ThreadKind::Vmm, ThreadKind::Events] {
             for mode in [SeccompMode::Kill, SeccompMode::Log] {
-                let bpf = filter(kind, mode).unwrap().unwrap();
+                let bpf = filter(kind, mode, false).unwrap().unwrap();
                 assert!(bpf.len() > 20, "{kind:?} {mode:?}");
             }
-            assert!(filter(kind, SeccompMode::Off).unwrap().is_none());
+            assert!(filter(kind, SeccompMode::Off, true).unwrap().is_none());
         }
     }
 
     #[test]
     fn vcpu_list_is_narrower() {
-        let v = rules_for(ThreadKind::Vcpu).unwrap();
-        let m = rules_for(ThreadKind::Vmm).unwrap();
+        let v = rules_for(ThreadKind::Vcpu, false).unwrap();
+        let m = rules_for(ThreadKind::Vmm, false).unwrap();
         assert!(!v.contains_key(&libc::SYS_pwrite64));
         assert!(m.contains_key(&libc::SYS_pwrite64));
         assert!(!v.contains_key(&libc::SYS_openat) && !m.contains_key(&libc::SYS_openat));
@@ -376,6 +438,164 @@ mod tests {
                 assert_eq!(r[&nr].len(), 1, "{nr} has one argument rule");
             }
         }
+        let e = rules_for(ThreadKind::Events, false).unwrap();
+        assert!(SHARE.iter().all(|nr| e.contains_key(nr) && !m.contains_key(nr) && !v.contains_key(nr)));
+        assert!(m.keys().all(|nr| e.contains_key(nr)));
+        assert!(!e.contains_key(&libc::SYS_execve) && !e.contains_key(&libc::SYS_socket));
+        assert!(!e.contains_key(&libc::SYS_open) && !e.contains_key(&libc::SYS_chdir));
+    }
+
+    /// A 9P session that makes the server use every host call it has
+    /// (create, write, read, list, stat, set attributes, link, rename,
+    /// remove, sync, statfs); returns (request type, errno) of every
+    /// request answered with an error.
+    fn p9_session(server: &mut ember_devices::virtio::p9::Server) -> Vec<(u8, i32)> {
+        use ember_devices::virtio::p9::wire::{msg, Encoder};
+        let mut errors = Vec::new();
+        let mut reply = vec![0u8; 65536];
+        let mut send = |ty: u8, f: &dyn Fn(&mut Encoder<'_>)| {
+            let mut req = Vec::new();
+            let mut e = Encoder::new(&mut req, ty, 1);
+            f(&mut e);
+            e.finish();
+            let n = server.handle(&req, &mut reply[..]);
+            if n >= 11 && reply[4] == msg::RLERROR {
+                errors.push((ty, i32::from_le_bytes(reply[7..11].try_into().unwrap())));
+            }
+        };
+        send(msg::TVERSION, &|e| {
+            e.u32(65536).str(b"9P2000.L");
+        });
+        send(msg::TATTACH, &|e| {
+            e.u32(0).u32(u32::MAX).str(b"t").str(b"").u32(0);
+        });
+        // fid 1: sub/ ; fid 2: a new file in it, written and read back.
+        send(msg::TWALK, &|e| {
+            e.u32(0).u32(1).u16(1).str(b"sub");
+        });
+        send(msg::TWALK, &|e| {
+            e.u32(1).u32(2).u16(0);
+        });
+        send(msg::TLCREATE, &|e| {
+            e.u32(2).str(b"new").u32(libc::O_RDWR as u32).u32(0o644).u32(0);
+        });
+        send(msg::TWRITE, &|e| {
+            e.u32(2).u64(0).u32(3).u8(b'a').u8(b'b').u8(b'c');
+        });
+        send(msg::TREAD, &|e| {
+            e.u32(2).u64(0).u32(100);
+        });
+        send(msg::TFSYNC, &|e| {
+            e.u32(2).u32(0);
+        });
+        send(msg::TFSYNC, &|e| {
+            e.u32(2).u32(1);
+        });
+        send(msg::TGETATTR, &|e| {
+            e.u32(2).u64(0x3fff);
+        });
+        // mode, size, times set by the client.
+        send(msg::TSETATTR, &|e| {
+            e.u32(2).u32(0x1 | 0x8 | 0x10 | 0x20 | 0x80 | 0x100).u32(0o600).u32(0).u32(0).u64(1);
+            e.u64(1).u64(0).u64(2).u64(0);
+        });
+        send(msg::TSETATTR, &|e| {
+            e.u32(2).u32(0x2 | 0x4).u32(0).u32(u32::MAX).u32(u32::MAX).u64(0);
+            e.u64(0).u64(0).u64(0).u64(0);
+        });
+        send(msg::TCLUNK, &|e| {
+            e.u32(2);
+        });
+        send(msg::TMKDIR, &|e| {
+            e.u32(1).str(b"d").u32(0o755).u32(0);
+        });
+        send(msg::TSYMLINK, &|e| {
+            e.u32(1).str(b"l").str(b"new").u32(0);
+        });
+        send(msg::TMKNOD, &|e| {
+            e.u32(1).str(b"fifo").u32(libc::S_IFIFO | 0o644).u32(0).u32(0).u32(0);
+        });
+        send(msg::TWALK, &|e| {
+            e.u32(1).u32(3).u16(1).str(b"l");
+        });
+        send(msg::TREADLINK, &|e| {
+            e.u32(3);
+        });
+        send(msg::TWALK, &|e| {
+            e.u32(1).u32(4).u16(1).str(b"new");
+        });
+        send(msg::TLINK, &|e| {
+            e.u32(1).u32(4).str(b"hard");
+        });
+        send(msg::TRENAMEAT, &|e| {
+            e.u32(1).str(b"hard").u32(1).str(b"hard2");
+        });
+        send(msg::TRENAME, &|e| {
+            e.u32(4).u32(1).str(b"new2");
+        });
+        send(msg::TLOPEN, &|e| {
+            e.u32(1).u32(libc::O_RDONLY as u32);
+        });
+        send(msg::TREADDIR, &|e| {
+            e.u32(1).u64(0).u32(4096);
+        });
+        send(msg::TSTATFS, &|e| {
+            e.u32(0);
+        });
+        send(msg::TWALK, &|e| {
+            e.u32(0).u32(5).u16(1).str(b"sub");
+        });
+        for name in [&b"hard2"[..], b"l", b"fifo", b"missing"] {
+            send(msg::TUNLINKAT, &|e| {
+                e.u32(5).str(name).u32(0);
+            });
+        }
+        send(msg::TUNLINKAT, &|e| {
+            e.u32(1).str(b"d").u32(libc::AT_REMOVEDIR as u32);
+        });
+        send(msg::TREMOVE, &|e| {
+            e.u32(4);
+        });
+        errors
+    }
+
+    /// Every request of a 9P session, served by ember's file server on a
+    /// thread under the event loop's filter for shares (mismatches answered
+    /// with an errno nothing else returns): none of them reaches a call
+    /// outside the list. The same session under the filter without shares
+    /// does (the test would catch a server that needs nothing).
+    #[test]
+    fn the_share_filter_lets_the_file_server_work() {
+        const MARK: i32 = 4000; // not a Linux errno
+        let dir = std::env::temp_dir().join(format!("ember-seccomp-share-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub/file"), b"hello").unwrap();
+        let session = |kind: ThreadKind| {
+            let bpf = compile(kind, SeccompAction::Errno(MARK as u32), false).unwrap();
+            let dir = dir.clone();
+            std::thread::spawn(move || {
+                let mut server = ember_devices::virtio::p9::Server::new(&dir, false).unwrap();
+                seccompiler::apply_filter(&bpf).unwrap();
+                p9_session(&mut server)
+            })
+            .join()
+            .unwrap()
+        };
+        let errors = session(ThreadKind::Events);
+        assert_eq!(errors.len(), 1, "only the unlink of a missing name fails: {errors:?}");
+        assert!(errors.iter().all(|&(_, e)| e != MARK), "calls outside the list: {errors:?}");
+        let errors = session(ThreadKind::Vmm);
+        assert!(errors.iter().any(|&(_, e)| e == MARK), "the session needs nothing beyond the VMM list? {errors:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_a_pci_vm_lets_vcpus_route_interrupts() {
+        let ioctl_rules = |pci| rules_for(ThreadKind::Vcpu, pci).unwrap()[&libc::SYS_ioctl].len();
+        assert_eq!(ioctl_rules(true), ioctl_rules(false) + 2);
+        let vmm = |pci| rules_for(ThreadKind::Vmm, pci).unwrap()[&libc::SYS_ioctl].len();
+        assert_eq!(vmm(true), vmm(false), "the event loop never moves BARs or routes");
     }
 
     /// The argument rules at work, on a thread of this test under `log`
@@ -384,7 +604,7 @@ mod tests {
     /// ones pass.
     #[test]
     fn argument_rules_refuse_exec_foreign_signals_and_sigsys() {
-        let rules = rules_for(ThreadKind::Vmm).unwrap();
+        let rules = rules_for(ThreadKind::Vmm, false).unwrap();
         let f = SeccompFilter::new(
             rules,
             SeccompAction::Errno(libc::EPERM as u32),
@@ -424,7 +644,7 @@ mod tests {
     /// tests/hardening.rs (it ends the process).
     #[test]
     fn log_mode_lets_the_call_through() {
-        let bpf = filter(ThreadKind::Vcpu, SeccompMode::Log).unwrap().unwrap();
+        let bpf = filter(ThreadKind::Vcpu, SeccompMode::Log, false).unwrap().unwrap();
         let r = std::thread::spawn(move || {
             install(ThreadKind::Vcpu, &bpf).unwrap();
             // SAFETY: getppid has no preconditions.

@@ -113,6 +113,7 @@ impl Vm {
     pub fn new(config: VmConfig) -> Result<Vm, Error> {
         config.validate()?;
         let (kvm, vm_fd) = create_vm(&config)?;
+        let vm_fd = Arc::new(vm_fd);
         // Before the irqchip: see the module documentation.
         let ram = GuestRam::create(RamLayout::new(config.memory))?;
         ram.register(&vm_fd)?;
@@ -121,7 +122,7 @@ impl Vm {
         let exit = Arc::new(ExitSignal::new().map_err(io_err("creating the exit eventfd"))?);
         let mut devices = DeviceManager::new();
         devices.add_legacy_devices(&vm_fd, &config, &exit)?;
-        devices.add_virtio_devices(&vm_fd, ram.memory(), &config)?;
+        devices.add_virtio_devices(&vm_fd, ram.memory(), ram.layout(), &config)?;
 
         let boot = boot::load(&ram, &config)?;
         let cmdline = devices.kernel_cmdline(&config.cmdline, config.virtio_mmio_cmdline);
@@ -130,7 +131,7 @@ impl Vm {
         log::info!("kernel command line: {cmdline}");
         log::debug!("entry: {:?}, initrd: {:?}", boot.entry(), boot.initrd);
 
-        Ok(Vm { config, _kvm: kvm, vm_fd: Arc::new(vm_fd), ram, vcpus, devices, exit, cmdline, entry: boot.entry() })
+        Ok(Vm { config, _kvm: kvm, vm_fd, ram, vcpus, devices, exit, cmdline, entry: boot.entry() })
     }
 
     /// The kernel command line exactly as the guest receives it.
@@ -170,7 +171,8 @@ impl Vm {
         // seccomp filters are built now and installed by each thread, which
         // then waits at the gate: every vCPU thread, the event loop and this
         // thread.
-        let filters = ThreadFilters::new(config.seccomp, vcpus.len() + 2)?;
+        let filters =
+            ThreadFilters::new(config.seccomp, vcpus.len() + 2, config.has_pci_devices(), !config.shares.is_empty())?;
         // Everything is open: drop privileges before any thread exists.
         if let Some(j) = &config.jail {
             j.enter()?;
@@ -182,7 +184,7 @@ impl Vm {
             .name("ember-events".into())
             .spawn(move || {
                 crate::terminal::block_termination_signals();
-                if let Err(e) = ev_filters.enter(ThreadKind::Vmm) {
+                if let Err(e) = ev_filters.enter(ThreadKind::Events) {
                     ev_exit.request(VmExit::VmmError { message: format!("event loop thread: {e}") });
                     return;
                 }

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use ember::{DiskConfig, SerialConfig, Vm, VmConfig};
+use ember::{DiskConfig, SerialConfig, VirtioTransport, Vm, VmConfig};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const T: Duration = Duration::from_secs(60);
@@ -99,15 +99,18 @@ fn tables_in_guest_memory_disassemble_cleanly() {
     config.memory = 64 << 20;
     config.vcpus = 4;
     config.serial = SerialConfig::None;
-    for i in 0..2 {
+    // Two disks on virtio-mmio (in the DSDT each), one on PCI (the DSDT's
+    // host bridge and the MCFG).
+    for (i, transport) in [VirtioTransport::Mmio, VirtioTransport::Mmio, VirtioTransport::Pci].into_iter().enumerate() {
         let img = dir.join(format!("disk{i}.img"));
         std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
-        config.disks.push(DiskConfig { path: img, read_only: false, id: None });
+        config.disks.push(DiskConfig { transport, ..DiskConfig::new(img) });
     }
     let vm = Vm::new(config).expect("build VM");
+    assert!(!vm.cmdline().contains("pci=off"), "{}", vm.cmdline());
     let tables = dump(vm.memory());
     let sigs: Vec<&str> = tables.iter().map(|(s, _)| s.as_str()).collect();
-    assert_eq!(sigs, ["XSDT", "DSDT", "FACP", "APIC"]);
+    assert_eq!(sigs, ["XSDT", "DSDT", "FACP", "APIC", "MCFG"]);
     for (sig, t) in &tables {
         let dsl = disassemble(&dir, sig, t);
         match sig.as_str() {
@@ -123,11 +126,28 @@ fn tables_in_guest_memory_disassemble_cleanly() {
                     "EisaId (\"PNP0501\")",
                     "EisaId (\"PNP0303\")",
                     "0xD0001000",
+                    "Device (PCI0)",
+                    "Device (MBRD)",
+                    "EisaId (\"PNP0C02\")",
+                    "Memory32Fixed (ReadWrite,\n                    0xE0000000,         // Address Base\n                    0x00100000,         // Address Length",
+                    "EisaId (\"PNP0A08\")",
+                    "EisaId (\"PNP0A03\")",
+                    // _CRS: the 32-bit window and the 64-bit one (4 GiB
+                    // to 68 GiB for 64 MiB of RAM).
+                    "0xC0000000,         // Range Minimum",
+                    "0xCFFFFFFF,         // Range Maximum",
+                    "0x0000000100000000, // Range Minimum",
+                    "0x00000010FFFFFFFF, // Range Maximum",
                 ] {
                     assert!(dsl.contains(want), "DSDT has no {want:?}:\n{dsl}");
                 }
                 assert_eq!(dsl.matches("\"LNRO0005\"").count(), 2, "{dsl}");
                 assert!(!dsl.contains("VR02"), "{dsl}");
+            }
+            "MCFG" => {
+                for want in ["Base Address : 00000000E0000000", "Start Bus Number : 00", "End Bus Number : 00"] {
+                    assert!(dsl.contains(want), "MCFG has no {want:?}:\n{dsl}");
+                }
             }
             "APIC" => {
                 assert_eq!(dsl.matches("Subtable Type : 00 [Processor Local APIC]").count(), 4, "{dsl}");
@@ -172,7 +192,7 @@ fn acpi_guest_pvh_four_vcpus_and_virtio_devices() {
     let dir = scratch("acpi-guest-disks");
     let img = dir.join("disk.img");
     std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
-    let disk = format!("path={}", img.display());
+    let disk = format!("path={},transport=mmio", img.display());
     let o =
         run_guest("acpi", &["--boot", "pvh", "--cpus", "4", "--disk", &disk], "expect_entry=pvh ncpus=4 nvirtio=1", T);
     assert_code(&o, 0);

@@ -49,7 +49,7 @@ fn every_thread_is_filtered_and_unprivileged() {
     let jail = d.join("empty");
     std::fs::create_dir(&jail).unwrap();
     let g = guest("blk");
-    let disk = format!("path={}", img.display());
+    let disk = format!("path={},transport=mmio", img.display());
     let cmdline = format!("sectors=8192 s0_crc={:#x} hang_after=1 irq=1", crc32(&orig[..512]));
     let mut vm = Spawned::new(
         ember(),

@@ -4,7 +4,7 @@
 //! ember under test runs there and boots stock and test kernels ("L2") to
 //! user space. Each step below is a bash script, `tests/lab/steps/NAME.sh`,
 //! run in L1, and a check here over what it left (tests/lab/checks.rs);
-//! tests/lab/harness.rs boots L1 once for all of them and reports each step
+//! tests/lab/harness.rs boots the L1s that run them and reports each step
 //! as a test (`lab::NAME`). Without QEMU every step is `ignored`
 //! (`EMBER_REQUIRE_QEMU=1`: failed).
 //!
@@ -43,6 +43,9 @@ fn steps() -> Vec<Step> {
         Step::new("test_kernel_disk_write_ext2", 300, test_kernel_disk_write_ext2),
         Step::new("test_kernel_ext4_disk", 300, test_kernel_ext4_disk),
         Step::new("test_kernel_network", 600, test_kernel_network),
+        Step::new("debian_virtio_pci_disk_and_net", 600, debian_virtio_pci_disk_and_net),
+        Step::new("test_kernel_root_share", 900, test_kernel_root_share),
+        Step::new("debian_root_share_modules", 900, debian_root_share_modules),
     ]
 }
 
@@ -394,4 +397,121 @@ fn test_kernel_network(r: &StepRun) {
     assert_eq!(b.field("LAB-L2", "up_bytes"), Some(mib64));
     assert_eq!(b.field("LAB-L2", "up_md5"), Some(peer("up_md5")), "guest -> L1, 64 MiB\n{}", b.console);
     assert_eq!(r.get("peer_status"), "0");
+}
+
+/// Debian's stock kernel on ember's default transport: its own virtio_pci,
+/// virtio_blk and virtio_net modules find the disk (64 MiB) and the NIC on
+/// PCI bus 0, MSI-X; the guest writes an ext4 tree that e2fsck finds clean
+/// in L1 and on the host, whose data file the host reads back with the
+/// guest's md5; eth0 has ember's MAC and pings L1. With 1 and 2 vCPUs (the
+/// MSI-X vectors then delivered to both).
+fn debian_virtio_pci_disk_and_net(r: &StepRun) {
+    assert!(r.get("modules").parse::<u32>().unwrap() >= 9, "the modules' dependency closure\n{}", r.output);
+    for n in [1u32, 2] {
+        let b = r.l2(&format!("cpus{n}"));
+        assert_eq!(b.status, 0, "--cpus {n}: ember's exit status\n{}", b.console);
+        assert_eq!(b.field("LAB-L2", "error"), None, "--cpus {n}: the guest failed\n{}", b.console);
+        assert_eq!(b.field("LAB-L2", "insmod_failed"), None, "--cpus {n}\n{}", b.console);
+        assert_eq!(b.field("LAB-L2", "cpus"), Some(n.to_string()), "--cpus {n}: nproc\n{}", b.console);
+        assert_eq!(b.field("LAB-L2", "vda_sectors").as_deref(), Some("131072"), "--cpus {n}: 64 MiB\n{}", b.console);
+        let mac = format!("02:00:00:e0:0a:0{n}");
+        assert_eq!(b.field("LAB-L2", "mac"), Some(mac), "--cpus {n}: eth0's MAC is ember's\n{}", b.console);
+        // The bus as the guest's sysfs shows it: the host bridge, then the
+        // disk and the NIC bound to virtio-pci, each with its 64-bit BAR 0
+        // where ember placed it (the kernel kept it).
+        let pci: Vec<String> = b.lines().into_iter().filter(|l| l.starts_with("LAB-PCI ")).collect();
+        let want = [
+            "LAB-PCI 0000:00:00.0 0x1b36:0x0008 class=0x060000 driver= bar0=0x0000000000000000 0x0000000000000000",
+            "LAB-PCI 0000:00:01.0 0x1af4:0x1042 class=0x018000 driver=virtio-pci bar0=0x0000000100000000 0x0000000100007fff",
+            "LAB-PCI 0000:00:02.0 0x1af4:0x1041 class=0x020000 driver=virtio-pci bar0=0x0000000100008000 0x000000010000ffff",
+        ];
+        assert_eq!(pci, want, "--cpus {n}: PCI bus 0 in the guest\n{}", b.console);
+        let msix = b.lines().into_iter().filter(|l| l.starts_with("LAB-IRQ ") && l.contains("PCI-MSI")).count();
+        assert!(msix >= 4, "--cpus {n}: MSI-X vectors of virtio0 and virtio1 in /proc/interrupts\n{}", b.console);
+        // With two CPUs the kernel spreads the vectors: some are delivered
+        // to CPU 0, some to CPU 1 (each vector's own MSI route).
+        if n == 2 {
+            let cpus: std::collections::BTreeSet<String> = b
+                .lines()
+                .iter()
+                .filter(|l| l.starts_with("LAB-AFF "))
+                .filter_map(|l| l.split("effective=").nth(1).map(|c| c.trim().to_string()))
+                .collect();
+            assert!(cpus.contains("0") && cpus.contains("1"), "vectors on CPUs {cpus:?}\n{}", b.console);
+        }
+        assert!(!b.console.contains("PCI: Fatal"), "--cpus {n}\n{}", b.console);
+        assert!(b.lines().iter().any(|l| l.starts_with("/dev/vda /mnt ext4 rw")), "--cpus {n}\n{}", b.console);
+        assert_eq!(b.field("LAB-L2", "files").as_deref(), Some("100"), "--cpus {n}\n{}", b.console);
+        assert!(b.has_line("LAB-L2 unmounted"), "--cpus {n}\n{}", b.console);
+        assert!(b.console.contains("3 packets transmitted, 3 packets received"), "--cpus {n}: ping\n{}", b.console);
+        assert_eq!(b.field("LAB-L2", "ping").as_deref(), Some("0"), "--cpus {n}\n{}", b.console);
+        assert_eq!(
+            r.get(&format!("e2fsck_l1_{n}")),
+            "0",
+            "e2fsck -fn in L1:\n{}",
+            r.read(&format!("e2fsck-l1-{n}.txt"))
+        );
+        let img = r.path(&format!("disk{n}.img"));
+        e2fsck_clean(&img);
+        let dump = r.path(&format!("data{n}.bin"));
+        let o = std::process::Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("dump /dir/data.bin {}", dump.display()))
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "debugfs dump: {}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(std::fs::metadata(&dump).unwrap().len(), 8 << 20);
+        assert_eq!(b.field("LAB-L2", "data_md5"), Some(md5_hex(&dump)), "--cpus {n}: md5 guest vs host\n{}", b.console);
+    }
+}
+
+/// The pattern tests/lab/share_prog.c writes (its `byte_at`).
+fn share_pattern(len: usize) -> Vec<u8> {
+    (0..len as u64).map(|i| ((i.wrapping_mul(2654435761).wrapping_add(12345)) >> 13) as u8).collect()
+}
+
+/// `ember smoke --root-share` on the test kernel: L1's dynamically linked
+/// program ran in L2 in the caller's directory, environment and uid; its
+/// status (42) is ember's; the rw share holds its file byte for byte; the
+/// ro share refused the create; stdout, stderr and the kernel's console
+/// came out apart.
+fn test_kernel_root_share(r: &StepRun) {
+    root_share_checks(r);
+}
+
+/// The same on Debian's kernel, its modules loaded from its package.
+fn debian_root_share_modules(r: &StepRun) {
+    root_share_checks(r);
+    let log = r.read("root-kernel.log");
+    assert!(log.contains(r.get("release").as_str()), "Debian's kernel booted\n{log}");
+    assert!(!log.contains("insmod") && !log.contains("ember: cannot mount"), "every module loaded\n{log}");
+}
+
+fn root_share_checks(r: &StepRun) {
+    assert_eq!(r.get("dynamic"), "1", "share_prog is dynamically linked");
+    let b = r.l2("root");
+    let log = r.read("root-kernel.log");
+    let stderr = r.read("root-stderr.txt");
+    let all = format!("stdout:\n{}\nstderr:\n{stderr}\nconsole:\n{log}", b.console);
+    assert_eq!(b.status, 42, "the command's status is ember's\n{all}");
+    let (cwd, uid) = (r.get("cwd"), r.get("uid"));
+    assert_eq!(b.field("SHARE-PROG", "cwd"), Some(cwd), "{all}");
+    assert_eq!(b.field("SHARE-PROG", "uid"), Some(uid.clone()), "{all}");
+    assert_eq!(b.field("SHARE-PROG", "term").as_deref(), Some("lab-term"), "{all}");
+    assert_eq!(b.field("SHARE-PROG", "home").as_deref(), Some("/lab-home"), "{all}");
+    assert!(b.field("SHARE-PROG", "glibc").is_some(), "{all}");
+    assert_eq!(b.field("SHARE-PROG", "wrote").as_deref(), Some("1"), "{all}");
+    assert!(b.console.contains("ro_create=Read-only file system"), "the ro share refused the create\n{all}");
+    // Apart: the command's stderr on ember's stderr, the kernel's log only
+    // in the console log.
+    assert!(stderr.contains("SHARE-PROG to stderr") && !b.console.contains("to stderr"), "{all}");
+    assert!(log.contains("Linux version") && !b.console.contains("Linux version"), "{all}");
+    assert!(!log.contains("SHARE-PROG wrote"), "the command's stdout is not in the kernel's log\n{all}");
+    assert!(checks::kernel_log_problems(&log).is_empty(), "{:?}", checks::kernel_log_problems(&log));
+    assert_eq!(r.get("ro_files").trim(), "existing", "nothing was created in the ro share");
+    let written = std::fs::read(r.path("written.bin")).expect("the rw share's file, copied out by the step");
+    let expected = std::fs::read(r.path("expected.bin")).unwrap();
+    assert_eq!(expected, share_pattern((1 << 20) + 3), "the host-side generator agrees with the check");
+    assert!(written == expected, "written.bin: {} bytes, differs from the pattern", written.len());
 }

@@ -72,7 +72,7 @@ fn soak_blk_and_net() {
 
     // The disk VM: its stdin is a pipe the test writes 'q' to at the end.
     let g = guest("blk_soak");
-    let disk = format!("path={}", img.display());
+    let disk = format!("path={},transport=mmio", img.display());
     let mut blk = std::process::Command::new(ember())
         .args(["run", "--kernel", g.to_str().unwrap(), "--debug-exit", "--memory", "64M", "--disk", &disk])
         .args(["--cmdline", "irq=1"])

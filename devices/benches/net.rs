@@ -39,6 +39,18 @@
 //!   `read` into its buffer and a copy into guest memory per frame); raw:
 //!   one `read` per frame straight into guest memory.
 //!
+//! * **Transports** ("mmio", "pci" rows): two more TAPs (`tmmio`, `tpci`),
+//!   each with a `Net` behind a transport the bench brought up through its
+//!   registers as a driver does (virtio-pci: MSI-X, a vector per queue), on
+//!   rings of their own over the same buffers, served by an event loop of
+//!   their own (`event-manager`, as the VMM does). A batch is published,
+//!   the queue's notification eventfd written (what KVM's ioeventfd does;
+//!   not timed), then event-loop passes are timed until the batch is done:
+//!   `epoll_wait`, the eventfd read, the device's work and the interrupt (an
+//!   eventfd write, as KVM's irqfd; on PCI the queue's MSI-X vector). RX
+//!   frames are injected first (not timed); the refill kick and the backend
+//!   events deliver them.
+//!
 //! Frame sizes: 64 B and 1514 B (full-MTU) UDP/IPv4 Ethernet frames, and
 //! "64 KiB" TCP/IPv4 frames of 65534 bytes with a vnet header declaring
 //! `GSO_TCPV4` (gso_size 1448, partial checksum): the largest GSO packet
@@ -50,16 +62,24 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+
 use ember_devices::virtio::net::tap::{if_index, Tap, VNET_HDR_LEN};
-use ember_devices::virtio::net::{Net, NetConfig, RX_QUEUE, TX_QUEUE};
+use ember_devices::virtio::net::{Net, NetConfig, NetCounters, RX_QUEUE, TX_QUEUE};
 use ember_devices::virtio::VirtioDevice;
 use ember_devices::GuestMemoryMmap;
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_bindings::virtio_net::*;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vmm_sys_util::eventfd::EventFd;
+
+#[path = "support/transports.rs"]
+mod transports;
+use transports::Transported;
 
 const QSIZE: u16 = 256;
 const BATCH: usize = QSIZE as usize;
@@ -67,6 +87,8 @@ const ROUNDS: usize = 7;
 
 const RXQ: u64 = 0x0;
 const TXQ: u64 = 0x4000;
+/// Rings of the transport paths: (RX, TX) for mmio and pci.
+const TR_RINGS: [(u64, u64); 2] = [(0x8000, 0xc000), (0x1_0000, 0x1_4000)];
 /// Receive buffers: 256 slots of 64 KiB + header.
 const RX_BUFS: u64 = 0x10_0000;
 /// Transmit frames: 256 slots.
@@ -335,12 +357,62 @@ fn median(mut v: Vec<Sample>) -> Sample {
     v[v.len() / 2]
 }
 
+/// A `Net` behind a transport, on its own TAP, rings and event loop.
+struct TrPath {
+    name: &'static str,
+    rxq: u64,
+    txq: u64,
+    inj: OwnedFd,
+    kicks: Vec<EventFd>,
+    irqs: Vec<Arc<EventFd>>,
+    counters: Arc<NetCounters>,
+    /// One pass of the path's event loop (`epoll_wait` with no timeout).
+    pass: Box<dyn FnMut()>,
+}
+
+impl TrPath {
+    fn new<T: MutEventSubscriber + 'static>(
+        name: &'static str,
+        tr: Transported<T>,
+        rings: (u64, u64),
+        tap: &str,
+        counters: Arc<NetCounters>,
+    ) -> TrPath {
+        let mut em = EventManager::<Arc<Mutex<T>>>::new().unwrap();
+        em.add_subscriber(tr.t.clone());
+        TrPath {
+            name,
+            rxq: rings.0,
+            txq: rings.1,
+            inj: injector(tap),
+            kicks: tr.kicks,
+            irqs: tr.irqs,
+            counters,
+            pass: Box::new(move || {
+                em.run_with_timeout(0).unwrap();
+            }),
+        }
+    }
+
+    /// Runs event-loop passes until queue `q` has `want` more used
+    /// entries than `before`.
+    fn serve(&mut self, g: &Guest, q: u64, before: u16, want: usize) {
+        let mut spins = 0;
+        while (g.used_idx(q).wrapping_sub(before) as usize) < want {
+            (self.pass)();
+            spins += 1;
+            assert!(spins < 1_000_000, "{}: device stalled", self.name);
+        }
+    }
+}
+
 struct Bench {
     guest: Guest,
     net: Net,
     raw: Tap,
     inj_dev: OwnedFd,
     inj_raw: OwnedFd,
+    paths: Vec<TrPath>,
 }
 
 /// Indirect descriptor tables, one per transmit slot.
@@ -350,11 +422,11 @@ const TX_TABLES: u64 = 0x310_0000;
 /// Linux does: header and linear part in one descriptor for small frames;
 /// for a 64 KiB frame an indirect table with the header and protocol
 /// headers, then 16 page fragments.
-fn tx_chain(g: &Guest, slot: u16, len: usize) {
+fn tx_chain(g: &Guest, txq: u64, slot: u16, len: usize) {
     let addr = TX_BUFS + SLOT * u64::from(slot);
     let total = (VNET_HDR_LEN + len) as u64;
     if total <= 4096 {
-        g.desc(TXQ, slot, addr, total as u32, 0, 0);
+        g.desc(txq, slot, addr, total as u32, 0, 0);
         return;
     }
     let table = TX_TABLES + 0x200 * u64::from(slot);
@@ -371,11 +443,11 @@ fn tx_chain(g: &Guest, slot: u16, len: usize) {
         let flags = if last { 0 } else { VRING_DESC_F_NEXT as u16 };
         g.desc(table, i as u16, a, n as u32, flags, i as u16 + 1);
     }
-    g.desc(TXQ, slot, table, 16 * entries.len() as u32, VRING_DESC_F_INDIRECT as u16, 0);
+    g.desc(txq, slot, table, 16 * entries.len() as u32, VRING_DESC_F_INDIRECT as u16, 0);
 }
 
 impl Bench {
-    fn tx_round(&mut self, len: usize, frames: usize, dev: &mut Sample, raw: &mut Sample) {
+    fn tx_round(&mut self, len: usize, frames: usize, dev: &mut Sample, raw: &mut Sample, trs: &mut [Sample]) {
         let g = &self.guest;
         let heads: Vec<u16> = (0..QSIZE).collect();
         let eth = len;
@@ -391,6 +463,16 @@ impl Bench {
             let (t, c) = (t0.elapsed(), thread_cpu() - c0);
             assert_eq!(g.used_idx(TXQ).wrapping_sub(before) as usize, n);
             dev.add(t, c, n, n * eth);
+            // Transports: publish, kick (KVM's part), serve (timed).
+            for (p, s) in self.paths.iter_mut().zip(trs.iter_mut()) {
+                g.publish(p.txq, &heads[..n]);
+                let before = g.used_idx(p.txq);
+                p.kicks[TX_QUEUE].write(1).unwrap();
+                let (c0, t0) = (thread_cpu(), Instant::now());
+                p.serve(g, p.txq, before, n);
+                s.add(t0.elapsed(), thread_cpu() - c0, n, n * eth);
+                assert!(transports::drain(&p.irqs) > 0, "{}: no TX interrupt", p.name);
+            }
             // Raw: one write per frame from the same buffers.
             let fd = self.raw.as_raw_fd();
             let (c0, t0) = (thread_cpu(), Instant::now());
@@ -417,7 +499,15 @@ impl Bench {
 
     /// Receive `frames` frames of `frame`, the driver posting chains of
     /// one `buf_len`-byte buffer (several per frame when smaller than it).
-    fn rx_round(&mut self, frame: &[u8], buf_len: u32, frames: usize, dev: &mut Sample, raw: &mut Sample) {
+    fn rx_round(
+        &mut self,
+        frame: &[u8],
+        buf_len: u32,
+        frames: usize,
+        dev: &mut Sample,
+        raw: &mut Sample,
+        trs: &mut [Sample],
+    ) {
         let eth = frame.len() - VNET_HDR_LEN;
         let per_frame = frame.len().div_ceil(buf_len as usize);
         let heads: Vec<u16> = (0..QSIZE).collect();
@@ -447,6 +537,18 @@ impl Bench {
                 let e = RXQ + 0x2004 + 8 * slot + 4;
                 let len: u32 = g.mem.read_obj(GuestAddress(e)).unwrap();
                 assert_eq!(len as usize, frame.len());
+            }
+
+            // Transports: inject, publish, kick (not timed), serve.
+            for (p, s) in self.paths.iter_mut().zip(trs.iter_mut()) {
+                Self::inject(&p.inj, frame, n);
+                let before = g.used_idx(p.rxq);
+                g.publish(p.rxq, &heads[..chains]);
+                p.kicks[RX_QUEUE].write(1).unwrap();
+                let (c0, t0) = (thread_cpu(), Instant::now());
+                p.serve(g, p.rxq, before, chains);
+                s.add(t0.elapsed(), thread_cpu() - c0, n, n * eth);
+                assert!(transports::drain(&p.irqs) > 0, "{}: no RX interrupt", p.name);
             }
 
             // Raw: inject n frames, read each into guest memory.
@@ -479,8 +581,9 @@ fn main() {
         1.0
     });
     let ns = Netns::create();
-    ns.add_tap("tdev");
-    ns.add_tap("traw");
+    for tap in ["tdev", "traw", "tmmio", "tpci"] {
+        ns.add_tap(tap);
+    }
     ns.enter();
 
     let guest = Guest::new();
@@ -498,7 +601,18 @@ fn main() {
     net.activate(guest.mem.clone(), vec![guest.queue(RXQ), guest.queue(TXQ)]).unwrap();
     let raw = Tap::open("traw").unwrap();
     raw.set_offload(features).unwrap();
-    let mut b = Bench { guest, net, raw, inj_dev: injector("tdev"), inj_raw: injector("traw") };
+    // The same device behind each transport, on TAPs of their own.
+    let tr_net = |tap: &str| Net::new(&NetConfig { tap: tap.into(), mac: Some(DEV_MAC) }).unwrap();
+    let rings = |(rx, tx): (u64, u64)| [(rx, QSIZE), (tx, QSIZE)];
+    let n = tr_net("tmmio");
+    let counters = n.stats_handle();
+    let mmio = transports::mmio(Box::new(n), &guest.mem, features, &rings(TR_RINGS[0]));
+    let mmio = TrPath::new("mmio", mmio, TR_RINGS[0], "tmmio", counters);
+    let n = tr_net("tpci");
+    let counters = n.stats_handle();
+    let pci = transports::pci(Box::new(n), &guest.mem, features, &rings(TR_RINGS[1]));
+    let pci = TrPath::new("pci", pci, TR_RINGS[1], "tpci", counters);
+    let mut b = Bench { guest, net, raw, inj_dev: injector("tdev"), inj_raw: injector("traw"), paths: vec![mmio, pci] };
 
     // (direction, label, Ethernet bytes, receive buffer size, frames)
     let cases: [(&str, &str, usize, u32, usize); 7] = [
@@ -533,57 +647,72 @@ fn main() {
         }
         let frames = ((base_frames as f64 * scale) as usize).max(BATCH);
         let frame = make_frame(len, OTHER_MAC);
-        // Both paths use the same guest buffers.
+        // Every path uses the same guest buffers, on rings of its own.
         let g = &b.guest;
+        let queues: Vec<(u64, u64)> = [(RXQ, TXQ)].into_iter().chain(b.paths.iter().map(|p| (p.rxq, p.txq))).collect();
         for slot in 0..QSIZE {
             let addr = if dir == "TX" { TX_BUFS } else { RX_BUFS } + SLOT * u64::from(slot);
             if dir == "TX" {
                 g.mem.write_slice(&frame, GuestAddress(addr)).unwrap();
-                tx_chain(g, slot, len);
-            } else {
-                g.desc(RXQ, slot, addr, buf_len, VRING_DESC_F_WRITE as u16, 0);
+            }
+            for &(rxq, txq) in &queues {
+                if dir == "TX" {
+                    tx_chain(g, txq, slot, len);
+                } else {
+                    g.desc(rxq, slot, addr, buf_len, VRING_DESC_F_WRITE as u16, 0);
+                }
             }
         }
+        let ntr = b.paths.len();
         let run = |b: &mut Bench, frames: usize| {
-            let (mut d, mut r) = (Sample::default(), Sample::default());
+            let (mut d, mut r, mut t) = (Sample::default(), Sample::default(), vec![Sample::default(); ntr]);
             if dir == "TX" {
-                b.tx_round(len, frames, &mut d, &mut r);
+                b.tx_round(len, frames, &mut d, &mut r, &mut t);
             } else {
-                b.rx_round(&frame, buf_len, frames, &mut d, &mut r);
+                b.rx_round(&frame, buf_len, frames, &mut d, &mut r, &mut t);
             }
-            (d, r)
+            (d, r, t)
         };
         // Warm-up.
         run(&mut b, (frames / 10).max(BATCH));
-        let (mut devs, mut raws, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        // Per path (device, then the transports): samples and ratios.
+        let (mut devs, mut raws, mut ratios) = (vec![Vec::new(); ntr + 1], Vec::new(), vec![Vec::new(); ntr + 1]);
         for _ in 0..ROUNDS {
-            let (d, r) = run(&mut b, frames);
-            ratios.push(d.pps() / r.pps());
-            devs.push(d);
+            let (d, r, t) = run(&mut b, frames);
+            for (i, s) in [d].into_iter().chain(t).enumerate() {
+                ratios[i].push(s.pps() / r.pps());
+                devs[i].push(s);
+            }
             raws.push(r);
         }
-        ratios.sort_by(f64::total_cmp);
-        let ratio = ratios[ROUNDS / 2];
-        let (d, r) = (median(devs), median(raws));
+        let r = median(raws);
         println!("{:<4} {:<11} {:<6} {:>9.0} {:>9.2} {:>12.0}", dir, name, "raw", r.pps() / 1e3, r.gbps(), r.cpu_ns());
-        println!(
-            "{:<4} {:<11} {:<6} {:>9.0} {:>9.2} {:>12.0} {:>8.1}% {:>12.0}",
-            "",
-            "",
-            "device",
-            d.pps() / 1e3,
-            d.gbps(),
-            d.cpu_ns(),
-            ratio * 100.0,
-            d.cpu_ns() - r.cpu_ns()
-        );
+        let names: Vec<&str> = ["device"].into_iter().chain(b.paths.iter().map(|p| p.name)).collect();
+        for (i, path) in names.iter().enumerate() {
+            ratios[i].sort_by(f64::total_cmp);
+            let ratio = ratios[i][ROUNDS / 2];
+            let d = median(std::mem::take(&mut devs[i]));
+            println!(
+                "{:<4} {:<11} {:<6} {:>9.0} {:>9.2} {:>12.0} {:>8.1}% {:>12.0}",
+                "",
+                "",
+                path,
+                d.pps() / 1e3,
+                d.gbps(),
+                d.cpu_ns(),
+                ratio * 100.0,
+                d.cpu_ns() - r.cpu_ns()
+            );
+        }
     }
-    let s = b.net.stats();
     println!();
-    println!(
-        "device counters: tx {} frames {} bytes, {} dropped; rx {} frames {} bytes, {} dropped",
-        s.tx_frames, s.tx_bytes, s.tx_dropped, s.rx_frames, s.rx_bytes, s.rx_dropped
-    );
-    assert_eq!(s.tx_dropped + s.rx_dropped + s.tx_malformed + s.rx_malformed, 0);
+    let all = [("device", b.net.stats())].into_iter().chain(b.paths.iter().map(|p| (p.name, p.counters.snapshot())));
+    for (name, s) in all {
+        println!(
+            "{name} counters: tx {} frames {} bytes, {} dropped; rx {} frames {} bytes, {} dropped",
+            s.tx_frames, s.tx_bytes, s.tx_dropped, s.rx_frames, s.rx_bytes, s.rx_dropped
+        );
+        assert_eq!(s.tx_dropped + s.rx_dropped + s.tx_malformed + s.rx_malformed, 0, "{name}");
+    }
     drop(ns);
 }

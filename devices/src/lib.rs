@@ -10,13 +10,16 @@
 //!
 //! * [`legacy`]: the 8250 UART, the i8042 reset line, the debug-exit port and
 //!   the quiet stand-ins for probed-but-absent PC ports.
-//! * [`virtio`]: the virtio-mmio transport and the virtio-blk and virtio-net
-//!   devices.
+//! * [`pci`]: PCI bus 0 (host bridge, configuration space through 0xCF8 and
+//!   ECAM, BAR placement and decoding) and MSI-X.
+//! * [`virtio`]: the virtio-mmio and virtio-pci transports and the
+//!   virtio-blk and virtio-net devices.
 #![deny(missing_docs)]
 
 pub mod bus;
 pub mod interrupt;
 pub mod legacy;
+pub mod pci;
 pub mod virtio;
 
 /// The guest memory type every device in this crate works on.

@@ -25,11 +25,13 @@ fn main() -> std::io::Result<()> {
     let targets = [
         ("blk_request", seeds::blk_request()),
         ("mmio_registers", seeds::mmio_registers()),
+        ("pci_registers", seeds::pci_registers()),
         ("net_tx", seeds::net_tx()),
         ("kernel_image", seeds::kernel_image(hello.as_deref())),
         ("cli_parsers", seeds::cli_parsers()),
         ("cpio_roundtrip", seeds::cpio_roundtrip()),
         ("legacy_pio", seeds::legacy_pio()),
+        ("p9_server", seeds::p9_server()),
     ];
     for (target, list) in targets {
         let dir = root.join(target);

@@ -105,6 +105,6 @@ fuzz_target!(|data: &[u8]| {
             Err(_) => None,
         }
     };
-    let _ = boot::write_zero_page(&c.mem, RAM, &k, initrd, layout::ACPI_RSDP_START);
-    let _ = boot::write_pvh_info(&c.mem, RAM, initrd, layout::ACPI_RSDP_START);
+    let _ = boot::write_zero_page(&c.mem, RAM, None, &k, initrd, layout::ACPI_RSDP_START);
+    let _ = boot::write_pvh_info(&c.mem, RAM, None, initrd, layout::ACPI_RSDP_START);
 });

@@ -8,6 +8,9 @@
 //! * [`image`]: the disk images behind the virtio-blk targets (memfd).
 //! * [`virtio`]: the virtio-mmio register map, a minimal driver (device
 //!   initialisation, split rings) and the virtio-blk request builder.
+//! * [`pci`]: bus 0 with a virtio-pci function wired as a VMM would, and
+//!   the virtio-pci driver steps.
+//! * [`p9`]: the `p9_server` target's request encoding.
 //! * [`seeds`]: the seed corpus, written by `examples/gen_seeds.rs`.
 //!
 //! Nothing here links libFuzzer; only the targets in `fuzz_targets/` do.
@@ -15,5 +18,7 @@
 pub mod guest;
 pub mod image;
 pub mod input;
+pub mod pci;
+pub mod p9;
 pub mod seeds;
 pub mod virtio;

@@ -251,6 +251,203 @@ pub fn mmio_registers() -> Vec<Seed> {
     out
 }
 
+/// pci_registers opcodes.
+mod pop {
+    pub const CF8: u8 = 0;
+    pub const ECAM: u8 = 1;
+    pub const BAR: u8 = 2;
+    pub const WINDOW: u8 = 3;
+    pub const INIT: u8 = 4;
+    pub const DRIVER: u8 = 5;
+    pub const SERVE: u8 = 6;
+    pub const RESET: u8 = 7;
+    pub const MOVE: u8 = 8;
+    pub const COMMAND: u8 = 9;
+    pub const MSIX: u8 = 10;
+}
+
+/// A configuration access of the virtio function through 0xCF8/0xCFC.
+fn cf8(w: &mut Writer, reg: u16, len: usize, write: bool, val: u32) {
+    w.u8(pop::CF8).u8(0).u8(crate::pci::DEV).u16(reg).u8(u8::from(write));
+    w.u8(4 + (reg & 3) as u8);
+    crate::pci::put_width(w, len);
+    w.u32(val);
+}
+
+/// A common-configuration field at its natural width.
+fn common_field(w: &mut Writer, off: u64, len: usize, write: bool, val: u64) {
+    let i = crate::pci::common::FIELDS.iter().position(|&f| f == (off, len)).expect("a common field") as u8;
+    w.u8(pop::BAR).u8(0).u8(i).u8(u8::from(write)).u64(val);
+}
+
+/// An MSI-X table access (dword) at `off` in the table.
+fn table(w: &mut Writer, off: u16, len: usize, val: u64) {
+    w.u8(pop::BAR).u8(2).u16(off);
+    crate::pci::put_width(w, len);
+    w.u8(1).u64(val);
+}
+
+/// Seeds of `pci_registers`.
+pub fn pci_registers() -> Vec<Seed> {
+    use crate::pci::{cfg, common};
+    use status::*;
+    let mut out = Vec::new();
+
+    // What Linux does: identify, size BAR 0 with decoding off, enable
+    // memory and bus mastering, MSI-X (masked while programming), the
+    // virtio init sequence with a vector per queue, one request, a kick, a
+    // read of the ISR, a reset.
+    let mut w = Writer::new();
+    w.u8(0);
+    cf8(&mut w, cfg::ID, 4, false, 0);
+    cf8(&mut w, cfg::CLASS, 4, false, 0);
+    cf8(&mut w, cfg::COMMAND, 2, true, 0);
+    for reg in [cfg::BAR0, cfg::BAR1] {
+        cf8(&mut w, reg, 4, false, 0);
+        cf8(&mut w, reg, 4, true, 0xffff_ffff);
+        cf8(&mut w, reg, 4, false, 0);
+    }
+    cf8(&mut w, cfg::BAR0, 4, true, 0);
+    cf8(&mut w, cfg::BAR1, 4, true, 0x40);
+    cf8(&mut w, cfg::COMMAND, 2, true, u32::from(cfg::CMD_MEMORY | cfg::CMD_MASTER));
+    cf8(&mut w, cfg::CAP_PTR, 1, false, 0);
+    w.u8(pop::MSIX).u16(cfg::MSIX_ENABLE | cfg::MSIX_MASK);
+    for v in 0..2u16 {
+        table(&mut w, 16 * v, 4, 0xfee0_0000);
+        table(&mut w, 16 * v + 4, 4, 0);
+        table(&mut w, 16 * v + 8, 4, 0x40 + u64::from(v));
+        table(&mut w, 16 * v + 12, 4, 0);
+    }
+    w.u8(pop::MSIX).u16(cfg::MSIX_ENABLE);
+    for (off, len, val) in [
+        (common::STATUS, 1, 0),
+        (common::STATUS, 1, u64::from(ACKNOWLEDGE)),
+        (common::STATUS, 1, u64::from(ACKNOWLEDGE | DRIVER)),
+        (common::DFSELECT, 4, 1),
+        (common::GFSELECT, 4, 1),
+        (common::GF, 4, 1),
+        (common::GFSELECT, 4, 0),
+        (common::GF, 4, 1 << 28 | 1 << 29),
+        (common::STATUS, 1, u64::from(ACKNOWLEDGE | DRIVER | FEATURES_OK)),
+        (common::MSIX_CONFIG, 2, 1),
+        (common::Q_SELECT, 2, 0),
+        (common::Q_SIZE, 2, 128),
+        (common::Q_DESC, 8, STD_DESC),
+        (common::Q_DRIVER, 8, STD_AVAIL),
+        (common::Q_DEVICE, 4, STD_USED),
+        (common::Q_DEVICE + 4, 4, 0),
+        (common::Q_MSIX, 2, 0),
+        (common::Q_ENABLE, 2, 1),
+        (common::STATUS, 1, u64::from(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK)),
+    ] {
+        common_field(&mut w, off, len, true, val);
+        if off == common::DFSELECT {
+            common_field(&mut w, common::DF, 4, false, 0);
+        }
+    }
+    common_field(&mut w, common::STATUS, 1, false, 0);
+    w.u8(pop::DRIVER);
+    put_request_action(&mut w, &Request::simple(blk::T_IN, 1, &[512]));
+    w.u8(pop::DRIVER);
+    put_kick_action(&mut w);
+    w.u8(pop::BAR).u8(4).u8(0).u8(0);
+    crate::pci::put_width(&mut w, 1);
+    w.u8(0).u64(0);
+    common_field(&mut w, common::STATUS, 1, true, 0);
+    out.push(("linux_init_sequence", w.finish()));
+
+    // The init macro with MSI-X, I/O, a function mask around a kick (the
+    // vector goes pending, then is delivered), and the PBA.
+    let mut w = Writer::new();
+    w.u8(0);
+    w.u8(pop::INIT).u64(F_EVENT_IDX | F_INDIRECT_DESC).u8(8).u8(4).u8(0).u8(1);
+    w.u8(pop::DRIVER);
+    put_request_action(&mut w, &Request::simple(blk::T_OUT, 3, &[1024]));
+    w.u8(pop::DRIVER);
+    put_kick_action(&mut w);
+    w.u8(pop::MSIX).u16(cfg::MSIX_ENABLE | cfg::MSIX_MASK);
+    w.u8(pop::DRIVER);
+    put_request_action(&mut w, &Request::simple(blk::T_IN, 3, &[1024]));
+    w.u8(pop::DRIVER);
+    put_kick_action(&mut w);
+    w.u8(pop::BAR).u8(3).u8(0).u8(3).u8(0).u64(0);
+    w.u8(pop::MSIX).u16(cfg::MSIX_ENABLE);
+    w.u8(pop::SERVE).u8(0);
+    w.u8(pop::RESET);
+    out.push(("init_macro_msix_io", w.finish()));
+
+    // BAR moves: into the 32-bit window, over RAM, to 0, to all-ones, back
+    // with decoding off, with I/O in between.
+    let mut w = Writer::new();
+    w.u8(0);
+    w.u8(pop::INIT).u64(0).u8(4).u8(0).u8(0).u8(0);
+    w.u8(pop::MOVE).u8(0).u32(0x10_0000).u8(0);
+    w.u8(pop::DRIVER);
+    put_request_action(&mut w, &Request::simple(blk::T_IN, 0, &[512]));
+    w.u8(pop::DRIVER);
+    put_kick_action(&mut w);
+    w.u8(pop::MOVE).u8(2).u32(0x8000).u8(0);
+    w.u8(pop::MOVE).u8(3).u8(0);
+    w.u8(pop::MOVE).u8(4).u8(1);
+    w.u8(pop::MOVE).u8(1).u32(0).u8(1);
+    w.u8(pop::COMMAND).u16(0);
+    w.u8(pop::COMMAND).u16(cfg::CMD_MEMORY | cfg::CMD_INTX_DISABLE);
+    w.u8(pop::WINDOW).u8(3).u32(0x3000).u8(1).u64(0);
+    w.u8(pop::SERVE).u8(0);
+    out.push(("bar_moves", w.finish()));
+
+    // Configuration space at every width through both mechanisms, writes to
+    // read-only fields, CONFIG_ADDRESS at odd widths, the PCI_CFG window.
+    let mut w = Writer::new();
+    w.u8(1);
+    for reg in (0u16..0x100).step_by(3) {
+        for len in [1, 2, 4] {
+            cf8(&mut w, reg, len, false, 0);
+        }
+        w.u8(pop::ECAM).u32(u32::from(crate::pci::DEV) << 15 | u32::from(reg));
+        crate::pci::put_width(&mut w, 8);
+        w.u8(0).u32(0);
+    }
+    cf8(&mut w, cfg::ID, 4, true, 0);
+    cf8(&mut w, cfg::STATUS, 2, true, 0xffff);
+    w.u8(pop::CF8).u8(0).u8(0).u16(0).u8(3).u8(3);
+    crate::pci::put_width(&mut w, 1);
+    w.u32(1);
+    // The PCI_CFG window (last capability of ember's devices at 0x90):
+    // BAR 0, num_queues, 2 bytes.
+    cf8(&mut w, 0x94, 1, true, 0);
+    cf8(&mut w, 0x98, 4, true, common::NUM_QUEUES as u32);
+    cf8(&mut w, 0x9c, 4, true, 2);
+    cf8(&mut w, 0xa0, 2, false, 0);
+    w.u8(pop::ECAM).u32(u32::from(crate::pci::DEV) << 15 | 0xffe);
+    crate::pci::put_width(&mut w, 4);
+    w.u8(1).u32(u32::MAX);
+    out.push(("config_widths", w.finish()));
+
+    // Hostile MSI-X traffic: past the table, odd widths, the PBA, and
+    // vectors that do not exist.
+    let mut w = Writer::new();
+    w.u8(0);
+    w.u8(pop::INIT).u64(0).u8(4).u8(4).u8(0).u8(1);
+    table(&mut w, 32, 4, 0xfee0_0000);
+    table(&mut w, 0xff8, 8, u64::MAX);
+    table(&mut w, 1, 4, u64::MAX);
+    table(&mut w, 8, 1, 0x99);
+    table(&mut w, 12, 2, 1);
+    w.u8(pop::BAR).u8(3).u8(0).u8(2).u8(1).u64(u64::MAX);
+    common_field(&mut w, common::MSIX_CONFIG, 2, true, 7);
+    common_field(&mut w, common::Q_MSIX, 2, true, 0x8000);
+    w.u8(pop::BAR).u8(1).u8(4).u8(1).u8(1).u64(1);
+    w.u8(pop::BAR).u8(1).u8(2).u8(1).u8(1).u64(0);
+    w.u8(pop::DRIVER);
+    put_request_action(&mut w, &Request::simple(blk::T_IN, 0, &[512]));
+    w.u8(pop::DRIVER);
+    put_kick_action(&mut w);
+    out.push(("msix_hostile", w.finish()));
+
+    out
+}
+
 /// Seeds of `net_tx`.
 pub fn net_tx() -> Vec<Seed> {
     const TX_FRAME: u8 = 0;
@@ -602,5 +799,40 @@ pub fn legacy_pio() -> Vec<Seed> {
     }
     out.push(("probed_ports", w.finish()));
 
+    out
+}
+
+/// Seeds of `p9_server`: valid sessions (Linux's order of requests) and
+/// the hostile walks of the unit tests.
+pub fn p9_server() -> Vec<Seed> {
+    use crate::p9::Session;
+    use ember_devices::virtio::p9::wire::msg;
+    let mut out = Vec::new();
+
+    let mut s = Session::new(true, 2);
+    s.version(65536).attach(0).walk(0, 1, &[b"file"]).on_fid(msg::TGETATTR, 1).lopen(1, 0);
+    s.read(msg::TREAD, 1, 0, 4096).read(msg::TREAD, 1, 1000, 100_000).clunk(1);
+    s.walk(0, 2, &[b"sub"]).lopen(2, 0o200000).read(msg::TREADDIR, 2, 0, 8192).clunk(2).on_fid(msg::TSTATFS, 0);
+    out.push(("ro_read_session", s.finish()));
+
+    let mut s = Session::new(false, 2);
+    s.version(512 * 1024).attach(0).walk(0, 1, &[]).lcreate(1, b"new", 2, 0o644);
+    s.write(1, 0, b"hello").write(1, 1 << 20, b"sparse").read(msg::TREAD, 1, 0, 100).clunk(1);
+    s.walk(0, 2, &[]).mknod(2, b"fifo", 0o10644, 0, 0).renameat(0, b"new", 0, b"new2");
+    s.walk(0, 3, &[b"new2"]).link(0, 3, b"new").on_fid(msg::TREMOVE, 3);
+    out.push(("rw_session", s.finish()));
+
+    let mut s = Session::new(false, 1);
+    s.version(8192).attach(0).walk(0, 1, &[b"..", b"..", b"outside", b"canary"]);
+    s.walk(0, 2, &[b"abs"]).lopen(2, 2).on_fid(msg::TREADLINK, 2).link(0, 2, b"new");
+    s.walk(0, 3, &[b"dirlink", b"canary"]).walk(0, 4, &[b"../outside"]).walk(0, 5, &[b"slash", b"etc", b"passwd"]);
+    s.symlink(0, b"new2", b"../outside").walk(0, 6, &[b"new2", b"canary"]).lcreate(0, b"rel", 0o1002, 0o644);
+    s.mknod(0, b"fifo", 0o20666, 1, 3);
+    out.push(("hostile_walks", s.finish()));
+
+    let mut s = Session::new(false, 0);
+    s.version(4096).attach(0).attach(0).clunk(7).clunk(0).clunk(0);
+    s.raw(&[3, 0, 0, 0, 120, 1, 0]).raw(&[0xff, 0xff, 0xff, 0xff, 110, 1, 0, 0, 0]).raw(&[1, 2]);
+    out.push(("bad_fids_and_frames", s.finish()));
     out
 }

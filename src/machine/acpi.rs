@@ -1,6 +1,6 @@
 //! The ACPI tables, for kernels built with ACPI: RSDP, XSDT, a FADT in
 //! hardware-reduced mode, the MADT (one local APIC per vCPU, the IOAPIC,
-//! the LINT1 NMI), the DSDT (COM1, the i8042's two ports, the CMOS clock,
+//! the LINT1 NMI), the DSDT (COM1 and the extra UARTs, the i8042's two ports, the CMOS clock,
 //! the virtio-mmio devices, the PCI host bridge when there is one and the
 //! `_S5` sleep state) and, with a PCI root, the MCFG.
 //!
@@ -69,9 +69,10 @@ pub(crate) struct MmioDevice {
 }
 
 /// A PCI root (host bridge for bus 0): its configuration space and the
-/// windows its devices' BARs are placed in.
+/// windows its devices' BARs are placed in. Public (its fields are not) because the memory-map writers the fuzz
+/// targets call take one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct PciRoot {
+pub struct PciRoot {
     /// ECAM base of bus 0.
     pub(crate) ecam_base: u64,
     /// ECAM size (1 MiB per bus).
@@ -83,9 +84,8 @@ pub(crate) struct PciRoot {
 }
 
 impl PciRoot {
-    /// The PCI root of ember's layout for a VM whose RAM ends at `ram_end`.
-    // The device manager creates one once virtio-pci lands (issue 15).
-    #[allow(dead_code)]
+    /// The PCI root of ember's layout for a VM whose RAM ends at `ram_end`
+    /// (the device manager's, when a device is on PCI).
     pub(crate) fn for_layout(ram_end: u64) -> Self {
         PciRoot {
             ecam_base: PCI_ECAM_START,
@@ -111,6 +111,10 @@ pub(crate) struct Devices {
     /// The PCI root, when the VM has one (then the DSDT has a host bridge
     /// and there is an MCFG).
     pub(crate) pci: Option<PciRoot>,
+    /// The UARTs after COM1 (`VmConfig::extra_serials`), as (first port,
+    /// GSI): described like COM1 so that a kernel without legacy ISA
+    /// interrupts (no IRQ 3 or 4 of its own) still gets them through PNP.
+    pub(crate) extra_uarts: Vec<(u64, u32)>,
 }
 
 /// Built tables: the RSDP for [`ACPI_RSDP_START`] and every other table
@@ -164,6 +168,20 @@ fn dsdt_aml(devices: &Devices) -> Vec<u8> {
             &aml::Name::new("_CRS".into(), &com1_crs),
         ],
     )));
+
+    for (i, &(port, gsi)) in devices.extra_uarts.iter().enumerate() {
+        let (uart_io, uart_irq) = (io(port, COM1_PORT_LEN), edge_irq(gsi));
+        let crs = aml::ResourceTemplate::new(vec![&uart_io, &uart_irq]);
+        let uid = i as u32 + 1;
+        sb.push(aml_bytes(&aml::Device::new(
+            aml::Path::new(&format!("COM{}", i + 2)),
+            vec![
+                &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0501")),
+                &aml::Name::new("_UID".into(), &uid),
+                &aml::Name::new("_CRS".into(), &crs),
+            ],
+        )));
+    }
 
     // The i8042's keyboard port (data and command/status registers) and
     // its auxiliary port, each with its interrupt.
@@ -228,6 +246,20 @@ fn dsdt_aml(devices: &Devices) -> Vec<u8> {
                 &aml::Name::new("_SEG".into(), &0u8),
                 &aml::Name::new("_BBN".into(), &0u8),
                 &aml::Name::new("_CRS".into(), &crs),
+            ],
+        )));
+        // The ECAM again as a motherboard resource: once ACPI is up, Linux
+        // accepts an MCFG region that a PNP0C02 device reserves (else it
+        // notes "not reserved in ACPI motherboard resources" and falls
+        // back to the e820 map's reservation).
+        let ecam = aml::Memory32Fixed::new(true, pci.ecam_base as u32, pci.ecam_size as u32);
+        let ecam_crs = aml::ResourceTemplate::new(vec![&ecam]);
+        sb.push(aml_bytes(&aml::Device::new(
+            "MBRD".into(),
+            vec![
+                &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C02")),
+                &aml::Name::new("_UID".into(), &0u8),
+                &aml::Name::new("_CRS".into(), &ecam_crs),
             ],
         )));
     }
@@ -373,6 +405,7 @@ pub(crate) mod tests {
                 })
                 .collect(),
             pci: pci.then(|| PciRoot::for_layout(256 << 20)),
+            extra_uarts: Vec::new(),
         }
     }
 
@@ -504,8 +537,26 @@ pub(crate) mod tests {
         // \_S5 = Package { 5, 5, 0, 0 }.
         assert!(contains(aml, &[0x08, b'_', b'S', b'5', b'_', 0x12, 0x08, 4, 0x0a, 5, 0x0a, 5, 0, 0]));
         // No PCI without a PCI root.
-        assert!(!contains(aml, b"PCI0"));
+        assert!(!contains(aml, b"PCI0") && !contains(aml, b"MBRD"));
         assert!(find(&all, b"MCFG").is_none());
+        assert!(!contains(aml, b"COM2"));
+    }
+
+    #[test]
+    fn dsdt_describes_the_extra_uarts() {
+        let mut d = devices(0, false);
+        d.extra_uarts = vec![(0x2f8, 3), (0x3e8, 4)];
+        let all = tables_by_signature(&build(1, &d).unwrap());
+        let aml = &find(&all, b"DSDT").unwrap()[36..];
+        for name in [&b"COM1"[..], b"COM2", b"COM3"] {
+            assert!(contains(aml, name), "{name:?}");
+        }
+        assert!(!contains(aml, b"COM4"));
+        assert!(contains(aml, &[0x47, 1, 0xf8, 2, 0xf8, 2, 1, 8]), "COM2's ports");
+        assert!(contains(aml, &[0x89, 6, 0, 0x03, 1, 3, 0, 0, 0]), "COM2's interrupt");
+        assert!(contains(aml, &[0x47, 1, 0xe8, 3, 0xe8, 3, 1, 8]), "COM3's ports");
+        let hid = aml_bytes(&aml::EISAName::new("PNP0501"));
+        assert_eq!(aml.windows(hid.len()).filter(|w| *w == &hid[..]).count(), 3);
     }
 
     #[test]
@@ -529,6 +580,10 @@ pub(crate) mod tests {
         let mut m64 = (4u64 << 30).to_le_bytes().to_vec();
         m64.extend_from_slice(&((68u64 << 30) - 1).to_le_bytes());
         assert!(contains(aml, &m64));
+        // The ECAM as a PNP0C02 motherboard resource: Memory32Fixed,
+        // read-write, 0xe0000000, 1 MiB.
+        assert!(contains(aml, &aml_bytes(&aml::EISAName::new("PNP0C02"))));
+        assert!(contains(aml, &[0x86, 9, 0, 1, 0, 0, 0, 0xe0, 0, 0, 0x10, 0]));
         let mcfg = find(&all, b"MCFG").unwrap();
         assert_eq!(mcfg.len(), 36 + 8 + 16);
         assert_eq!(u64_at(mcfg, 44), 0xe000_0000);

@@ -5,10 +5,10 @@
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::boot::BootError;
-use crate::layout::{APIC_START, BIOS_AREA_SIZE, BIOS_AREA_START, EBDA_START, IOAPIC_START, LOW_RAM_END};
+use crate::layout::{self, APIC_START, BIOS_AREA_SIZE, BIOS_AREA_START, EBDA_START, IOAPIC_START, LOW_RAM_END};
 
 /// Pins on the in-kernel IOAPIC.
-pub(crate) const IOAPIC_PINS: u8 = 24;
+pub(crate) const IOAPIC_PINS: u8 = layout::IOAPIC_PINS as u8;
 const APIC_VERSION: u8 = 0x14;
 const IOAPIC_VERSION: u8 = 0x11;
 const CPU_ENABLED: u8 = 1;

@@ -11,12 +11,13 @@
 //! This module runs the test ([`Smoke`]); `initramfs` writes the archive
 //! and `report` turns the outcome into a verdict, a summary and JUnit.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use regex_lite::Regex;
 
-use crate::config::{SerialConfig, SharedWriter, VmConfig};
+use crate::config::{DiskConfig, NetConfig, SerialConfig, ShareConfig, SharedWriter, VmConfig};
 use crate::cpio::CpioError;
 use crate::error::Error;
 use crate::seccomp::SeccompMode;
@@ -25,11 +26,14 @@ use crate::sync::lock;
 use crate::vm::Vm;
 #[cfg(feature = "fuzzing")]
 pub use initramfs::build_initramfs;
+#[cfg(feature = "fuzzing")]
 pub use initramfs::init_script;
-use initramfs::{applets, build_archive};
+pub use initramfs::RootPlan;
+use initramfs::{applets, build_archive, init_script_for, modules_archive, GuestMount, InitPlan};
 pub use report::{Expectation, SmokeReport, Verdict};
 
 mod initramfs;
+mod modules;
 mod report;
 
 /// The console markers `/init` prints around the command: this, the run's
@@ -78,6 +82,9 @@ pub enum SmokeError {
     /// Building the initramfs failed.
     #[error("building the initramfs: {0}")]
     Cpio(#[from] CpioError),
+    /// The kernel's modules cannot be used.
+    #[error("{0}")]
+    Modules(String),
     /// The VM could not be built or started.
     #[error(transparent)]
     Vm(#[from] Error),
@@ -88,7 +95,9 @@ impl SmokeError {
     pub fn is_usage(&self) -> bool {
         match self {
             SmokeError::Vm(e) => e.is_usage(),
-            SmokeError::Read { .. } | SmokeError::Pattern { .. } | SmokeError::Busybox(_) => true,
+            SmokeError::Read { .. } | SmokeError::Pattern { .. } | SmokeError::Busybox(_) | SmokeError::Modules(_) => {
+                true
+            }
             SmokeError::Cpio(_) => true,
         }
     }
@@ -109,6 +118,52 @@ pub struct Smoke {
     command: Vec<String>,
     output: Option<SharedWriter>,
     seccomp: SeccompMode,
+    disks: Vec<DiskConfig>,
+    nets: Vec<NetConfig>,
+    shares: Vec<SmokeShare>,
+    root: Option<RootPlan>,
+    modules: Modules,
+    command_output: Option<(SharedWriter, SharedWriter)>,
+    console_log: Option<PathBuf>,
+}
+
+/// A directory shared with the guest of a smoke test.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SmokeShare {
+    /// The share (host directory, tag, read-only).
+    pub config: ShareConfig,
+    /// Where `/init` mounts it (default `/mnt/TAG`).
+    pub guest_path: Option<PathBuf>,
+}
+
+impl RootPlan {
+    /// The environment variables [`RootPlan::of_caller`] keeps.
+    pub const KEPT_ENV: &'static [&'static str] = &["PATH", "HOME", "TERM", "USER", "LOGNAME", "LANG"];
+
+    /// The calling process's working directory, environment (the
+    /// [`RootPlan::KEPT_ENV`] variables that are set) and user and group,
+    /// under the mount tag [`Smoke::ROOT_TAG`].
+    pub fn of_caller() -> std::io::Result<RootPlan> {
+        let cwd = std::env::current_dir()?.display().to_string();
+        let env = Self::KEPT_ENV.iter().filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v))).collect();
+        // SAFETY: getuid and getgid cannot fail and touch no memory.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        Ok(RootPlan { tag: Smoke::ROOT_TAG.to_string(), cwd, env, uid, gid })
+    }
+}
+
+/// Which kernel modules go into the initramfs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Modules {
+    /// `/lib/modules/RELEASE` when the kernel image's release is there,
+    /// else none (a kernel with what it needs built in).
+    #[default]
+    Auto,
+    /// None.
+    Off,
+    /// This module tree (holding `modules.dep`, or with it under
+    /// `lib/modules/RELEASE` or `RELEASE`).
+    Dir(PathBuf),
 }
 
 impl std::fmt::Debug for Smoke {
@@ -125,6 +180,8 @@ impl std::fmt::Debug for Smoke {
 }
 
 impl Smoke {
+    /// The mount tag of the host's root under [`Smoke::root_share`].
+    pub const ROOT_TAG: &'static str = "ember-root";
     /// Exit status when the timeout passed (as `timeout(1)`).
     pub const EXIT_TIMEOUT: i32 = 124;
     /// Exit status when ember itself failed (bad input, VM set-up), as
@@ -154,7 +211,54 @@ impl Smoke {
             command: Vec::new(),
             output: None,
             seccomp: SeccompMode::Off,
+            disks: Vec::new(),
+            nets: Vec::new(),
+            shares: Vec::new(),
+            root: None,
+            modules: Modules::Auto,
+            command_output: None,
+            console_log: None,
         }
+    }
+    /// Adds a virtio-blk disk.
+    pub fn disk(mut self, disk: DiskConfig) -> Self {
+        self.disks.push(disk);
+        self
+    }
+    /// Adds a virtio-net NIC.
+    pub fn net(mut self, nic: NetConfig) -> Self {
+        self.nets.push(nic);
+        self
+    }
+    /// Adds a shared directory; in command mode `/init` mounts it at its
+    /// guest path (default `/mnt/TAG`).
+    pub fn share(mut self, share: SmokeShare) -> Self {
+        self.shares.push(share);
+        self
+    }
+    /// Runs the command in the host's root file system, shared read-only
+    /// (tag [`Smoke::ROOT_TAG`]) with a tmpfs overlay on top, in `plan`'s
+    /// directory, environment and user. See [`RootPlan::of_caller`].
+    pub fn root_share(mut self, plan: RootPlan) -> Self {
+        self.root = Some(plan);
+        self
+    }
+    /// Which kernel modules go into the initramfs (default
+    /// [`Modules::Auto`]).
+    pub fn modules(mut self, m: Modules) -> Self {
+        self.modules = m;
+        self
+    }
+    /// The command's stdout and stderr go to these writers (through the
+    /// guest's ttyS1 and ttyS2), apart from the kernel's console.
+    pub fn command_output(mut self, stdout: SharedWriter, stderr: SharedWriter) -> Self {
+        self.command_output = Some((stdout, stderr));
+        self
+    }
+    /// Also writes the whole console to this file.
+    pub fn console_log(mut self, path: impl Into<PathBuf>) -> Self {
+        self.console_log = Some(path.into());
+        self
     }
     /// seccomp filters on the VM's threads and the calling thread (default
     /// off for library use; see [`VmConfig::seccomp`]).
@@ -249,11 +353,71 @@ impl Smoke {
         }
         let busybox = Smoke::find_busybox(self.busybox.as_deref())?;
         let bb = std::fs::read(&busybox).map_err(|source| SmokeError::Read { path: busybox.clone(), source })?;
-        let mut archive = build_archive(&bb, &applets(), &init_script(&self.command), Some(&nonce.0))?;
+        let modules = self.module_files()?;
+        let plan = InitPlan {
+            command: &self.command,
+            modules: modules.iter().map(|(n, _)| n.clone()).collect(),
+            mounts: self
+                .shares
+                .iter()
+                .map(|sh| GuestMount {
+                    tag: sh.config.tag.clone(),
+                    path: match &sh.guest_path {
+                        Some(p) => p.display().to_string(),
+                        None => format!("/mnt/{}", sh.config.tag),
+                    },
+                    read_only: sh.config.read_only,
+                })
+                .collect(),
+            root: self.root.clone(),
+            separate_output: self.command_output.is_some(),
+        };
+        let mut archive = build_archive(&bb, &applets(), &init_script_for(&plan), Some(&nonce.0))?;
+        if !modules.is_empty() {
+            archive.extend_from_slice(&modules_archive(&modules)?);
+        }
         if let Some(u) = user {
             archive.extend_from_slice(&u);
         }
         Ok(Some(archive))
+    }
+
+    /// The modules for the initramfs (kmod name, contents), in load order.
+    fn module_files(&self) -> Result<Vec<(String, Vec<u8>)>, SmokeError> {
+        let release = || modules::kernel_release_of(&self.kernel);
+        let dir = match &self.modules {
+            Modules::Off => return Ok(Vec::new()),
+            // A kernel that cannot be read fails later, with its own error.
+            Modules::Auto => match release().ok().flatten() {
+                Some(r) => match modules::module_dir(&PathBuf::from("/lib/modules").join(&r), None) {
+                    Some(d) => d,
+                    None => return Ok(Vec::new()),
+                },
+                None => return Ok(Vec::new()),
+            },
+            Modules::Dir(d) => {
+                let r = release()?;
+                modules::module_dir(d, r.as_deref()).ok_or_else(|| {
+                    SmokeError::Modules(format!(
+                        "no modules.dep in {} (nor under lib/modules/{} there){}",
+                        d.display(),
+                        r.as_deref().unwrap_or("RELEASE"),
+                        if r.is_none() { "; the kernel image's release could not be read" } else { "" }
+                    ))
+                })?
+            }
+        };
+        let mut out = Vec::new();
+        for m in modules::needed_modules(&dir)? {
+            let bytes = std::fs::read(&m.path).map_err(|source| SmokeError::Read { path: m.path.clone(), source })?;
+            out.push((m.name, bytes));
+        }
+        log::info!(
+            "modules from {}: {}",
+            dir.display(),
+            out.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(" ")
+        );
+        Ok(out)
     }
 
     /// Runs the test to its verdict.
@@ -270,6 +434,28 @@ impl Smoke {
         let nonce = Nonce::new();
         config.initrd_bytes = self.initramfs_with(&nonce)?.map(std::sync::Arc::new);
         config.seccomp = self.seccomp;
+        config.disks = self.disks.clone();
+        config.nets = self.nets.clone();
+        config.shares = self.shares.iter().map(|s| s.config.clone()).collect();
+        if let Some(root) = &self.root {
+            config.shares.push(ShareConfig { path: "/".into(), tag: root.tag.clone(), read_only: true });
+        }
+        // The command's stdout and stderr: to the caller's writers, and
+        // kept for the report.
+        let (cmd_out, cmd_err) = (SerialCapture::new(), SerialCapture::new());
+        if let Some((out, err)) = &self.command_output {
+            let tee = |w: &SharedWriter, c: &SerialCapture| -> SharedWriter {
+                std::sync::Arc::new(std::sync::Mutex::new(Tee(w.clone(), c.clone(), 0)))
+            };
+            config.extra_serials =
+                vec![SerialConfig::Writer(tee(out, &cmd_out)), SerialConfig::Writer(tee(err, &cmd_err))];
+        }
+        // Opened before the VM starts: under seccomp this thread opens
+        // nothing later.
+        let mut console_log = match &self.console_log {
+            Some(p) => Some(std::fs::File::create(p).map_err(|source| SmokeError::Read { path: p.clone(), source })?),
+            None => None,
+        };
         let console = SerialCapture::with_limit(CONSOLE_KEEP);
         config.serial = SerialConfig::Capture(console.clone());
         let vm = Vm::new(config)?;
@@ -300,6 +486,9 @@ impl Smoke {
             let closed = closed || ended;
             seen = end;
             out.raw(&chunk);
+            if let Some(f) = console_log.as_mut() {
+                let _ = f.write_all(&chunk);
+            }
             let mut lines = splitter.push(&chunk);
             if closed {
                 lines.extend(splitter.finish());
@@ -339,6 +528,9 @@ impl Smoke {
         // Anything printed between the last read and the stop.
         let (rest, _, _) = console.wait_next(seen, Duration::ZERO);
         out.raw(&rest);
+        if let Some(f) = console_log.as_mut() {
+            let _ = f.write_all(&rest);
+        }
         let all_matched = next == patterns.len();
         let verdict = if let Some(l) = panic_line {
             Verdict::Panic(l)
@@ -367,6 +559,7 @@ impl Smoke {
             elapsed,
             timeout: self.timeout,
             console: console.text(),
+            command_output: (cmd_out.text(), cmd_err.text()),
             kernel: self.kernel.clone(),
         })
     }
@@ -463,6 +656,29 @@ impl LineSplitter {
         let l = String::from_utf8_lossy(&self.pending).trim_end_matches(['\r', '\n']).to_string();
         self.pending.clear();
         l
+    }
+}
+
+/// How much of the command's stdout and of its stderr the report keeps.
+const KEPT_OUTPUT: usize = 1 << 20;
+
+/// Writes to the caller's writer and keeps a copy of the first
+/// [`KEPT_OUTPUT`] bytes.
+struct Tee(SharedWriter, SerialCapture, usize);
+
+impl std::io::Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let keep = buf.len().min(KEPT_OUTPUT - self.2);
+        self.1.write_all(&buf[..keep])?;
+        self.2 += keep;
+        let mut w = lock(&self.0);
+        w.write_all(buf)?;
+        w.flush()?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        lock(&self.0).flush()
     }
 }
 

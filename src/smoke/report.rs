@@ -52,6 +52,10 @@ pub struct SmokeReport {
     pub timeout: Duration,
     /// The whole console output.
     pub console: String,
+    /// The command's stdout and stderr (their first MiB each) when they
+    /// came apart from the console ([`Smoke::command_output`]); empty
+    /// otherwise.
+    pub command_output: (String, String),
     /// The kernel image.
     pub kernel: PathBuf,
 }
@@ -164,9 +168,22 @@ impl SmokeReport {
                 None => x.push_str("/>\n"),
             }
         }
+        let cdata = |t: &str| xml_text(t).replace("]]>", "]]]]><![CDATA[>");
+        // The console, then the command's own stdout when it came apart;
+        // its stderr as system-err.
         x.push_str("  <system-out><![CDATA[");
-        x.push_str(&xml_text(&self.console).replace("]]>", "]]]]><![CDATA[>"));
-        x.push_str("]]></system-out>\n</testsuite>\n</testsuites>\n");
+        x.push_str(&cdata(&self.console));
+        if !self.command_output.0.is_empty() {
+            x.push_str("\n--- the command's stdout ---\n");
+            x.push_str(&cdata(&self.command_output.0));
+        }
+        x.push_str("]]></system-out>\n");
+        if !self.command_output.1.is_empty() {
+            x.push_str("  <system-err><![CDATA[");
+            x.push_str(&cdata(&self.command_output.1));
+            x.push_str("]]></system-err>\n");
+        }
+        x.push_str("</testsuite>\n</testsuites>\n");
         x
     }
 }
@@ -222,6 +239,7 @@ mod tests {
             elapsed: Duration::from_millis(1500),
             timeout: Duration::from_secs(60),
             console: "line1\n\x1b[0m]]> end\n".into(),
+            command_output: (String::new(), String::new()),
             kernel: "vmlinux".into(),
         }
     }
@@ -267,6 +285,21 @@ mod tests {
         let s = report(Verdict::Timeout).summary();
         assert!(s.contains("TIMEOUT after 60 s waiting for expectation 2 \"never\\\"\""), "{s}");
         assert!(s.contains("1/2 expectations matched") && s.contains("1.500 s"), "{s}");
+    }
+
+    #[test]
+    fn junit_has_the_command_output_apart() {
+        let mut r = report(Verdict::Passed);
+        assert!(!r.junit_xml().contains("system-err") && !r.junit_xml().contains("the command's stdout"));
+        r.command_output = ("out <1>\n".into(), "err ]]> 2\n".into());
+        let x = r.junit_xml();
+        let (o, e) = (x.find("--- the command's stdout ---\nout <1>").unwrap(), x.find("<system-err>").unwrap());
+        assert!(
+            x.find("line1").unwrap() < o
+                && o < x.find("</system-out>").unwrap()
+                && x.find("</system-out>").unwrap() < e
+        );
+        assert!(x.contains("<system-err><![CDATA[err ]]]]><![CDATA[> 2"), "{x}");
     }
 
     #[test]

@@ -201,6 +201,44 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// A directory for the virtio-9p test guest (tests/guests/p9.c) to share:
+/// a 100,003-byte file (several reads at its msize, the last one short),
+/// and a symbolic link `out` to a directory outside holding a canary.
+pub struct P9Share {
+    /// The shared directory.
+    pub share: PathBuf,
+    data: Vec<u8>,
+    outside: PathBuf,
+}
+
+impl P9Share {
+    /// The directory under a scratch directory named `name`.
+    pub fn new(name: &str) -> P9Share {
+        let d = scratch(name);
+        let (share, outside) = (d.join("share"), d.join("outside"));
+        std::fs::create_dir_all(&share).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("passwd"), b"outside the share\n").unwrap();
+        std::os::unix::fs::symlink(&outside, share.join("out")).unwrap();
+        let data = pattern(100_003, 9);
+        std::fs::write(share.join("data.bin"), &data).unwrap();
+        P9Share { share, data, outside }
+    }
+
+    /// The guest's command line when the share's tag is `tag`.
+    pub fn guest_cmdline(&self, tag: &str) -> String {
+        format!("tag={tag} file=data.bin len={} crc={:#x} link=out", self.data.len(), crc32(&self.data))
+    }
+
+    /// The guest read the file's exact bytes and passed every step, and
+    /// nothing outside the share changed.
+    pub fn check(&self, console: &str) {
+        assert!(console.contains("p9: read 100003 bytes"), "{console}");
+        assert!(console.contains("P9 OK"), "{console}");
+        assert_eq!(std::fs::read(self.outside.join("passwd")).unwrap(), b"outside the share\n");
+    }
+}
+
 /// Whether `path` exists as a file.
 pub fn exists(path: &Path) -> bool {
     path.is_file()
@@ -304,6 +342,16 @@ pub fn expected_linux_e820(mem: u64, pvh: bool) -> Vec<String> {
         v.push((1 << 32, (1 << 32) + mem - hole, "usable"));
     }
     v.into_iter().map(|(a, b, t)| format!("BIOS-e820: [mem {a:#018x}-{:#018x}] {t}", b - 1)).collect()
+}
+
+/// [`expected_linux_e820`] for a VM with a PCI root: its ECAM (bus 0,
+/// 1 MiB at 0xe0000000) reserved, in address order.
+pub fn expected_linux_e820_with_pci(mem: u64, pvh: bool) -> Vec<String> {
+    let mut v = expected_linux_e820(mem, pvh);
+    let ecam = "BIOS-e820: [mem 0x00000000e0000000-0x00000000e00fffff] reserved".to_string();
+    let at = if mem > 0xc000_0000 { v.len() - 1 } else { v.len() };
+    v.insert(at, ecam);
+    v
 }
 
 /// Kernel command-line flags a Linux guest needs on hosts where guest code
@@ -515,7 +563,10 @@ impl NetNs {
     pub fn ember_args(&self, guest_name: &str, mac: &str, cmdline: &str) -> Vec<String> {
         let g = guest(guest_name);
         let e = ember();
-        let net = format!("tap={},mac={mac}", self.tap);
+        // The guest drives the transport its command line names, so the
+        // NIC is put on that one.
+        let transport = if cmdline.contains("transport=pci") { "pci" } else { "mmio" };
+        let net = format!("tap={},mac={mac},transport={transport}", self.tap);
         let mut args = self.prefix();
         for a in [
             e.to_str().unwrap(),
@@ -542,4 +593,101 @@ impl NetNs {
         let args = self.ember_args(guest_name, mac, cmdline);
         Spawned::new("ip", &args.iter().map(String::as_str).collect::<Vec<_>>())
     }
+}
+
+/// What `blk.c` leaves on a read-write disk of `orig` (its header comment):
+/// three pattern writes, a discarded range and a write-zeroed range.
+pub fn expected_after_blk(orig: &[u8]) -> Vec<u8> {
+    let mut e = orig.to_vec();
+    let cap = (orig.len() / 512) as u64;
+    let pat = |o: u64| ((o >> 9) * 31 + (o & 511) * 7 + 0x5a) as u8;
+    for s in [1, cap / 2, cap - 8] {
+        for o in s * 512..(s + 8) * 512 {
+            e[o as usize] = pat(o);
+        }
+    }
+    for (s, n) in [(64u64, 16u64), (96, 8)] {
+        e[(s * 512) as usize..((s + n) * 512) as usize].fill(0);
+    }
+    e
+}
+
+/// Asserts the image at `path` holds exactly `want`.
+pub fn assert_image(path: &Path, want: &[u8]) {
+    let got = std::fs::read(path).unwrap();
+    assert_eq!(got.len(), want.len(), "the image changed size");
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!("image differs first at byte {i} (sector {}): {:#x} != {:#x}", i / 512, got[i], want[i]);
+    }
+}
+
+/// UDP client run inside a namespace against the net test guest: echoes
+/// of 1, 100 and 1472 bytes, then 1,000 datagrams with at most 16 in
+/// flight; every reply must be byte-identical. Then "EMBER-QUIT". Prints
+/// "OK sent=N" or the first failure.
+pub const UDP_CLIENT: &str = r#"
+import socket, sys, os
+ip, port = sys.argv[1], 7
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(30)
+s.connect((ip, port))
+def check(payload):
+    s.send(payload)
+    got = s.recv(65536)
+    if got != payload:
+        print("MISMATCH len", len(payload), len(got)); sys.exit(1)
+for n in (1, 100, 1472):
+    check(os.urandom(n))
+sent = 3
+pending = {}
+seq = 0
+recv = 0
+while recv < 1000:
+    while seq < 1000 and len(pending) < 16:
+        p = seq.to_bytes(4, 'big') + os.urandom(60 + seq % 900)
+        pending[seq] = p; s.send(p); seq += 1
+    got = s.recv(65536)
+    k = int.from_bytes(got[:4], 'big')
+    if pending.pop(k, None) != got:
+        print("MISMATCH in burst at", k); sys.exit(1)
+    recv += 1
+s.send(b"EMBER-QUIT")
+bye = s.recv(100)
+print("OK sent=%d bye=%r" % (sent + 1000, bye))
+"#;
+
+/// Runs a test guest under `qemu-system-x86_64 -M q35` (TCG, PVH entry
+/// through SeaBIOS's loader): PCI with ECAM at 0xb0000000, isa-debug-exit
+/// at 0xf4; `extra` adds the devices.
+pub fn run_qemu_q35(guest_name: &str, cmdline: &str, extra: &[&str], deadline: Duration) -> Outcome {
+    let g = guest(guest_name);
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(q35_args(&g, cmdline)).args(extra).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    finish(cmd.spawn().expect("spawn qemu-system-x86_64"), deadline)
+}
+
+/// The arguments of a q35 run of the guest ELF `g` (without devices).
+pub fn q35_args(g: &Path, cmdline: &str) -> Vec<String> {
+    [
+        "-M",
+        "q35",
+        "-accel",
+        "tcg",
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+        "-m",
+        "128M",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=4",
+        "-kernel",
+        g.to_str().unwrap(),
+        "-append",
+        cmdline,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }

@@ -5,9 +5,11 @@
  * Parameters: sectors=N (expected capacity), s0_crc=0xC (CRC-32 of sector 0
  * as the test wrote it), id=STRING (expected GET_ID), ro=1 (the disk must be
  * read-only: writes must fail), irq=1 (wait for interrupts instead of
- * polling), event_idx=1 (negotiate VIRTIO_RING_F_EVENT_IDX), nth=N (use the
- * N-th block device, 0-based), hang_after=1 (halt after the checks instead
- * of exiting, so the host can inspect the running VMM).
+ * polling; MSI-X, a vector per queue, on virtio-pci), event_idx=1
+ * (negotiate VIRTIO_RING_F_EVENT_IDX), nth=N (use the N-th block device,
+ * 0-based), hang_after=1 (halt after the checks instead of exiting, so the
+ * host can inspect the running VMM), transport=pci (the device is on PCI
+ * bus 0; pci_mem= and pci_mem64= place its BARs, see virtio/pci.h).
  *
  * Writes (read-write disks): 8 sectors at sector 1 (one descriptor), at
  * capacity/2 (two descriptors), and the last 8 sectors; byte at offset o is
@@ -201,6 +203,12 @@ int main(void)
     /* An unknown request type. */
     CHECK(request(99, 0, NULL, 0, NULL) == S_UNSUPP, 89);
 
+    if (dev.pci && dev.irq_mode) {
+        /* MSI-X: every interrupt came on the queue's vector (entry 1), none
+         * on the configuration vector (entry 0). */
+        rt_printf("blk: MSI-X interrupts: config %u, queue %u\n", dev.vec_irqs[0], dev.vec_irqs[1]);
+        CHECK(dev.vec_irqs[0] == 0 && dev.vec_irqs[1] == dev.irqs, 89);
+    }
     rt_printf("BLK OK irqs=%u\n", dev.irqs);
     if (dev.irq_mode)
         CHECK(dev.irqs > 0, 89);

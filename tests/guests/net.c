@@ -7,7 +7,8 @@
  *
  * Parameters: guest_ip=A.B.C.D (required), mrg=1 (negotiate
  * VIRTIO_NET_F_MRG_RXBUF), irq=1 (wait for interrupts instead of polling;
- * needs the device's IRQ from the command line).
+ * on virtio-mmio this needs the device's IRQ from the command line, on
+ * virtio-pci it uses MSI-X), transport=pci (the device is on PCI bus 0).
  *
  * Buffers: NBUF 2 KiB buffers, all posted on the receive queue at start.
  * Replies are built in place in the receive buffer and sent from it (no
@@ -65,7 +66,7 @@ static void rx_post(u16 b)
 static void notify(struct vq *q)
 {
     mb();
-    vio_write(&dev, VIRTIO_MMIO_QUEUE_NOTIFY, (u32)q->index);
+    vio_notify(&dev, q);
 }
 
 /* Takes the next used entry of `q`, if any. */
@@ -252,8 +253,10 @@ int main(void)
     CHECK(vio_find(VIRTIO_ID_NET, 0, &dev), 70);
     if (!parse_ip(rt_param("guest_ip"), my_ip))
         rt_fail(71, "guest_ip=A.B.C.D is required");
-    dev.irq_mode = rt_param_is("irq", "1") && dev.irq != 0;
-    if (rt_param_is("irq", "1") && !dev.irq)
+    /* MMIO needs the IRQ from the command line; PCI uses MSI-X. */
+    bool irq_known = dev.irq != 0 || dev.pci;
+    dev.irq_mode = rt_param_is("irq", "1") && irq_known;
+    if (rt_param_is("irq", "1") && !irq_known)
         rt_puts("net: device IRQ unknown, polling\n");
     u64 wanted = BIT(VIRTIO_NET_F_MAC) | BIT(VIRTIO_NET_F_STATUS);
     if (rt_param_is("mrg", "1"))

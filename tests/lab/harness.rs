@@ -6,18 +6,20 @@
 //! `timeout` in its own cgroup, and a host-side check over what it left:
 //! its output, exit status and time, and the files in its work directory
 //! (the run's read-write 9p share, the same path in L1 and on the host).
-//! All steps that want the same L1 shape share one L1 boot. Whatever L1
-//! does, the harness ends: every step has a deadline enforced here too (L1
-//! itself can stop making progress), a step that never reports fails, the
-//! QEMU process is killed by PID and a fresh L1 runs the remaining steps
-//! (at most [`MAX_BOOTS`] boots per group), and the whole lab has a
-//! deadline ([`lab_deadline`]).
+//! The 1-vCPU steps are shared out among `EMBER_LAB_JOBS` L1s that run at
+//! once (each booted once, on its own work directory); wider L1s run after
+//! them, alone. Whatever L1 does, the harness ends: every step has a
+//! deadline enforced here too (L1 itself can stop making progress), a step
+//! that never reports fails, the QEMU process is killed by PID and a fresh
+//! L1 runs that L1's remaining steps (at most [`MAX_BOOTS`] boots per
+//! group), and the whole lab has a deadline ([`lab_deadline`]).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -48,6 +50,97 @@ fn lab_deadline() -> Duration {
         .and_then(|s| s.parse().ok())
         .map(Duration::from_secs)
         .unwrap_or(Duration::from_secs(1800))
+}
+
+/// How many 1-vCPU L1s run at once (`EMBER_LAB_JOBS`; default 2, one per
+/// host core here: an L1 with one vCPU keeps about one core busy).
+fn lab_jobs() -> usize {
+    match std::env::var("EMBER_LAB_JOBS") {
+        Err(_) => 2,
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => n,
+            _ => panic!("EMBER_LAB_JOBS={v:?}: want a number of L1s, 1 or more"),
+        },
+    }
+}
+
+/// Each step's cost in seconds, for sharing the steps out among the L1s:
+/// the times last measured here (`target/tmp/lab-step-secs`, written after
+/// each run), else the ones recorded in `tests/lab/step-secs`.
+fn step_costs() -> BTreeMap<String, f64> {
+    let mut costs = BTreeMap::new();
+    for f in [repo().join("tests/lab/step-secs"), measured_costs_file()] {
+        for line in std::fs::read_to_string(f).unwrap_or_default().lines() {
+            let mut w = line.split_whitespace();
+            if let (Some(name), Some(Ok(secs))) = (w.next(), w.next().map(str::parse::<f64>)) {
+                if !name.starts_with('#') {
+                    costs.insert(name.to_string(), secs);
+                }
+            }
+        }
+    }
+    costs
+}
+
+fn measured_costs_file() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("lab-step-secs")
+}
+
+/// Adds the times of the steps that passed to the measured costs.
+fn record_costs(reports: &[Report]) {
+    let mut costs: BTreeMap<String, f64> = BTreeMap::new();
+    for line in std::fs::read_to_string(measured_costs_file()).unwrap_or_default().lines() {
+        if let Some((n, v)) = line.split_once(' ') {
+            if let Ok(v) = v.trim().parse() {
+                costs.insert(n.to_string(), v);
+            }
+        }
+    }
+    for r in reports.iter().filter(|r| matches!(r.outcome, Outcome::Ok)) {
+        costs.insert(r.name.trim_start_matches("lab::").to_string(), r.secs);
+    }
+    let text: String = costs.iter().map(|(n, v)| format!("{n} {v:.1}\n")).collect();
+    let _ = std::fs::write(measured_costs_file(), text);
+}
+
+/// Shares `steps` out among at most `jobs` L1s: longest first, each to the
+/// L1 with the least work so far. A step with no recorded cost counts as
+/// the median recorded one. Each L1 runs its steps in the order listed.
+fn plan_lanes<'a>(steps: &[&'a Step], jobs: usize, costs: &BTreeMap<String, f64>) -> Vec<Vec<&'a Step>> {
+    let mut known: Vec<f64> = steps.iter().filter_map(|s| costs.get(s.name).copied()).collect();
+    known.sort_by(f64::total_cmp);
+    let default = known.get(known.len() / 2).copied().unwrap_or(60.0);
+    let cost = |s: &Step| costs.get(s.name).copied().unwrap_or(default);
+    let mut order: Vec<usize> = (0..steps.len()).collect();
+    order.sort_by(|&a, &b| cost(steps[b]).total_cmp(&cost(steps[a])).then(a.cmp(&b)));
+    let n = jobs.min(steps.len());
+    let mut load = vec![0.0f64; n];
+    let mut lane_of = vec![0; steps.len()];
+    for i in order {
+        let lane = (0..n).min_by(|&a, &b| load[a].total_cmp(&load[b]).then(a.cmp(&b))).unwrap();
+        load[lane] += cost(steps[i]);
+        lane_of[i] = lane;
+    }
+    (0..n).map(|lane| (0..steps.len()).filter(|&i| lane_of[i] == lane).map(|i| steps[i]).collect()).collect()
+}
+
+/// The stage's time: wall, per L1 and per step, and the steps' sum.
+fn print_times(reports: &[Report], wall: Duration, prepared: Duration, l1s: &[(String, Duration)], jobs: usize) {
+    let sum: f64 = reports.iter().map(|r| r.secs).sum();
+    eprintln!(
+        "\nlab: wall time {:.1} s (prepare {:.1} s), {} step(s) summing to {sum:.1} s, EMBER_LAB_JOBS={jobs}",
+        wall.as_secs_f64(),
+        prepared.as_secs_f64(),
+        reports.len()
+    );
+    for (what, t) in l1s {
+        eprintln!("lab:   {what}: {:.1} s with its boots", t.as_secs_f64());
+    }
+    let mut by_time: Vec<&Report> = reports.iter().collect();
+    by_time.sort_by(|a, b| b.secs.total_cmp(&a.secs));
+    for r in by_time {
+        eprintln!("lab:   {:>7.1} s  {}", r.secs, r.name);
+    }
 }
 
 /// A host-side check: panics (assert!, assert_eq!, panic!) on failure.
@@ -453,7 +546,7 @@ struct Lab {
     work: PathBuf,
     deadline: Instant,
     nocapture: bool,
-    any_failed: bool,
+    any_failed: AtomicBool,
 }
 
 impl Lab {
@@ -461,10 +554,11 @@ impl Lab {
         let work = std::env::temp_dir().join(format!("ember-lab-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&work);
         std::fs::create_dir_all(&work).unwrap();
-        Lab { work, deadline: Instant::now() + lab_deadline(), nocapture, any_failed: false }
+        Lab { work, deadline: Instant::now() + lab_deadline(), nocapture, any_failed: AtomicBool::new(false) }
     }
 
-    fn run(&mut self, selected: &[&Step], reports: &mut Vec<Report>) {
+    fn run(&self, selected: &[&Step], reports: &mut Vec<Report>) {
+        let start = Instant::now();
         if let Err(why) = self.prepare() {
             for s in selected {
                 let r = Report { name: full_name(s), outcome: Outcome::Failed(why.clone()), secs: 0.0 };
@@ -473,18 +567,55 @@ impl Lab {
             }
             return;
         }
-        // One L1 per vCPU count, in the order the steps first ask for it.
+        let prepared = start.elapsed();
+        // The 1-vCPU steps: `EMBER_LAB_JOBS` L1s at once, each with its own
+        // share of the steps (longest first to the least loaded L1).
+        let jobs = lab_jobs();
+        let ones: Vec<&Step> = selected.iter().copied().filter(|s| s.smp == 1).collect();
+        let lanes = plan_lanes(&ones, jobs, &step_costs());
+        let mut timings: Vec<(String, Duration)> = Vec::new();
+        let lane_reports: Vec<(Vec<Report>, Duration)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = lanes
+                .iter()
+                .enumerate()
+                .map(|(i, lane)| {
+                    let dir = self.lane_dir(&format!("l1-{}", i + 1));
+                    eprintln!(
+                        "lab: L1 #{} (1 vCPU) runs {}",
+                        i + 1,
+                        lane.iter().map(|s| s.name).collect::<Vec<_>>().join(" ")
+                    );
+                    scope.spawn(move || {
+                        let t = Instant::now();
+                        (self.run_group(&dir, 1, lane), t.elapsed())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("a lab lane panicked")).collect()
+        });
+        for (i, (r, t)) in lane_reports.into_iter().enumerate() {
+            timings.push((format!("L1 #{} (1 vCPU)", i + 1), t));
+            reports.extend(r);
+        }
+        // A wider L1 runs alone, after them: with 2 host cores a 2-vCPU L1
+        // beside another L1 would oversubscribe them, and TCG's nested SVM
+        // with 2 vCPUs is the less stable shape under load (docs/testing.md).
         let mut shapes: Vec<u8> = Vec::new();
         for s in selected {
-            if !shapes.contains(&s.smp) {
+            if s.smp != 1 && !shapes.contains(&s.smp) {
                 shapes.push(s.smp);
             }
         }
         for smp in shapes {
             let group: Vec<&Step> = selected.iter().copied().filter(|s| s.smp == smp).collect();
-            self.run_group(smp, &group, reports);
+            let dir = self.lane_dir(&format!("l1-smp{smp}"));
+            let t = Instant::now();
+            reports.extend(self.run_group(&dir, smp, &group));
+            timings.push((format!("L1 with {smp} vCPUs"), t.elapsed()));
         }
-        if self.any_failed {
+        print_times(reports, start.elapsed(), prepared, &timings, jobs);
+        record_costs(reports);
+        if self.any_failed.load(Ordering::Relaxed) {
             eprintln!("lab: work directory kept for the failures: {}", self.work.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.work);
@@ -535,20 +666,38 @@ impl Lab {
         Ok(())
     }
 
-    fn write_plan(&self, steps: &[&Step]) {
-        let plan: String =
-            steps.iter().map(|s| format!("{} {} {}\n", s.name, s.timeout.as_secs(), s.script().display())).collect();
-        std::fs::write(self.work.join("plan"), plan).unwrap();
+    /// A work directory for one L1 (its plan, its QEMU monitor socket and
+    /// its steps' `out/NAME`), sharing the prepared initramfs and env file.
+    fn lane_dir(&self, name: &str) -> PathBuf {
+        let dir = self.work.join(name);
+        std::fs::create_dir_all(dir.join("out")).unwrap();
+        for f in ["env", "l1-initramfs.cpio"] {
+            let (from, to) = (self.work.join(f), dir.join(f));
+            if !to.exists() && std::fs::hard_link(&from, &to).is_err() {
+                std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("{} to {}: {e}", from.display(), to.display()));
+            }
+        }
+        dir
     }
 
-    fn fail(&mut self, reports: &mut Vec<Report>, step: &Step, why: String, secs: f64) {
-        self.any_failed = true;
+    fn write_plan(&self, lane: &Path, steps: &[&Step]) {
+        let plan: String =
+            steps.iter().map(|s| format!("{} {} {}\n", s.name, s.timeout.as_secs(), s.script().display())).collect();
+        std::fs::write(lane.join("plan"), plan).unwrap();
+    }
+
+    fn fail(&self, reports: &mut Vec<Report>, step: &Step, why: String, secs: f64) {
+        self.any_failed.store(true, Ordering::Relaxed);
         let r = Report { name: full_name(step), outcome: Outcome::Failed(why), secs };
         print_result(&r);
         reports.push(r);
     }
 
-    fn run_group(&mut self, smp: u8, group: &[&Step], reports: &mut Vec<Report>) {
+    /// Runs `group` in an L1 with `smp` vCPUs on the work directory `lane`
+    /// (a fresh L1 for the rest after one stops making progress).
+    fn run_group(&self, lane: &Path, smp: u8, group: &[&Step]) -> Vec<Report> {
+        let mut out = Vec::new();
+        let reports = &mut out;
         let mut remaining: Vec<&Step> = group.to_vec();
         let mut boots = 0;
         while !remaining.is_empty() {
@@ -561,37 +710,41 @@ impl Lab {
                 for s in std::mem::take(&mut remaining) {
                     self.fail(reports, s, why.clone(), 0.0);
                 }
-                return;
+                break;
             }
             boots += 1;
-            self.write_plan(&remaining);
+            self.write_plan(lane, &remaining);
             let boot_start = Instant::now();
-            let mut l1 = match L1::boot(&self.work, smp) {
+            let mut l1 = match L1::boot(lane, smp) {
                 Ok(l1) => l1,
                 Err(e) => {
                     for s in std::mem::take(&mut remaining) {
                         self.fail(reports, s, format!("cannot start scripts/lab boot: {e}"), 0.0);
                     }
-                    return;
+                    return out;
                 }
             };
             // Up to READY.
             match self.wait_marker(&l1, boot_start + L1_BOOT_TIMEOUT, |m| matches!(m, Marker::Ready | Marker::Fatal(_)))
             {
                 Wait::Marker(Marker::Ready) => {
-                    eprintln!("lab: L1 ({smp} vCPUs) ready after {:.1} s", boot_start.elapsed().as_secs_f64())
+                    eprintln!(
+                        "lab: L1 {} ({smp} vCPUs) ready after {:.1} s",
+                        lane.display(),
+                        boot_start.elapsed().as_secs_f64()
+                    )
                 }
                 Wait::Marker(Marker::Fatal(m)) => {
                     let why = format!("L1 cannot run steps: {m}\nL1's console:\n{}", l1.tail(CONSOLE_TAIL));
                     for s in std::mem::take(&mut remaining) {
                         self.fail(reports, s, why.clone(), 0.0);
                     }
-                    return;
+                    return out;
                 }
                 other => {
                     let what = other.why("L1's READY line");
                     l1.kill();
-                    eprintln!("lab: {what}; booting L1 again\n{}", l1.tail(CONSOLE_TAIL));
+                    eprintln!("lab: {}: {what}; booting L1 again\n{}", lane.display(), l1.tail(CONSOLE_TAIL));
                     continue;
                 }
             }
@@ -614,7 +767,7 @@ impl Lab {
                 remaining.remove(0);
                 match ended {
                     Wait::Marker(Marker::End { name, status, secs, leftovers }) if name == step.name => {
-                        let run = StepRun::load(&self.work, step.name, status, secs, began.elapsed(), leftovers);
+                        let run = StepRun::load(lane, step.name, status, secs, began.elapsed(), leftovers);
                         if self.nocapture {
                             eprintln!(
                                 "---- lab::{} output ({:.1} s in L1, {:.1} s here) ----\n{}",
@@ -650,9 +803,9 @@ impl Lab {
                             other.why("its END line"),
                             step.timeout.as_secs()
                         );
-                        let out = std::fs::read_to_string(self.work.join("out").join(step.name).join("output.log"))
+                        let out = std::fs::read_to_string(lane.join("out").join(step.name).join("output.log"))
                             .unwrap_or_default();
-                        let state = if matches!(other, Wait::Closed) { String::new() } else { l1.state(&self.work) };
+                        let state = if matches!(other, Wait::Closed) { String::new() } else { l1.state(lane) };
                         let detail = format!(
                             "{why}\noutput so far (last {OUTPUT_TAIL} lines):\n{}\nL1's console (last {CONSOLE_TAIL} lines):\n{}{state}",
                             tail_lines(&out, OUTPUT_TAIL),
@@ -662,7 +815,10 @@ impl Lab {
                         self.fail(reports, step, detail, secs);
                         l1.kill();
                         if !remaining.is_empty() {
-                            eprintln!("lab: killed L1 (QEMU) after {}; booting a fresh L1 for the rest", step.name);
+                            eprintln!(
+                                "lab: killed L1 (QEMU) after {}; booting a fresh L1 for the rest of its steps",
+                                step.name
+                            );
                         }
                         break;
                     }
@@ -673,6 +829,7 @@ impl Lab {
                 let _ = self.wait_marker(&l1, Instant::now() + Duration::from_secs(30), |m| matches!(m, Marker::Done));
             }
         }
+        out
     }
 
     fn wait_marker(&self, l1: &L1, until: Instant, want: impl Fn(&Marker) -> bool) -> Wait {
@@ -811,5 +968,14 @@ fn self_test() {
     ));
     assert!(parse_marker("@@LAB END a secs=1").is_none());
     assert!(parse_marker("nothing").is_none());
+    // Longest first to the least loaded L1; "d" has no cost: the median (7).
+    let steps: Vec<Step> = ["a", "b", "c", "d"].into_iter().map(|n| Step::new(n, 1, |_| {})).collect();
+    let refs: Vec<&Step> = steps.iter().collect();
+    let costs: BTreeMap<String, f64> = [("a", 10.0), ("b", 7.0), ("c", 5.0)].map(|(n, c)| (n.to_string(), c)).into();
+    let names =
+        |lanes: Vec<Vec<&Step>>| lanes.iter().map(|l| l.iter().map(|s| s.name).collect()).collect::<Vec<Vec<_>>>();
+    assert_eq!(names(plan_lanes(&refs, 2, &costs)), [vec!["a", "c"], vec!["b", "d"]]);
+    assert_eq!(names(plan_lanes(&refs, 1, &costs)), [vec!["a", "b", "c", "d"]]);
+    assert_eq!(names(plan_lanes(&refs[..1], 3, &costs)), [vec!["a"]]);
     super::checks::self_test();
 }

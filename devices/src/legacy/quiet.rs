@@ -1,6 +1,7 @@
 //! Ports a Linux guest probes on every PC (other COM ports, the parallel
-//! port, VGA, PCI configuration, the POST/delay port…) that a microVM does
-//! not have. They answer like absent hardware — reads all-ones, writes
+//! port, VGA, the POST/delay port…) that a microVM does not have (the PCI
+//! configuration ports are the VMM's choice: a PCI root, or a
+//! [`QuietPorts`] when the VM has none). They answer like absent hardware — reads all-ones, writes
 //! ignored — without the "unknown port" log line, so probing is cheap and
 //! quiet.
 
@@ -12,7 +13,8 @@ pub struct QuietPorts;
 
 /// `(base, length)` of every port range [`QuietPorts`] should cover on an
 /// x86 microVM (COM1, the i8042, the RTC and the debug-exit port are real
-/// devices and not in this list; the PIC, PIT and speaker port are in KVM).
+/// devices and not in this list, nor are the PCI configuration ports; the
+/// PIC, PIT and speaker port are in KVM).
 pub const QUIET_PORT_RANGES: &[(u16, u16)] = &[
     (0x0000, 0x20), // DMA controller 1
     (0x0080, 0x10), // POST/delay port 0x80, DMA page registers
@@ -31,7 +33,6 @@ pub const QUIET_PORT_RANGES: &[(u16, u16)] = &[
     (0x03e8, 0x08), // COM3
     (0x03f0, 0x06), // floppy controller
     (0x03f6, 0x01), // primary IDE control
-    (0x0cf8, 0x08), // PCI configuration mechanism #1
 ];
 
 impl BusDevice for QuietPorts {

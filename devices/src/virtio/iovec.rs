@@ -224,6 +224,84 @@ impl IoVecs<'_> {
         off
     }
 
+    /// The parts of the buffers covering bytes `[off, off + len)` of the
+    /// list, in order, as (host address, length); shorter if the list is.
+    fn parts(&self, mut off: usize, mut len: usize) -> impl Iterator<Item = (*mut u8, usize)> + '_ {
+        self.as_raw().iter().filter_map(move |v| {
+            if len == 0 {
+                return None;
+            }
+            if off >= v.iov_len {
+                off -= v.iov_len;
+                return None;
+            }
+            let n = (v.iov_len - off).min(len);
+            // SAFETY: off < iov_len, so the pointer stays inside the buffer.
+            let p = unsafe { v.iov_base.cast::<u8>().add(off) };
+            off = 0;
+            len -= n;
+            Some((p, n))
+        })
+    }
+
+    /// Copies `src` into the buffers from byte `off` of the list on, up to
+    /// the list's end; returns the bytes copied.
+    pub(crate) fn copy_from_at(&self, off: usize, src: &[u8]) -> usize {
+        let mut done = 0;
+        for (p, n) in self.parts(off, src.len()) {
+            // SAFETY: `p` is live guest memory of at least `n` bytes (the
+            // list's invariant and `parts`); `src[done..done + n]` is in
+            // bounds because the parts add up to at most `src.len()`.
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr().add(done), p, n) };
+            done += n;
+        }
+        done
+    }
+
+    /// Copies the buffers' bytes, in order, into `dst`, up to the shorter
+    /// of the two; returns the bytes copied.
+    pub(crate) fn copy_to(&self, dst: &mut [u8]) -> usize {
+        let mut done = 0;
+        for (p, n) in self.parts(0, dst.len()) {
+            // SAFETY: `p` is live guest memory of at least `n` bytes;
+            // `dst[done..done + n]` is in bounds (the parts add up to at
+            // most `dst.len()`); host and guest buffers cannot overlap.
+            unsafe { std::ptr::copy_nonoverlapping(p, dst.as_mut_ptr().add(done), n) };
+            done += n;
+        }
+        done
+    }
+
+    /// Appends bytes `[off, off + len)` of `src`, a list on the same guest
+    /// memory, to this list (up to `src`'s end); `false` (the list possibly
+    /// partly extended) if `src` is on other memory or this list is full.
+    pub(crate) fn push_part_of(&mut self, src: &IoVecs<'_>, off: usize, len: usize) -> bool {
+        if !std::ptr::eq(self.view, src.view) {
+            return false;
+        }
+        src.parts(off, len).all(|(p, n)| self.push_host(p, n))
+    }
+
+    /// Reads `fd` at `offset` into the buffers with one `preadv` (retried
+    /// on `EINTR`); returns the bytes read.
+    pub(crate) fn read_from_at(&self, fd: BorrowedFd<'_>, offset: u64) -> io::Result<usize> {
+        let off = libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let v = self.as_raw();
+        loop {
+            // SAFETY: every entry is live guest memory (the list's
+            // invariant), written by the kernel only; at most MAX_IOVECS
+            // entries, which fits a c_int.
+            let n = unsafe { libc::preadv(fd.as_raw_fd(), v.as_ptr(), v.len() as libc::c_int, off) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
     /// The bytes of the buffers, copied out (for tests and checks).
     pub fn to_vec(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.total);
@@ -295,6 +373,56 @@ mod tests {
         assert_eq!(iov.to_vec(), b"defg");
         iov.advance(4);
         assert!(iov.is_empty());
+    }
+
+    #[test]
+    fn copies_at_offsets_and_takes_parts() {
+        let mem = mem();
+        let view = HostView::new(&mem);
+        let (mut a, mut b) = (IoVecBuf::new(), IoVecBuf::new());
+        let mut iov = a.start(&view);
+        assert!(iov.push(GuestAddress(0xffc), 8)); // two buffers: 4 + 4
+        assert!(iov.push(GuestAddress(0x300), 4));
+        assert_eq!(iov.copy_from_at(2, b"0123456789abcdef"), 10);
+        let mut all = [0u8; 12];
+        assert_eq!(iov.copy_to(&mut all), 12);
+        assert_eq!(&all[2..], b"0123456789");
+        let mut short = [0u8; 3];
+        assert_eq!(iov.copy_to(&mut short), 3);
+        assert_eq!(short, all[..3]);
+        let mut part = b.start(&view);
+        assert!(part.push_part_of(&iov, 3, 6));
+        assert_eq!((part.len(), part.total()), (3, 6));
+        assert_eq!(part.to_vec(), &all[3..9]);
+        // Past the end: what there is.
+        part.clear();
+        assert!(part.push_part_of(&iov, 10, 100));
+        assert_eq!(part.to_vec(), &all[10..]);
+        // A list on other memory is refused.
+        let other_mem = self::mem();
+        let other_view = HostView::new(&other_mem);
+        let mut c = IoVecBuf::new();
+        let mut foreign = c.start(&other_view);
+        assert!(!foreign.push_part_of(&iov, 0, 4));
+        assert!(foreign.is_empty());
+    }
+
+    #[test]
+    fn reads_from_a_file_at_an_offset() {
+        use std::io::Write;
+        let mem = mem();
+        let view = HostView::new(&mem);
+        let tmp = vmm_sys_util::tempfile::TempFile::new().unwrap();
+        let mut f = tmp.as_file();
+        f.write_all(b"hello world").unwrap();
+        let mut buf = IoVecBuf::new();
+        let mut iov = buf.start(&view);
+        assert!(iov.push(GuestAddress(0xffe), 4));
+        assert!(iov.push(GuestAddress(0x100), 10));
+        use std::os::fd::AsFd;
+        assert_eq!(iov.read_from_at(f.as_fd(), 3).unwrap(), 8);
+        assert_eq!(&iov.to_vec()[..8], b"lo world");
+        assert!(iov.read_from_at(f.as_fd(), u64::MAX).is_err());
     }
 
     #[test]

@@ -1,18 +1,23 @@
-//! Virtio devices and the virtio-mmio transport.
+//! Virtio devices and their transports.
 //!
 //! * [`mmio`]: the virtio-mmio transport (virtio 1.x, register layout
-//!   version 2). It owns the register file, feature negotiation, the device
-//!   status state machine, the queue configuration and the interrupt
-//!   (`InterruptStatus` and its line, [`mmio::MmioInterrupt`]), and hands a
-//!   device its queues once the driver sets `DRIVER_OK`.
+//!   version 2): its register file and its interrupt (`InterruptStatus` and
+//!   one line, [`mmio::MmioInterrupt`]).
+//! * [`pci`]: the virtio-pci modern transport (virtio 1.2 §4.1): a PCI
+//!   function with the virtio capabilities and MSI-X.
+//! * `transport` (private): what both transports share: feature
+//!   negotiation, the device status state machine, the queue configuration,
+//!   activation at `DRIVER_OK` and the event-loop side.
 //! * [`block`]: the virtio-blk device model on a raw image file.
 //! * [`net`]: the virtio-net device model on a TAP interface.
+//! * [`p9`]: virtio-9p, a host directory shared over 9P2000.L.
 //! * [`IoVecs`]: the scatter lists of guest buffers the devices do their
 //!   vectored I/O on, safe by construction.
 //!
 //! A device model implements [`VirtioDevice`] and never sees registers or
-//! interrupts: the transport implements [`crate::bus::BusDevice`] for the
-//! vCPU threads and [`event_manager::MutEventSubscriber`] for the queue
+//! interrupts: a transport serves the vCPU threads
+//! ([`crate::bus::BusDevice`] for MMIO, [`crate::pci::PciDevice`] for PCI)
+//! and implements [`event_manager::MutEventSubscriber`] for the queue
 //! notifications, calls the device to process a queue, and signals the
 //! guest for the [`QueueSet`] of queues the device reports as used.
 
@@ -29,10 +34,13 @@ mod host_view;
 mod iovec;
 pub mod mmio;
 pub mod net;
+pub mod p9;
 mod pass;
+pub mod pci;
 mod queue_set;
 #[cfg(test)]
 mod test_utils;
+mod transport;
 
 pub use iovec::{IoVecs, MAX_IOVECS};
 pub(crate) use pass::PassBudget;

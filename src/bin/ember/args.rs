@@ -7,10 +7,14 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use ember::{BootProtocol, DiskConfig, Jail, NetConfig, SeccompMode, SerialConfig, Smoke, VmConfig};
+use ember::{
+    BootProtocol, DiskConfig, Jail, Modules, NetConfig, RootPlan, SeccompMode, SerialConfig, Smoke, SmokeShare,
+    VmConfig,
+};
 
 use crate::parse::{
-    parse_boot, parse_disk, parse_duration, parse_net, parse_seccomp, parse_serial, parse_size, parse_user,
+    parse_boot, parse_disk, parse_duration, parse_env, parse_modules, parse_net, parse_run_share, parse_seccomp,
+    parse_serial, parse_share, parse_size, parse_user, ShareSpec,
 };
 
 /// ember: a small, fast virtual machine monitor on Linux KVM.
@@ -78,6 +82,45 @@ pub struct SmokeArgs {
     /// seccomp filters on every ember thread: kill, log or off.
     #[arg(long, value_name = "kill|log|off", default_value = "kill", value_parser = parse_seccomp)]
     pub seccomp: SeccompMode,
+    /// A virtio-blk disk (as for `ember run`). Repeatable.
+    #[arg(long, value_name = "path=FILE[,ro]", value_parser = parse_disk)]
+    pub disk: Vec<DiskConfig>,
+    /// A virtio-net NIC on a TAP device (as for `ember run`). Repeatable.
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]", value_parser = parse_net)]
+    pub net: Vec<NetConfig>,
+    /// A host directory shared over virtio-9p and mounted before the
+    /// command runs: at GUEST_PATH (absolute), else at /mnt/TAG (TAG
+    /// default share0, share1, ...). Read-write unless `,ro`. Repeatable.
+    #[arg(long, value_name = "HOST_DIR[:GUEST_PATH|:TAG][,ro|,rw]", value_parser = parse_share)]
+    pub share: Vec<ShareSpec>,
+    /// Run the command in the host's own root file system (shared read-only
+    /// over virtio-9p, a tmpfs overlay on top), in the current directory,
+    /// with PATH, HOME, TERM, USER, LOGNAME, LANG and the uid/gid of the
+    /// caller (see --cwd, --env, --user). The busybox initramfs only
+    /// mounts it and loads modules.
+    #[arg(long)]
+    pub root_share: bool,
+    /// With --root-share: the command's directory (default: the current one).
+    #[arg(long, value_name = "DIR", requires = "root_share")]
+    pub cwd: Option<String>,
+    /// With --root-share: sets (or with `NAME=` empties) a variable of the
+    /// command's environment. Repeatable.
+    #[arg(long, value_name = "NAME=VALUE", requires = "root_share", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// With --root-share: the command's user and group (default: the
+    /// caller's).
+    #[arg(long, value_name = "UID[:GID]", requires = "root_share", value_parser = parse_user)]
+    pub user: Option<(u32, u32)>,
+    /// Kernel modules for the initramfs, loaded before anything is mounted
+    /// (virtio transport, blk, net, 9p, overlay and their dependencies from
+    /// modules.dep): a module tree, `auto` (/lib/modules/RELEASE when the
+    /// kernel image's release is there) or `none`.
+    #[arg(long, value_name = "DIR|auto|none", default_value = "auto", value_parser = parse_modules)]
+    pub modules: Modules,
+    /// Write the kernel's console here instead of stdout (the command's
+    /// stdout and stderr stay on ember's).
+    #[arg(long, value_name = "FILE")]
+    pub console_log: Option<PathBuf>,
     /// The command to run in the guest (after `--`).
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -103,7 +146,41 @@ impl SmokeArgs {
         if let Some(i) = &self.initrd {
             s = s.initrd(i);
         }
+        for d in &self.disk {
+            s = s.disk(d.clone());
+        }
+        for n in &self.net {
+            s = s.net(n.clone());
+        }
+        for (i, sh) in self.share.iter().enumerate() {
+            s = s.share(SmokeShare { config: sh.to_config(i), guest_path: sh.guest_path.clone() });
+        }
+        s = s.modules(self.modules.clone());
+        if let Some(p) = &self.console_log {
+            s = s.console_log(p);
+        }
         s
+    }
+
+    /// The root-share plan: the caller's, with --cwd, --env and --user.
+    pub fn root_plan(&self) -> std::io::Result<Option<RootPlan>> {
+        if !self.root_share {
+            return Ok(None);
+        }
+        let mut plan = RootPlan::of_caller()?;
+        if let Some(c) = &self.cwd {
+            plan.cwd = c.clone();
+        }
+        for (k, v) in &self.env {
+            plan.env.retain(|(name, _)| name != k);
+            if !v.is_empty() {
+                plan.env.push((k.clone(), v.clone()));
+            }
+        }
+        if let Some((uid, gid)) = self.user {
+            (plan.uid, plan.gid) = (uid, gid);
+        }
+        Ok(Some(plan))
     }
 }
 
@@ -136,18 +213,24 @@ pub struct RunArgs {
     /// Boot protocol: auto (PVH when the ELF has a PVH note), linux64 or pvh.
     #[arg(long, value_name = "auto|linux64|pvh", default_value = "auto", value_parser = parse_boot)]
     pub boot: BootProtocol,
-    /// A virtio-blk disk: path=IMG[,readonly=on][,id=STRING]. Repeatable;
-    /// the first is /dev/vda.
-    #[arg(long, value_name = "path=IMG[,readonly=on][,id=ID]", value_parser = parse_disk)]
+    /// A virtio-blk disk: path=IMG[,readonly=on][,id=STRING][,transport=pci|mmio].
+    /// Repeatable; the first is /dev/vda. transport defaults to pci.
+    #[arg(long, value_name = "path=IMG[,readonly=on][,id=ID][,transport=pci|mmio]", value_parser = parse_disk)]
     pub disk: Vec<DiskConfig>,
-    /// A virtio-net NIC on an existing TAP: tap=NAME[,mac=AA:BB:CC:DD:EE:FF].
-    /// Repeatable.
-    #[arg(long, value_name = "tap=NAME[,mac=MAC]", value_parser = parse_net)]
+    /// A virtio-net NIC on an existing TAP:
+    /// tap=NAME[,mac=AA:BB:CC:DD:EE:FF][,transport=pci|mmio]. Repeatable;
+    /// transport defaults to pci.
+    #[arg(long, value_name = "tap=NAME[,mac=MAC][,transport=pci|mmio]", value_parser = parse_net)]
     pub net: Vec<NetConfig>,
     /// Do not append `virtio_mmio.device=` for each device to the command
     /// line: a kernel with ACPI finds the devices in the DSDT.
     #[arg(long)]
     pub no_virtio_mmio_cmdline: bool,
+    /// A host directory shared over virtio-9p, read-write unless `,ro`; the
+    /// guest mounts it by its tag (default share0, share1, ...):
+    /// `mount -t 9p -o trans=virtio,version=9p2000.L TAG /mnt`. Repeatable.
+    #[arg(long, value_name = "HOST_DIR[:TAG][,ro|,rw]", value_parser = parse_run_share)]
+    pub share: Vec<ShareSpec>,
     /// Log level for ember's own messages on stderr: off, error, warn, info,
     /// debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
@@ -177,11 +260,13 @@ impl RunArgs {
             memory: self.memory,
             vcpus: self.cpus,
             serial: self.serial.clone(),
+            extra_serials: Vec::new(),
             debug_exit: self.debug_exit,
             boot: self.boot,
             disks: self.disk.clone(),
             nets: self.net.clone(),
             virtio_mmio_cmdline: !self.no_virtio_mmio_cmdline,
+            shares: self.share.iter().enumerate().map(|(i, s)| s.to_config(i)).collect(),
             seccomp: self.seccomp,
             jail: self.user.map(|(uid, gid)| Jail { uid, gid, chroot: self.chroot.clone() }),
         }

@@ -80,7 +80,20 @@ fn smoke(args: SmokeArgs) -> ExitCode {
         None => None,
     };
     let out: SharedWriter = Arc::new(Mutex::new(std::io::stdout()));
-    let report = match args.to_smoke().output(out).run() {
+    let err: SharedWriter = Arc::new(Mutex::new(std::io::stderr()));
+    let mut smoke = args.to_smoke().command_output(out.clone(), err);
+    if args.console_log.is_none() {
+        smoke = smoke.output(out);
+    }
+    match args.root_plan() {
+        Ok(Some(plan)) => smoke = smoke.root_share(plan),
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("ember smoke: error: the current directory: {e}");
+            return ember_failed;
+        }
+    }
+    let report = match smoke.run() {
         Ok(r) => r,
         Err(e) => {
             let hint = if matches!(e, SmokeError::Busybox(_)) { " (--busybox PATH)" } else { "" };

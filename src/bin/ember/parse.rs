@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ember::{BootProtocol, DiskConfig, NetConfig, SeccompMode, SerialConfig};
+use ember::{BootProtocol, DiskConfig, Modules, NetConfig, SeccompMode, SerialConfig, ShareConfig, VirtioTransport};
 
 /// A value on the command line that is not understood.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -133,13 +133,14 @@ pub fn parse_user(s: &str) -> Result<(u32, u32), ParseError> {
     Ok((uid, gid))
 }
 
-/// Parses `--disk`: `path=IMG[,readonly=on|off][,id=STRING]`.
+/// Parses `--disk`: `path=IMG[,readonly=on|off][,id=STRING][,transport=pci|mmio]`.
 pub fn parse_disk(s: &str) -> Result<DiskConfig, ParseError> {
     let bad = |why: &str| ParseError::DeviceOption { what: "--disk", value: s.to_string(), why: why.to_string() };
     let mut path = None;
     let mut read_only = false;
     let mut id = None;
     let mut seen = Vec::new();
+    let mut transport = VirtioTransport::default();
     for kv in split_options(s) {
         let (k, v) = kv.split_once('=').ok_or_else(|| bad("expected key=value"))?;
         once(&mut seen, canonical(k)).map_err(|k| bad(&format!("'{k}' given twice")))?;
@@ -152,19 +153,21 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, ParseError> {
                 }
                 id = Some(v.to_string())
             }
-            _ => return Err(bad(&format!("unknown key '{k}' (known: path, readonly, id)"))),
+            "transport" => transport = parse_transport(v).map_err(|why| bad(&why))?,
+            _ => return Err(bad(&format!("unknown key '{k}' (known: path, readonly, id, transport)"))),
         }
     }
-    Ok(DiskConfig { path: path.ok_or_else(|| bad("path=IMG is required"))?, read_only, id })
+    Ok(DiskConfig { path: path.ok_or_else(|| bad("path=IMG is required"))?, read_only, id, transport })
 }
 
-/// Parses `--net`: `tap=NAME[,mac=AA:BB:CC:DD:EE:FF]` (the MAC in ember's
+/// Parses `--net`: `tap=NAME[,mac=AA:BB:CC:DD:EE:FF][,transport=pci|mmio]` (the MAC in ember's
 /// one grammar, [`ember_devices::virtio::net::parse_mac`]).
 pub fn parse_net(s: &str) -> Result<NetConfig, ParseError> {
     let bad = |why: &str| ParseError::DeviceOption { what: "--net", value: s.to_string(), why: why.to_string() };
     let mut tap = None;
     let mut mac = None;
     let mut seen = Vec::new();
+    let mut transport = VirtioTransport::default();
     for kv in split_options(s) {
         let (k, v) = kv.split_once('=').ok_or_else(|| bad("expected key=value"))?;
         once(&mut seen, canonical(k)).map_err(|k| bad(&format!("'{k}' given twice")))?;
@@ -175,10 +178,116 @@ pub fn parse_net(s: &str) -> Result<NetConfig, ParseError> {
                 let m = ember_devices::virtio::net::parse_mac(v);
                 mac = Some(m.ok_or_else(|| bad("mac must look like 02:00:00:00:00:01"))?);
             }
-            _ => return Err(bad(&format!("unknown key '{k}' (known: tap, mac)"))),
+            "transport" => transport = parse_transport(v).map_err(|why| bad(&why))?,
+            _ => return Err(bad(&format!("unknown key '{k}' (known: tap, mac, transport)"))),
         }
     }
-    Ok(NetConfig { tap: tap.ok_or_else(|| bad("tap=NAME is required"))?, mac })
+    Ok(NetConfig { tap: tap.ok_or_else(|| bad("tap=NAME is required"))?, mac, transport })
+}
+
+/// The `transport=` value of `--disk` / `--net`.
+fn parse_transport(v: &str) -> Result<VirtioTransport, String> {
+    VirtioTransport::from_name(v).ok_or_else(|| format!("transport '{v}' is not pci or mmio"))
+}
+
+/// A `--share` value: a host directory, what the guest names it by, and
+/// whether it is read-only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShareSpec {
+    /// The host directory.
+    pub path: PathBuf,
+    /// The mount tag, when given (`DIR:TAG`).
+    pub tag: Option<String>,
+    /// Where `ember smoke` mounts it in the guest, when given
+    /// (`DIR:/GUEST/PATH`).
+    pub guest_path: Option<PathBuf>,
+    /// `,ro`.
+    pub read_only: bool,
+}
+
+impl ShareSpec {
+    /// The share for the VM: the given tag, else `share{index}`.
+    pub fn to_config(&self, index: usize) -> ShareConfig {
+        ShareConfig {
+            path: self.path.clone(),
+            tag: self.tag.clone().unwrap_or_else(|| ShareConfig::default_tag(index)),
+            read_only: self.read_only,
+        }
+    }
+}
+
+/// Parses `--share` of `ember smoke`: `HOST_DIR[:GUEST_PATH|:TAG][,ro|,rw]`.
+/// After the last `:`, an absolute path is where the guest mounts the
+/// share, anything else its mount tag. Read-write unless `,ro`.
+pub fn parse_share(s: &str) -> Result<ShareSpec, ParseError> {
+    let bad = |why: &str| ParseError::DeviceOption { what: "--share", value: s.to_string(), why: why.to_string() };
+    let (spec, read_only) = match s.rsplit_once(',') {
+        Some((spec, "ro")) => (spec, true),
+        Some((spec, "rw")) => (spec, false),
+        _ => (s, false),
+    };
+    let (host, target) = match spec.rsplit_once(':') {
+        Some((host, target)) => (host, Some(target)),
+        None => (spec, None),
+    };
+    if host.is_empty() {
+        return Err(bad("the host directory is missing (expected HOST_DIR[:GUEST_PATH|:TAG][,ro|,rw])"));
+    }
+    let (mut tag, mut guest_path) = (None, None);
+    match target {
+        None => {}
+        Some("") => return Err(bad("nothing after ':' (a guest path or a mount tag)")),
+        Some(t) if t.starts_with('/') => guest_path = Some(PathBuf::from(t)),
+        Some(t) if t.len() > ShareConfig::MAX_TAG_LEN => return Err(bad("a mount tag is at most 255 bytes")),
+        Some(t) => tag = Some(t.to_string()),
+    }
+    Ok(ShareSpec { path: PathBuf::from(host), tag, guest_path, read_only })
+}
+
+/// Parses `--share` of `ember run`: `HOST_DIR[:TAG][,ro|,rw]` (the guest
+/// mounts it itself, by its tag).
+pub fn parse_run_share(s: &str) -> Result<ShareSpec, ParseError> {
+    let spec = parse_share(s)?;
+    if spec.guest_path.is_some() {
+        return Err(ParseError::DeviceOption {
+            what: "--share",
+            value: s.to_string(),
+            why: "ember run takes HOST_DIR[:TAG][,ro|,rw]: the guest mounts the share itself by its tag (mount -t 9p -o trans=virtio TAG DIR); guest paths are for ember smoke".into(),
+        });
+    }
+    Ok(spec)
+}
+
+/// Parses `--modules`: `auto`, `none` or a directory.
+pub fn parse_modules(s: &str) -> Result<Modules, ParseError> {
+    Ok(match s {
+        "auto" => Modules::Auto,
+        "none" => Modules::Off,
+        "" => {
+            return Err(ParseError::DeviceOption {
+                what: "--modules",
+                value: s.into(),
+                why: "expected a module directory, auto or none".into(),
+            })
+        }
+        d => Modules::Dir(PathBuf::from(d)),
+    })
+}
+
+/// Parses `--env NAME=VALUE`.
+pub fn parse_env(s: &str) -> Result<(String, String), ParseError> {
+    let bad = |why: &str| ParseError::DeviceOption { what: "--env", value: s.to_string(), why: why.to_string() };
+    let (k, v) = s.split_once('=').ok_or_else(|| bad("expected NAME=VALUE"))?;
+    if k.is_empty()
+        || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        || k.starts_with(|c: char| c.is_ascii_digit())
+    {
+        return Err(bad("a variable name is letters, digits and '_', not starting with a digit"));
+    }
+    if v.contains('\0') {
+        return Err(bad("the value contains a NUL byte"));
+    }
+    Ok((k.to_string(), v.to_string()))
 }
 
 /// The one name of a device option key and its aliases.
@@ -281,7 +390,13 @@ mod tests {
     #[test]
     fn disk_options() {
         let d = parse_disk("path=/x.img,readonly=on,id=abc").unwrap();
-        assert_eq!(d, DiskConfig { path: "/x.img".into(), read_only: true, id: Some("abc".into()) });
+        let want = DiskConfig { read_only: true, id: Some("abc".into()), ..DiskConfig::new("/x.img") };
+        assert_eq!(d, want);
+        assert_eq!(d.transport, VirtioTransport::Pci, "the default");
+        assert_eq!(parse_disk("path=/x.img,transport=mmio").unwrap().transport, VirtioTransport::Mmio);
+        assert_eq!(parse_disk("path=/x.img,transport=pci").unwrap().transport, VirtioTransport::Pci);
+        let e = parse_disk("path=/x.img,transport=isa").unwrap_err().to_string();
+        assert!(e.contains("transport 'isa' is not pci or mmio"), "{e}");
         assert!(!parse_disk("path=/x.img").unwrap().read_only);
         assert!(parse_disk("readonly=on").is_err());
         assert!(parse_disk("path=/x,readonly=maybe").is_err());
@@ -295,10 +410,53 @@ mod tests {
         let n = parse_net("tap=tap0,mac=02:00:00:00:00:01").unwrap();
         assert_eq!(n.tap, "tap0");
         assert_eq!(n.mac, Some([2, 0, 0, 0, 0, 1]));
+        assert_eq!(n.transport, VirtioTransport::Pci);
+        assert_eq!(parse_net("tap=tap0,transport=mmio").unwrap().transport, VirtioTransport::Mmio);
+        let e = parse_net("tap=tap0,transport=").unwrap_err().to_string();
+        assert!(e.contains("transport '' is not pci or mmio"), "{e}");
         assert!(parse_net("tap=tap0,mac=02:00:00:00:00").is_err());
         assert!(parse_net("tap=tap0,mac=02:00:00:00:00:01:02").is_err());
         assert!(parse_net("tap=waytoolonginterfacename").is_err());
         assert!(parse_net("mac=02:00:00:00:00:01").is_err());
+    }
+
+    #[test]
+    fn share_options() {
+        let spec = |path: &str, tag: Option<&str>, guest: Option<&str>, ro: bool| ShareSpec {
+            path: path.into(),
+            tag: tag.map(Into::into),
+            guest_path: guest.map(Into::into),
+            read_only: ro,
+        };
+        assert_eq!(parse_share("/srv/data"), Ok(spec("/srv/data", None, None, false)));
+        assert_eq!(parse_share("/srv/data,ro"), Ok(spec("/srv/data", None, None, true)));
+        assert_eq!(parse_share("/srv/data:data,rw"), Ok(spec("/srv/data", Some("data"), None, false)));
+        assert_eq!(parse_share("out:/mnt/out,ro"), Ok(spec("out", None, Some("/mnt/out"), true)));
+        assert_eq!(parse_share("/a,b"), Ok(spec("/a,b", None, None, false)));
+        assert_eq!(parse_share("/a:b:c"), Ok(spec("/a:b", Some("c"), None, false)));
+        for bad in ["", ",ro", ":tag", "/a:", "/a:,ro"] {
+            let e = parse_share(bad).unwrap_err().to_string();
+            assert!(e.contains(&format!("'{bad}'")), "{e}");
+        }
+        assert!(parse_share(&format!("/a:{}", "t".repeat(256))).is_err());
+        assert_eq!(parse_run_share("/srv:t,ro"), Ok(spec("/srv", Some("t"), None, true)));
+        let e = parse_run_share("/srv:/mnt").unwrap_err().to_string();
+        assert!(e.contains("'/srv:/mnt'") && e.contains("ember smoke"), "{e}");
+        assert_eq!(spec("/s", None, None, true).to_config(2).tag, "share2");
+        assert_eq!(spec("/s", Some("x"), None, true).to_config(2).tag, "x");
+    }
+
+    #[test]
+    fn modules_and_env() {
+        assert_eq!(parse_modules("auto"), Ok(Modules::Auto));
+        assert_eq!(parse_modules("none"), Ok(Modules::Off));
+        assert_eq!(parse_modules("/lib/modules/6.1"), Ok(Modules::Dir("/lib/modules/6.1".into())));
+        assert!(parse_modules("").is_err());
+        assert_eq!(parse_env("A_1=x=y"), Ok(("A_1".into(), "x=y".into())));
+        assert_eq!(parse_env("HOME="), Ok(("HOME".into(), String::new())));
+        for bad in ["noeq", "=v", "1A=v", "A-B=v"] {
+            assert!(parse_env(bad).unwrap_err().to_string().contains(&format!("'{bad}'")), "{bad}");
+        }
     }
 
     #[test]

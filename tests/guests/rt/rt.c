@@ -382,6 +382,47 @@ void rt_ioapic_route(int pin, int vector)
     mmio_write32(IOAPIC_BASE + 0x10, (u32)vector); /* fixed, physical, edge, high, unmasked */
 }
 
+u32 rt_apic_id(void)
+{
+    if (x2apic)
+        return (u32)rdmsr(0x802);
+    return mmio_read32(XAPIC_BASE + 0x20) >> 24;
+}
+
+/* ---- mappings above 4 GiB ---- */
+
+static u64 hi_pd[4][512] __attribute__((aligned(4096)));
+static int hi_pd_used;
+
+bool rt_map_high(u64 addr, u64 len)
+{
+    u64 cr3;
+    __asm__ volatile("mov %%cr3, %0" : "=r"(cr3));
+    const u64 frame = 0x000ffffffffff000ul;
+    volatile u64 *pml4 = (volatile u64 *)(cr3 & frame);
+    if (!(pml4[0] & 1))
+        return false;
+    volatile u64 *pdpt = (volatile u64 *)(pml4[0] & frame);
+    for (u64 a = addr & ~0x1ffffful; a < addr + len; a += 0x200000) {
+        if (a >> 39)
+            return false;
+        u64 i = (a >> 30) & 511;
+        if (!(pdpt[i] & 1)) {
+            if (hi_pd_used == 4)
+                return false;
+            u64 *pd = hi_pd[hi_pd_used++];
+            memset(pd, 0, 4096);
+            pdpt[i] = (u64)pd | 3;
+        }
+        if (pdpt[i] & 0x80)
+            continue; /* already a 1 GiB page */
+        volatile u64 *pd = (volatile u64 *)(pdpt[i] & frame);
+        pd[(a >> 21) & 511] = a | 0x83;
+    }
+    __asm__ volatile("mov %0, %%cr3" ::"r"(cr3) : "memory");
+    return true;
+}
+
 /* ---- SMP ---- */
 
 void rt_smp_prepare(void)

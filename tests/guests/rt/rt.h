@@ -65,6 +65,8 @@ static inline u32 mmio_read32(u64 a) { return *(volatile u32 *)a; }
 static inline void mmio_write32(u64 a, u32 v) { *(volatile u32 *)a = v; }
 static inline u8 mmio_read8(u64 a) { return *(volatile u8 *)a; }
 static inline void mmio_write8(u64 a, u8 v) { *(volatile u8 *)a = v; }
+static inline u16 mmio_read16(u64 a) { return *(volatile u16 *)a; }
+static inline void mmio_write16(u64 a, u16 v) { *(volatile u16 *)a = v; }
 static inline u64 rdmsr(u32 msr) { u32 lo, hi; __asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(msr)); return ((u64)hi << 32) | lo; }
 static inline void wrmsr(u32 msr, u64 v) { __asm__ volatile("wrmsr" ::"c"(msr), "a"((u32)v), "d"((u32)(v >> 32))); }
 static inline void cpuid(u32 leaf, u32 sub, u32 *a, u32 *b, u32 *c, u32 *d)
@@ -130,6 +132,13 @@ void rt_apic_eoi(void);
 void rt_apic_icr(u32 dest, u32 lo);
 /* Routes IOAPIC pin `pin` to `vector` on APIC 0, edge-triggered, unmasked. */
 void rt_ioapic_route(int pin, int vector);
+/* This CPU's local APIC ID (after rt_apic_init). */
+u32 rt_apic_id(void);
+
+/* Identity-maps [addr, addr + len) with 2 MiB pages in the page tables in
+ * use, for MMIO above 4 GiB (the first 4 GiB are always mapped). Below
+ * 512 GiB, at most 4 GiB-aligned gigabytes in all; false if it cannot. */
+bool rt_map_high(u64 addr, u64 len);
 
 /* SMP: the trampoline's physical page and the AP entry hook. */
 #define AP_TRAMPOLINE 0x10000

@@ -49,6 +49,6 @@ INIT
 lab_initramfs initramfs.cpio init "${extra[@]}"
 lab_l2 boot "$EMBER" run --kernel "$LAB_VMLINUZ" --initrd initramfs.cpio --memory 256M \
   --cmdline "console=ttyS0 reboot=k panic=-1" --no-virtio-mmio-cmdline \
-  --disk path=disk.img --net tap=tapacpi,mac=02:00:00:e0:14:02
+  --disk path=disk.img,transport=mmio --net tap=tapacpi,mac=02:00:00:e0:14:02,transport=mmio
 ip link del tapacpi
 exit 0

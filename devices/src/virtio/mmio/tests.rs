@@ -206,7 +206,7 @@ fn feature_negotiation_accepts_subset_with_version_1() {
     // Features are frozen after FEATURES_OK.
     wr(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
     wr(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 0xffff_ffff);
-    assert_eq!(t.driver_features, f);
+    assert_eq!(t.core.driver_features(), f);
 }
 
 #[test]
@@ -239,7 +239,7 @@ fn feature_negotiation_refusals() {
     let Setup { mut t, .. } = dummy();
     wr(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
     wr(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 1);
-    assert_eq!(t.driver_features, 0);
+    assert_eq!(t.core.driver_features(), 0);
 }
 
 #[test]
@@ -294,7 +294,7 @@ fn status_state_machine_and_reset() {
     assert_eq!(rd(&mut t, VIRTIO_MMIO_QUEUE_READY), 0);
     assert_eq!(rd(&mut t, VIRTIO_MMIO_QUEUE_NUM), 16);
     assert_eq!(rd(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW), 0);
-    assert_eq!(t.driver_features, 0);
+    assert_eq!(t.core.driver_features(), 0);
 
     // The device comes up again after the reset.
     negotiate(&mut t, version_1());

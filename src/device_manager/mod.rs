@@ -3,11 +3,17 @@
 //! virtio devices with their place on a transport.
 //!
 //! [`DeviceManager::add_legacy_devices`] puts the PC devices on their ports
-//! ([`crate::layout`]); [`DeviceManager::add_virtio_devices`] puts each disk
-//! and NIC behind a transport and records where ([`Transport`]). What the
-//! guest is told about the devices is derived from that one list: the
-//! kernel parameters ([`DeviceManager::kernel_cmdline`]) and what the ACPI
-//! tables describe ([`DeviceManager::acpi_devices`]).
+//! ([`crate::layout`]); [`DeviceManager::add_virtio_devices`] puts each disk,
+//! NIC and shared directory behind its transport (virtio-pci on the PCI root of [`pci`],
+//! made when the first device asks for PCI; or virtio-mmio) and records
+//! where ([`Transport`]). What the guest is told about the devices is
+//! derived from that one list: the kernel parameters
+//! ([`DeviceManager::kernel_cmdline`]: `virtio_mmio.device=` for
+//! virtio-mmio, `pci=off` without a PCI root) and what the ACPI tables
+//! and the memory map describe ([`DeviceManager::acpi_devices`]: the
+//! virtio-mmio windows, the PCI root's ECAM and windows).
+
+mod pci;
 
 use std::sync::{Arc, Mutex};
 
@@ -17,20 +23,23 @@ use ember_devices::legacy::{AcpiSleep, Cmos, DebugExit, ExitLine, QuietPorts, Se
 use ember_devices::virtio::block::{Block, BlockConfig};
 use ember_devices::virtio::mmio::{MmioTransport, MMIO_SIZE};
 use ember_devices::virtio::net::{format_mac, Net, NetCounters, NetStats};
+use ember_devices::virtio::p9::Share;
 use ember_devices::virtio::VirtioDevice;
 use kvm_ioctls::{IoEventAddress, VmFd};
+use pci::{PciBus, PciPlacement};
 use virtio_bindings::bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::Bus;
-use crate::config::{DiskConfig, NetConfig, VmConfig};
+use crate::config::{DiskConfig, NetConfig, SerialConfig, ShareConfig, VirtioTransport, VmConfig};
 use crate::console::{self, ConsoleInput};
 use crate::error::{io_err, kvm_err, Error};
 use crate::event_loop::Subscriber;
 use crate::exit::ExitSignal;
 use crate::layout;
 use crate::machine::acpi::{self, MmioDevice, PciRoot};
+use crate::memory::RamLayout;
 
 /// Where a virtio device is attached, and so how the guest finds it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,14 +52,17 @@ pub(crate) enum Transport {
         /// The interrupt line (GSI).
         irq: u32,
     },
+    /// A virtio-pci function on bus 0, found by enumerating the bus.
+    Pci(PciPlacement),
 }
 
 impl Transport {
     /// The kernel command line parameter that tells Linux about the device
-    /// (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES).
-    pub(crate) fn cmdline_param(&self) -> String {
+    /// (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES); none for a PCI function.
+    pub(crate) fn cmdline_param(&self) -> Option<String> {
         match *self {
-            Transport::Mmio { base, irq } => format!("virtio_mmio.device={}K@{base:#x}:{irq}", MMIO_SIZE >> 10),
+            Transport::Mmio { base, irq } => Some(format!("virtio_mmio.device={}K@{base:#x}:{irq}", MMIO_SIZE >> 10)),
+            Transport::Pci(_) => None,
         }
     }
 
@@ -59,6 +71,7 @@ impl Transport {
     pub(crate) fn acpi_mmio(&self) -> Option<MmioDevice> {
         match *self {
             Transport::Mmio { base, irq } => Some(MmioDevice { base, size: MMIO_SIZE, gsi: irq }),
+            Transport::Pci(_) => None,
         }
     }
 }
@@ -80,7 +93,7 @@ pub(crate) struct DeviceManager {
     pub(crate) mmio: Bus,
     /// What the event loop serves: queue notifications, TAP fds, stdin.
     pub(crate) subscribers: Vec<Subscriber>,
-    /// The virtio devices, in guest order (disks, then NICs).
+    /// The virtio devices, in guest order (disks, NICs, shared directories).
     pub(crate) virtio: Vec<VirtioPlacement>,
     /// Stdin into COM1, when the console is on stdio.
     pub(crate) console_input: Option<ConsoleInput>,
@@ -88,8 +101,12 @@ pub(crate) struct DeviceManager {
     pub(crate) net_counters: Vec<(String, Arc<NetCounters>)>,
     /// The i8042 (the host sends it Ctrl+Alt+Del).
     pub(crate) i8042: Option<Arc<Mutex<I8042>>>,
-    /// The PCI root, when the VM has one (not yet: virtio-pci will add it).
+    /// Where the PCI root is, when the VM has one (a device is on PCI).
     pub(crate) pci_root: Option<PciRoot>,
+    /// The PCI root itself.
+    pci: Option<PciBus>,
+    /// The UARTs after COM1, as (first port, GSI).
+    pub(crate) extra_uarts: Vec<(u64, u32)>,
 }
 
 impl DeviceManager {
@@ -104,6 +121,8 @@ impl DeviceManager {
             net_counters: Vec::new(),
             i8042: None,
             pci_root: None,
+            pci: None,
+            extra_uarts: Vec::new(),
         }
     }
 
@@ -152,30 +171,99 @@ impl DeviceManager {
         }
         #[cfg(feature = "seccomp-probe")]
         self.pio.insert(layout::SECCOMP_PROBE_PORT, 1, Arc::new(Mutex::new(SeccompProbe)))?;
+        let mut uarts = Vec::new();
+        for (out, &(port, irq)) in config.extra_serials.iter().zip(layout::EXTRA_COM_PORTS.iter()) {
+            self.add_output_uart(vm, out, port, irq)?;
+            uarts.push(port);
+            self.extra_uarts.push((port, irq));
+        }
         let quiet: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(QuietPorts));
         for &(base, len) in QUIET_PORT_RANGES {
-            self.pio.insert(u64::from(base), u64::from(len), quiet.clone())?;
+            // A UART configured there takes the place of its quiet stand-in.
+            if !uarts.contains(&u64::from(base)) {
+                self.pio.insert(u64::from(base), u64::from(len), quiet.clone())?;
+            }
         }
         Ok(())
     }
 
-    /// The disks, then the NICs, each behind a virtio transport in the next
-    /// free place.
+    /// An output-only 8250 UART at `port` whose interrupt is `irq`.
+    fn add_output_uart(&mut self, vm: &VmFd, output: &SerialConfig, port: u64, irq: u32) -> Result<(), Error> {
+        let irq_evt = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(io_err("creating an eventfd"))?;
+        vm.register_irqfd(&irq_evt, irq).map_err(kvm_err(None, "KVM_IRQFD (UART)"))?;
+        let (out, _stdin) = console::serial_output(output)?;
+        let uart = SerialDevice::new(Arc::new(irq_evt) as Arc<dyn IrqLine>, out, None);
+        self.pio.insert(port, layout::COM1_PORT_LEN, Arc::new(Mutex::new(uart)))?;
+        Ok(())
+    }
+
+    /// The disks, the NICs, then the shared directories (on virtio-mmio),
+    /// each behind its virtio transport in the next free place. The PCI
+    /// configuration ports belong to the PCI root when there is one, else
+    /// they are absent (quiet).
     pub(crate) fn add_virtio_devices(
         &mut self,
-        vm: &VmFd,
+        vm: &Arc<VmFd>,
         mem: &GuestMemoryMmap,
+        ram: RamLayout,
         config: &VmConfig,
     ) -> Result<(), Error> {
         for disk in &config.disks {
-            self.add_virtio(vm, mem, Box::new(block_device(disk)?))?;
+            self.add_virtio(vm, mem, ram, Box::new(block_device(disk)?), disk.transport)?;
         }
         for (i, nic) in config.nets.iter().enumerate() {
             let net = net_device(nic)?;
             log::info!("net{i}: tap {} mac {}", nic.tap, format_mac(&net.mac()));
             self.net_counters.push((format!("net{i} ({})", nic.tap), net.stats_handle()));
-            self.add_virtio(vm, mem, Box::new(net))?;
+            self.add_virtio(vm, mem, ram, Box::new(net), nic.transport)?;
         }
+        if !config.shares.is_empty() {
+            let max_fids = fids_per_share(raise_fd_limit(), config.shares.len());
+            for (i, share) in config.shares.iter().enumerate() {
+                let mut dev = share_device(share)?;
+                dev.set_max_fids(max_fids);
+                log::info!(
+                    "share{i}: {} as tag {:?}{} (at most {max_fids} open files)",
+                    share.path.display(),
+                    share.tag,
+                    if share.read_only { ", read-only" } else { "" }
+                );
+                self.add_virtio(vm, mem, ram, Box::new(dev), VirtioTransport::Mmio)?;
+            }
+        }
+        if self.pci.is_none() {
+            let quiet = Arc::new(Mutex::new(QuietPorts));
+            self.pio.insert(layout::PCI_CONFIG_PORT, layout::PCI_CONFIG_PORT_LEN, quiet)?;
+        }
+        Ok(())
+    }
+
+    /// Puts `device` behind `transport` in its next free place.
+    fn add_virtio(
+        &mut self,
+        vm: &Arc<VmFd>,
+        mem: &GuestMemoryMmap,
+        ram: RamLayout,
+        device: Box<dyn VirtioDevice>,
+        transport: VirtioTransport,
+    ) -> Result<(), Error> {
+        let index = self.virtio.len();
+        let device_type = device.device_type();
+        let placed = match transport {
+            VirtioTransport::Mmio => self.add_virtio_mmio(vm, mem, device, index)?,
+            VirtioTransport::Pci => {
+                let pci = match self.pci.take() {
+                    Some(p) => p,
+                    None => PciBus::new(vm.clone(), ram, &mut self.pio, &mut self.mmio)?,
+                };
+                self.pci_root = Some(pci.info());
+                let pci = self.pci.insert(pci);
+                let (t, placement) = pci.add_virtio(mem, device, index)?;
+                self.subscribers.push(t);
+                Transport::Pci(placement)
+            }
+        };
+        self.virtio.push(VirtioPlacement { device_type, transport: placed });
         Ok(())
     }
 
@@ -183,12 +271,17 @@ impl DeviceManager {
     /// interrupt is an irqfd, and each queue's notification (a write of the
     /// queue index to QueueNotify) is an ioeventfd, so the data path never
     /// exits to a vCPU thread in user space.
-    fn add_virtio(&mut self, vm: &VmFd, mem: &GuestMemoryMmap, device: Box<dyn VirtioDevice>) -> Result<(), Error> {
-        let index = self.virtio.len();
+    fn add_virtio_mmio(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        device: Box<dyn VirtioDevice>,
+        index: usize,
+    ) -> Result<Transport, Error> {
+        let slot = self.virtio.iter().filter(|v| matches!(v.transport, Transport::Mmio { .. })).count();
         // VmConfig::validate checked the count against the slots.
-        let (base, irq) = layout::virtio_slot(index);
+        let (base, irq) = layout::virtio_slot(slot);
         let verr = |source: std::io::Error| Error::Virtio { index, source };
-        let device_type = device.device_type();
         let irq_evt = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(verr)?;
         vm.register_irqfd(&irq_evt, irq).map_err(kvm_err(None, "KVM_IRQFD (virtio)"))?;
         let transport = MmioTransport::new(device, mem.clone(), Arc::new(irq_evt)).map_err(verr)?;
@@ -199,8 +292,7 @@ impl DeviceManager {
         let transport = Arc::new(Mutex::new(transport));
         self.mmio.insert(base, MMIO_SIZE, transport.clone())?;
         self.subscribers.push(transport);
-        self.virtio.push(VirtioPlacement { device_type, transport: Transport::Mmio { base, irq } });
-        Ok(())
+        Ok(Transport::Mmio { base, irq })
     }
 
     /// `base` with what the kernel needs to know about the devices:
@@ -216,9 +308,9 @@ impl DeviceManager {
         if self.pci_root.is_none() {
             cmdline.push_str(" pci=off");
         }
-        for v in self.virtio.iter().filter(|_| mmio_params) {
+        for param in self.virtio.iter().filter(|_| mmio_params).filter_map(|v| v.transport.cmdline_param()) {
             cmdline.push(' ');
-            cmdline.push_str(&v.transport.cmdline_param());
+            cmdline.push_str(&param);
         }
         if let Some(init) = init {
             cmdline.push_str(" --");
@@ -233,6 +325,7 @@ impl DeviceManager {
         acpi::Devices {
             virtio_mmio: self.virtio.iter().filter_map(|v| v.transport.acpi_mmio()).collect(),
             pci: self.pci_root,
+            extra_uarts: self.extra_uarts.clone(),
         }
     }
 
@@ -259,6 +352,50 @@ fn block_device(disk: &DiskConfig) -> Result<Block, Error> {
 fn net_device(nic: &NetConfig) -> Result<Net, Error> {
     let cfg = ember_devices::virtio::net::NetConfig { tap: nic.tap.clone(), mac: nic.mac };
     Ok(Net::new(&cfg)?)
+}
+
+/// The virtio-9p device for a configured shared directory.
+fn share_device(share: &ShareConfig) -> Result<Share, Error> {
+    let cfg = ember_devices::virtio::p9::ShareConfig {
+        path: share.path.clone(),
+        tag: share.tag.clone(),
+        readonly: share.read_only,
+    };
+    Ok(Share::new(&cfg)?)
+}
+
+/// File descriptors kept for everything but the shares' open files.
+const FD_RESERVE: u64 = 256;
+/// The most open files one share may hold (the server's own bound).
+const MAX_FIDS_PER_SHARE: u64 = 16_384;
+/// The fewest open files a share is given, whatever the limit.
+const MIN_FIDS_PER_SHARE: u64 = 64;
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard one (each file the guest
+/// holds open in a share is a host descriptor, and a guest with
+/// `cache=loose` keeps thousands) and returns the soft limit now in force.
+fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit fills the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        // SAFETY: setrlimit reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return raised.rlim_cur;
+        }
+        log::warn!("cannot raise the open-file limit from {} to {}", lim.rlim_cur, lim.rlim_max);
+    }
+    lim.rlim_cur
+}
+
+/// How many open files each of `shares` shares may hold under a
+/// descriptor limit of `limit`.
+fn fids_per_share(limit: u64, shares: usize) -> usize {
+    let each = limit.saturating_sub(FD_RESERVE) / shares.max(1) as u64;
+    each.clamp(MIN_FIDS_PER_SHARE, MAX_FIDS_PER_SHARE) as usize
 }
 
 /// Test-only (feature `seccomp-probe`): a port whose writes make the vCPU
@@ -357,6 +494,24 @@ mod tests {
     }
 
     #[test]
+    fn open_files_are_shared_out_under_the_limit() {
+        assert_eq!(fids_per_share(1024, 1), 768);
+        assert_eq!(fids_per_share(1024, 3), 256);
+        assert_eq!(fids_per_share(1 << 20, 2), 16_384);
+        assert_eq!(fids_per_share(100, 1), 64);
+        assert_eq!(fids_per_share(u64::MAX, 0), 16_384);
+    }
+
+    #[test]
+    fn raising_the_fd_limit_reaches_the_hard_limit() {
+        let soft = raise_fd_limit();
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit fills the struct we pass.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        assert_eq!((soft, lim.rlim_cur), (lim.rlim_max, lim.rlim_max));
+    }
+
+    #[test]
     fn command_line_lists_each_virtio_device() {
         let mut dm = DeviceManager::new();
         assert_eq!(dm.kernel_cmdline("console=ttyS0", true), "console=ttyS0 pci=off");
@@ -380,6 +535,15 @@ mod tests {
             dm.kernel_cmdline("console=ttyS0", true),
             "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
         );
+        // A PCI function needs no parameter: the kernel enumerates bus 0.
+        dm.virtio.push(VirtioPlacement {
+            device_type: 1,
+            transport: Transport::Pci(PciPlacement { device: 1, first_gsi: 24, vectors: 3 }),
+        });
+        assert_eq!(
+            dm.kernel_cmdline("", true),
+            "virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
+        );
     }
 
     #[test]
@@ -396,5 +560,11 @@ mod tests {
         assert_eq!(d.pci, None);
         dm.pci_root = Some(PciRoot::for_layout(256 << 20));
         assert_eq!(dm.acpi_devices().pci, dm.pci_root);
+        // A PCI function is not in the DSDT: the bus is.
+        dm.virtio.push(VirtioPlacement {
+            device_type: 2,
+            transport: Transport::Pci(PciPlacement { device: 1, first_gsi: 24, vectors: 2 }),
+        });
+        assert_eq!(dm.acpi_devices().virtio_mmio.len(), 3);
     }
 }
