@@ -795,8 +795,6 @@ fn a_pass_over_budget_continues_in_the_event_loop() {
     assert!((0..4).all(|i| drv.used(i).1 == (8 << 20) + 1));
     assert_eq!(mem.read_obj::<u8>(GuestAddress(status_at)).unwrap(), VIRTIO_BLK_S_OK as u8);
     assert!(irqs.counts()[1] >= 2, "the queue's vector raised per pass: {:?}", irqs.counts());
-    // Done: no notification left behind.
-    assert!(t.lock().unwrap().queue_events()[0].read().is_err());
 }
 
 /// A socket pair standing in for a TAP: one frame per message.
