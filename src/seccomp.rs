@@ -235,6 +235,9 @@ fn rules_for(kind: ThreadKind, pci: bool) -> Result<BTreeMap<i64, Vec<SeccompRul
                 for &nr in SHARE {
                     rules.insert(nr, vec![]);
                 }
+                // The file server duplicates descriptors it holds (a walk
+                // or an attach to the same file: `OwnedFd::try_clone`).
+                rules.entry(libc::SYS_fcntl).or_default().push(ioctl_eq(libc::F_DUPFD_CLOEXEC as u64)?);
             }
             let mut v = TERMIOS.to_vec();
             v.push(TUNSETOFFLOAD);
@@ -439,6 +442,7 @@ mod tests {
             }
         }
         let e = rules_for(ThreadKind::Events, false).unwrap();
+        assert_eq!(e[&libc::SYS_fcntl].len(), 2, "F_GETFD, and F_DUPFD_CLOEXEC for the file server");
         assert!(SHARE.iter().all(|nr| e.contains_key(nr) && !m.contains_key(nr) && !v.contains_key(nr)));
         assert!(m.keys().all(|nr| e.contains_key(nr)));
         assert!(!e.contains_key(&libc::SYS_execve) && !e.contains_key(&libc::SYS_socket));
