@@ -195,11 +195,11 @@ fn blk_under_qemu() {
 /// times the exit. Prints what it saw.
 const STORM_DRIVER: &str = r#"
 import os, pty, sys, time, select
-ember, kernel, disk, table = sys.argv[1:5]
+ember, kernel, disk, table, transport = sys.argv[1:6]
 pid, fd = pty.fork()
 if pid == 0:
-    os.execv(ember, [ember, "run", "--kernel", kernel, "--memory", "64M", "--disk", "path=" + disk,
-                     "--cmdline", "table=" + table])
+    os.execv(ember, [ember, "run", "--kernel", kernel, "--memory", "64M", "--disk",
+                     "path=" + disk + ",transport=" + transport, "--cmdline", "table=" + table + " transport=" + transport])
 out = b""
 def pump(until, deadline):
     global out
@@ -256,13 +256,16 @@ fn console_and_ctrl_a_x_answer_while_the_disk_is_flooded() {
     // made before they were refused.
     std::fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
     let g = guest("blk_storm");
-    for table in ["256", "1024"] {
+    // Both transports: each continues a pass that stopped on its budget
+    // through the queue's eventfd (transport.rs).
+    for (table, transport) in [("256", "mmio"), ("1024", "mmio"), ("256", "pci")] {
+        let (ember, g, img) = (ember(), g.to_str().unwrap(), img.to_str().unwrap());
         let o = Command::new("python3")
-            .args(["-c", STORM_DRIVER, ember().to_str().unwrap(), g.to_str().unwrap(), img.to_str().unwrap(), table])
+            .args(["-c", STORM_DRIVER, ember.to_str().unwrap(), g, img, table, transport])
             .output()
             .expect("python3");
         let text = String::from_utf8_lossy(&o.stdout).into_owned();
-        eprintln!("table={table}:\n{text}{}", String::from_utf8_lossy(&o.stderr));
+        eprintln!("table={table} transport={transport}:\n{text}{}", String::from_utf8_lossy(&o.stderr));
         assert!(o.status.success(), "{text}");
         let line =
             |k: &str| text.lines().find(|l| l.starts_with(k)).unwrap_or_else(|| panic!("{k}: {text}")).to_string();

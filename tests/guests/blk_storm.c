@@ -8,7 +8,8 @@
  * (and Ctrl-A x) while it serves the disk.
  *
  * Parameters: table=N (entries per indirect table: 256 is the largest
- * allowed, more is refused by the device and completes with used length 0).
+ * allowed, more is refused by the device and completes with used length 0),
+ * transport=pci (the disk is on PCI bus 0).
  * Prints "STORM READY" once the first requests are published, echoes every
  * byte received, prints "STORM rounds=N" every 64 completions. Never exits
  * on its own.
@@ -61,7 +62,7 @@ int main(void)
         q.desc[h].next = 0;
         publish(h);
     }
-    vio_write(&dev, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+    vio_notify(&dev, &q);
     rt_puts("STORM READY\n");
     u64 done = 0;
     for (;;) {
@@ -73,7 +74,7 @@ int main(void)
             if (++done % 64 == 0)
                 rt_printf("STORM rounds=%u\n", (u32)(done / 64));
         }
-        vio_write(&dev, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+        vio_notify(&dev, &q);
         int c;
         while ((c = rt_getc_nonblock()) >= 0)
             outb(0x3f8, (u8)c);
