@@ -33,7 +33,6 @@
 // 0: nothing from the crate.
 mod cpio;
 mod cpuid;
-mod event_loop;
 mod jail;
 mod layout;
 mod seccomp;
@@ -44,9 +43,11 @@ mod bus;
 mod exit;
 mod irq_routing;
 mod memory;
+mod run_control;
 mod serial_capture;
 // 2
 mod config;
+mod event_loop;
 // 3
 mod boot;
 // 4
@@ -61,6 +62,7 @@ mod device_manager;
 // 8
 mod vm;
 // 9
+pub mod api;
 mod smoke;
 
 pub use config::{
@@ -73,6 +75,7 @@ pub use ember_devices::virtio::net::NetStats;
 pub use error::Error;
 pub use exit::VmExit;
 pub use jail::Jail;
+pub use run_control::PauseError;
 pub use seccomp::SeccompMode;
 pub use serial_capture::SerialCapture;
 pub use smoke::{Expectation, Modules, RootPlan, Smoke, SmokeError, SmokeReport, SmokeShare, Verdict};
@@ -101,4 +104,8 @@ pub mod fuzzing {
     pub use crate::machine::{write_cmdline, write_pvh_info, write_zero_page};
     pub use crate::memory::{GuestRam, RamLayout};
     pub use crate::smoke::{build_initramfs, init_script};
+    /// The API's HTTP connection, controller and resources, and a fake VM.
+    pub mod api {
+        pub use crate::api::internals::*;
+    }
 }

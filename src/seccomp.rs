@@ -11,6 +11,9 @@
 //! * **the event loop**, when the VM has shared directories, also serves
 //!   the 9P file servers: the `*at` calls on descriptors it holds
 //!   ([`SHARE`]). Without shares its filter is the VMM threads'.
+//! * **the API thread** (`ember serve`) serves HTTP on its Unix socket and
+//!   drives the VM through a `VmHandle`; it installs its filter before its
+//!   first request, long before the VM starts, and opens nothing.
 //!
 //! A call outside the list: with [`SeccompMode::Kill`] the thread gets
 //! SIGSYS (`SECCOMP_RET_TRAP`); ember's handler prints the system call
@@ -48,6 +51,8 @@ pub enum ThreadKind {
     /// The event loop: [`ThreadKind::Vmm`]'s list, and the file server's
     /// calls when the VM has shared directories.
     Events,
+    /// The API socket's thread (`ember serve`).
+    Api,
 }
 
 /// Errors building or installing a filter.
@@ -179,6 +184,30 @@ pub(crate) const SHARE: &[i64] = &[
     libc::SYS_ftruncate,
 ];
 
+/// The API thread's additions: its socket (poll, accept, receive, send),
+/// the checks of paths named in requests (stat and access(2): nothing is
+/// opened), removing the socket file at the end, and the credential calls
+/// glibc replays on every thread when the VM drops privileges (`--user`:
+/// `setresuid` and friends reach each thread through a signal, so the API
+/// thread, started before the VM, makes them too; they cannot raise
+/// privileges after the drop).
+const API: &[i64] = &[
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_accept4,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_statx,
+    libc::SYS_newfstatat,
+    libc::SYS_access,
+    libc::SYS_faccessat,
+    libc::SYS_faccessat2,
+    libc::SYS_unlinkat,
+    libc::SYS_setresuid,
+    libc::SYS_setresgid,
+    libc::SYS_setgroups,
+];
+
 /// The rules of `kind`; with `pci` (the VM has a PCI root) the vCPU threads
 /// may also move ioeventfds and replace the GSI routing table, which the
 /// guest's BAR moves and MSI-X table writes do from the vCPU thread.
@@ -242,6 +271,16 @@ fn rules_for(kind: ThreadKind, pci: bool) -> Result<BTreeMap<i64, Vec<SeccompRul
             let mut v = TERMIOS.to_vec();
             v.push(TUNSETOFFLOAD);
             v
+        }
+        ThreadKind::Api => {
+            for &nr in API {
+                rules.insert(nr, vec![]);
+            }
+            // read(2), which every thread had before issue 16 took it off
+            // the vCPU threads.
+            rules.insert(libc::SYS_read, vec![]);
+            // No ioctl at all (an empty rule list would allow every one).
+            return Ok(rules);
         }
     };
     rules.insert(libc::SYS_ioctl, ioctls.into_iter().map(ioctl_eq).collect::<Result<_, _>>()?);
@@ -309,6 +348,8 @@ impl ThreadFilters {
             ThreadKind::Vcpu => &self.vcpu,
             ThreadKind::Vmm => &self.vmm,
             ThreadKind::Events => &self.events,
+            // Not a VM thread: it installs its own filter ([`install`]).
+            ThreadKind::Api => return Ok(()),
         };
         let (Some(bpf), Some(gate)) = (bpf, &self.gate) else {
             return Ok(());
@@ -414,7 +455,7 @@ mod tests {
 
     #[test]
     fn filters_build() {
-        for kind in [ThreadKind::Vcpu, ThreadKind::Vmm, ThreadKind::Events] {
+        for kind in [ThreadKind::Vcpu, ThreadKind::Vmm, ThreadKind::Events, ThreadKind::Api] {
             for mode in [SeccompMode::Kill, SeccompMode::Log] {
                 let bpf = filter(kind, mode, false).unwrap().unwrap();
                 assert!(bpf.len() > 20, "{kind:?} {mode:?}");
@@ -641,6 +682,19 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!(r, (true, true, -1, 0, 0, -1, -1, 0));
+    }
+
+    #[test]
+    fn the_api_thread_opens_nothing_and_has_no_ioctl() {
+        let a = rules_for(ThreadKind::Api, false).unwrap();
+        for nr in
+            [libc::SYS_openat, libc::SYS_open, libc::SYS_ioctl, libc::SYS_socket, libc::SYS_execve, libc::SYS_clone]
+        {
+            assert!(!a.contains_key(&nr), "{nr}");
+        }
+        assert!(a.contains_key(&libc::SYS_accept4) && a.contains_key(&libc::SYS_poll));
+        // Not the VMM's disk and TAP I/O.
+        assert!(!a.contains_key(&libc::SYS_pwrite64) && !a.contains_key(&libc::SYS_epoll_wait));
     }
 
     /// A filtered thread that makes a forbidden call under `log` keeps

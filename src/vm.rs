@@ -17,6 +17,8 @@
 //!    map, zero page or PVH start info, MP table, ACPI tables;
 //! 8. [`create_vcpus`], last: the irqchip must exist before them.
 
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::thread::JoinHandleExt;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -26,6 +28,7 @@ use ember_devices::virtio::net::{NetCounters, NetStats};
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, Entry};
 use crate::bus::Bus;
@@ -38,10 +41,11 @@ use crate::exit::{ExitSignal, VmExit};
 use crate::layout;
 use crate::machine;
 use crate::memory::{GuestRam, RamLayout};
+use crate::run_control::{PauseError, RunControl};
 use crate::seccomp::{ThreadFilters, ThreadKind};
 use crate::sync::lock;
 use crate::terminal::RawTerminal;
-use crate::vcpu::{self, Vcpu, VcpuControl, VcpuRunner};
+use crate::vcpu::{self, Vcpu, VcpuRunner};
 
 /// Step 2: opens KVM, checks the vCPU count against it, and creates the VM.
 fn create_vm(config: &VmConfig) -> Result<(Kvm, VmFd), Error> {
@@ -178,28 +182,38 @@ impl Vm {
             j.enter()?;
         }
 
-        let event_loop = EventLoop::new(exit.eventfd(), subscribers)?;
-        let (ev_filters, ev_exit) = (filters.clone(), exit.clone());
+        // Every vCPU thread and the event loop read `control`; the event
+        // loop is woken for it through `event_wake`.
+        let control = Arc::new(RunControl::new(vcpus.len() + 1));
+        let event_wake = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+            .map_err(io_err("creating the event loop's wake-up eventfd"))?;
+        let event_loop = EventLoop::new(exit.eventfd(), &event_wake, control.clone(), subscribers)?;
+        let (ev_filters, ev_exit, ev_control) = (filters.clone(), exit.clone(), control.clone());
         let event_thread = std::thread::Builder::new()
             .name("ember-events".into())
             .spawn(move || {
                 crate::terminal::block_termination_signals();
                 if let Err(e) = ev_filters.enter(ThreadKind::Events) {
                     ev_exit.request(VmExit::VmmError { message: format!("event loop thread: {e}") });
+                    ev_control.leave();
                     return;
                 }
                 event_loop.run()
             })
             .map_err(io_err("spawning the event loop thread"))?;
 
-        let control = Arc::new(VcpuControl::default());
         let vcpu_threads = spawn_vcpus(vcpus, Arc::new(pio), Arc::new(mmio), &exit, &control, &filters);
+        let waker = Arc::new(Waker {
+            vcpus: Mutex::new(vcpu_threads.iter().map(|t| t.as_pthread_t()).collect()),
+            event_loop: event_wake,
+        });
         if let Err(e) = filters.enter(ThreadKind::Vmm) {
             exit.request(VmExit::VmmError { message: format!("main thread: {e}") });
         }
         Ok(RunningVm {
             exit,
             control,
+            waker,
             vcpu_threads,
             event_thread: Some(event_thread),
             raw_terminal,
@@ -220,13 +234,14 @@ impl Vm {
 
 /// One thread per vCPU, each entering its seccomp filter and the gate
 /// before the guest. A thread that cannot be spawned ends the VM; the gate
-/// is passed on behalf of the vCPUs that never started.
+/// is passed (and `control` left) on behalf of the vCPUs that never
+/// started.
 fn spawn_vcpus(
     vcpus: Vec<Vcpu>,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     exit: &Arc<ExitSignal>,
-    control: &Arc<VcpuControl>,
+    control: &Arc<RunControl>,
     filters: &Arc<ThreadFilters>,
 ) -> Vec<JoinHandle<()>> {
     let count = vcpus.len();
@@ -234,11 +249,12 @@ fn spawn_vcpus(
     for v in vcpus {
         let id = v.id();
         let runner = VcpuRunner::new(v, pio.clone(), mmio.clone(), exit.clone(), control.clone());
-        let (filters_t, exit_t) = (filters.clone(), exit.clone());
+        let (filters_t, exit_t, control_t) = (filters.clone(), exit.clone(), control.clone());
         let t = std::thread::Builder::new().name(format!("ember-vcpu{id}")).stack_size(256 << 10).spawn(move || {
             crate::terminal::block_termination_signals();
             if let Err(e) = filters_t.enter(ThreadKind::Vcpu) {
                 exit_t.request(VmExit::VcpuError { vcpu: id, message: e.to_string() });
+                control_t.leave();
                 return;
             }
             runner.run()
@@ -247,7 +263,9 @@ fn spawn_vcpus(
             Ok(t) => threads.push(t),
             Err(e) => {
                 exit.request(VmExit::VcpuError { vcpu: id, message: format!("cannot spawn thread: {e}") });
-                filters.stand_in(count - threads.len());
+                let missing = count - threads.len();
+                filters.stand_in(missing);
+                (0..missing).for_each(|_| control.leave());
                 break;
             }
         }
@@ -255,10 +273,39 @@ fn spawn_vcpus(
     threads
 }
 
+/// How long [`VmHandle::pause`] waits for every thread to park.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Wakes the VM's threads so that they read a new request at once: the
+/// vCPU threads with the kick signal (out of `KVM_RUN`), the event loop
+/// through its wake-up eventfd (out of `epoll_wait`).
+struct Waker {
+    /// The vCPU threads, while they may be signalled: emptied (under the
+    /// lock) before they are joined, so no `pthread_t` is used after.
+    vcpus: Mutex<Vec<libc::pthread_t>>,
+    event_loop: EventFd,
+}
+
+impl Waker {
+    fn wake_all(&self) {
+        for &t in lock(&self.vcpus).iter() {
+            // SAFETY: `t` is a thread of this VM that has not been joined
+            // (the list is emptied before joining, under this lock).
+            unsafe { libc::pthread_kill(t, vcpu::kick_signal()) };
+        }
+        let _ = self.event_loop.write(1);
+    }
+
+    fn forget_threads(&self) {
+        lock(&self.vcpus).clear();
+    }
+}
+
 /// A running VM.
 pub struct RunningVm {
     exit: Arc<ExitSignal>,
-    control: Arc<VcpuControl>,
+    control: Arc<RunControl>,
+    waker: Arc<Waker>,
     vcpu_threads: Vec<JoinHandle<()>>,
     event_thread: Option<JoinHandle<()>>,
     raw_terminal: Option<RawTerminal>,
@@ -270,16 +317,20 @@ pub struct RunningVm {
     i8042: Option<Arc<Mutex<I8042>>>,
 }
 
-/// Stops a VM, or presses keys on its keyboard, from any thread.
+/// Stops, pauses or resumes a VM, or presses keys on its keyboard, from
+/// any thread.
 #[derive(Clone)]
 pub struct VmHandle {
     exit: Arc<ExitSignal>,
+    control: Arc<RunControl>,
+    waker: Arc<Waker>,
     i8042: Option<Arc<Mutex<I8042>>>,
 }
 
 impl VmHandle {
     /// Asks the VM to stop; [`RunningVm::wait`] then returns
-    /// [`VmExit::Stopped`] (unless the VM had already ended otherwise).
+    /// [`VmExit::Stopped`] (unless the VM had already ended otherwise). A
+    /// paused VM stops too.
     pub fn stop(&self) {
         self.exit.request(VmExit::Stopped);
     }
@@ -301,12 +352,57 @@ impl VmHandle {
             None => Err(I8042Error::KeyboardDisabled),
         }
     }
+
+    /// Pauses the VM. Returns once every vCPU thread has left `KVM_RUN` and
+    /// parked and the event loop has parked: from then on no guest
+    /// instruction runs and no virtqueue, TAP or console input is served
+    /// (what arrives meanwhile is served after [`VmHandle::resume`]). Guest
+    /// time (kvmclock, the TSC) keeps running. Pausing a paused VM succeeds
+    /// at once.
+    ///
+    /// Fails if the VM has ended, or if a thread does not park within 2 s
+    /// (a vCPU blocked in a device, e.g. writing the console into a full
+    /// pipe); the VM then runs on.
+    pub fn pause(&self) -> Result<(), PauseError> {
+        if self.exit.is_set() {
+            return Err(PauseError::Ended);
+        }
+        self.control.pause(&|| self.waker.wake_all(), PAUSE_TIMEOUT)
+    }
+
+    /// Lets a paused VM run again. Resuming a running VM succeeds.
+    pub fn resume(&self) -> Result<(), PauseError> {
+        if self.exit.is_set() {
+            return Err(PauseError::Ended);
+        }
+        self.control.resume()
+    }
+
+    /// Whether the VM is paused (a [`VmHandle::pause`] succeeded and no
+    /// resume followed).
+    pub fn is_paused(&self) -> bool {
+        self.control.is_paused()
+    }
 }
 
 impl RunningVm {
-    /// A handle another thread can use to stop the VM.
+    /// A handle another thread can use to stop, pause or resume the VM.
     pub fn handle(&self) -> VmHandle {
-        VmHandle { exit: self.exit.clone(), i8042: self.i8042.clone() }
+        VmHandle {
+            exit: self.exit.clone(),
+            control: self.control.clone(),
+            waker: self.waker.clone(),
+            i8042: self.i8042.clone(),
+        }
+    }
+
+    /// A file descriptor that becomes readable (`poll(2)`, epoll) once the
+    /// VM has ended, for callers that wait for other events too (signals,
+    /// sockets); [`RunningVm::wait`] then returns at once. Do not read it.
+    pub fn exit_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the eventfd lives in `self.exit` as long as `self`, which
+        // the returned borrow cannot outlive.
+        unsafe { BorrowedFd::borrow_raw(self.exit.eventfd().as_raw_fd()) }
     }
 
     /// The counters of each virtio-net device (name, counters), readable
@@ -334,14 +430,14 @@ impl RunningVm {
             return;
         }
         self.exit.request(VmExit::Stopped);
-        self.control.request_stop();
+        // Wakes parked threads too; no handle signals the vCPU threads after.
+        self.control.stop();
+        self.waker.forget_threads();
         // Kick every vCPU out of KVM_RUN until its thread has finished.
         for t in self.vcpu_threads.drain(..) {
             while !t.is_finished() {
                 // SAFETY: the thread is alive (not finished), so its pthread_t is valid.
-                unsafe {
-                    libc::pthread_kill(std::os::unix::thread::JoinHandleExt::as_pthread_t(&t), vcpu::kick_signal())
-                };
+                unsafe { libc::pthread_kill(t.as_pthread_t(), vcpu::kick_signal()) };
                 std::thread::sleep(Duration::from_micros(200));
             }
             let _ = t.join();

@@ -39,6 +39,7 @@ fn steps() -> Vec<Step> {
         Step::new("debian_smoke_kernel_crash_is_120", 420, debian_smoke_kernel_crash_is_120).crashes(&["crash"]),
         Step::new("debian_smoke_timeout_is_124", 420, debian_smoke_timeout_is_124),
         Step::new("debian_stop_sigterm", 420, |r| stop_path(r, 128 + 15)),
+        Step::new("debian_api_pause_resume", 600, debian_api_pause_resume),
         Step::new("debian_stop_ctrl_a_x", 420, |r| stop_path(r, 0)),
         Step::new("test_kernel_disk_write_ext2", 300, test_kernel_disk_write_ext2),
         Step::new("test_kernel_ext4_disk", 300, test_kernel_ext4_disk),
@@ -325,6 +326,49 @@ fn stop_path(r: &StepRun, status: i32) {
     // --cpus 2: two vCPU threads besides the main thread and the event loop.
     let threads: u32 = r.get("threads").parse().unwrap();
     assert!(threads >= 3, "ember had {threads} threads while the guest ran");
+}
+
+/// `ember serve` through its API: configured and started (204s), a count
+/// in user space that stops while paused and goes on after resume, a
+/// pre-boot change refused (400), and Ctrl+Alt+Del rebooting the kernel,
+/// which ends ember with 0.
+fn debian_api_pause_resume(r: &StepRun) {
+    let vm = r.l2("vm");
+    let log = r.read("api.log");
+    assert_eq!(r.get("state_before"), "Not started", "{log}");
+    for k in ["boot_status", "machine_status", "start_status", "pause_status", "resume_status", "cad_status"] {
+        assert_eq!(r.get(k), "204", "{k}\n{log}\n{}", vm.console);
+    }
+    assert_eq!(r.get("state_paused"), "Paused", "{log}");
+    assert_eq!(r.get("refused_status"), "400", "a pre-boot change after start\n{log}");
+    assert!(vm.has_line("LAB-L2 up"), "{}", vm.console);
+    // The number leads the line (a kernel message may follow it on the same
+    // line).
+    let counts: Vec<u64> = vm
+        .lines()
+        .iter()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("LAB-COUNT ")?;
+            rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())].parse().ok()
+        })
+        .collect();
+    let paused = r.get("paused_lines");
+    let (at, after) = paused.split_once(' ').unwrap();
+    let (at, after): (u64, u64) = (at.parse().unwrap(), after.parse().unwrap());
+    assert!(at >= 5, "the guest counted {at} before the pause\n{}", vm.console);
+    assert_eq!(at, after, "the guest printed while paused (5 s)\n{}", vm.console);
+    let resumed: u64 = r.get("resumed_lines").parse().unwrap();
+    assert!(resumed >= at + 5, "the count did not go on after resume ({at} -> {resumed})\n{}", vm.console);
+    for (i, &n) in counts.iter().enumerate() {
+        assert_eq!(n, i as u64 + 1, "the count jumps or repeats at line {}\n{}", i + 1, vm.console);
+    }
+    // Ctrl+Alt+Del: the kernel's keyboard driver saw it and rebooted,
+    // which ended ember serve (not the SIGTERM the step sends after 90 s).
+    assert_eq!(r.get("cad_ended"), "1", "ember serve still ran 90 s after SendCtrlAltDel\n{}", vm.console);
+    assert_eq!(r.get("serve_status"), "0", "ember serve's exit status\n{}", vm.console);
+    assert_eq!(vm.status, 0, "{}", vm.console);
+    assert!(vm.has_line("reboot: Restarting system"), "no reboot in the console\n{}", vm.console);
+    assert_eq!(r.get("socket_left"), "no", "the API socket was not removed");
 }
 
 fn test_kernel_disk_write_ext2(r: &StepRun) {

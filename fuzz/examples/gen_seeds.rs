@@ -32,6 +32,7 @@ fn main() -> std::io::Result<()> {
         ("cpio_roundtrip", seeds::cpio_roundtrip()),
         ("legacy_pio", seeds::legacy_pio()),
         ("p9_server", seeds::p9_server()),
+        ("api_http", seeds::api_http()),
     ];
     for (target, list) in targets {
         let dir = root.join(target);

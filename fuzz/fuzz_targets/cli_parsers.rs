@@ -196,6 +196,8 @@ fuzz_target!(|data: &[u8]| {
     let args: Vec<String> = s.split('\0').map(str::to_string).collect();
     match Cli::try_parse_from(std::iter::once("ember".to_string()).chain(args.iter().cloned())) {
         Ok(Cli { command: Command::Run(run) }) => {
+            // Exactly one of --kernel and --config-file.
+            assert!(run.kernel.is_some() != run.config_file.is_some());
             let cfg = run.to_config();
             let _ = cfg.validate();
             assert_eq!(cfg.memory, run.memory);
@@ -207,6 +209,10 @@ fuzz_target!(|data: &[u8]| {
             let sm = smoke.to_smoke();
             let _ = sm.kernel_cmdline();
             check_init_script(&smoke.command);
+        }
+        Ok(Cli { command: Command::Serve(serve) }) => {
+            // Parsing must not panic; the flags are used as they are.
+            let _ = (serve.api_sock, serve.config_file, serve.shutdown_timeout);
         }
         Err(e) => {
             let _ = e.to_string();

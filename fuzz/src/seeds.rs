@@ -836,3 +836,184 @@ pub fn p9_server() -> Vec<Seed> {
     out.push(("bad_fids_and_frames", s.finish()));
     out
 }
+
+/// A wire-mode `api_http` input: `chunks` arrive one after another, each
+/// followed by the peer reading the answers.
+fn api_wire(small: bool, chunks: &[&[u8]]) -> Vec<u8> {
+    let mut out = vec![if small { 4 } else { 0 }];
+    for c in chunks {
+        for piece in c.chunks(253) {
+            out.push(piece.len() as u8 + 2);
+            out.extend_from_slice(piece);
+        }
+        out.push(0);
+    }
+    out
+}
+
+/// A request-mode `api_http` input: (route index, body) pairs.
+fn api_requests(fail_start: bool, reqs: &[(u8, &str)]) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.u8(if fail_start { 3 } else { 1 });
+    for (route, body) in reqs {
+        w.u8(*route).u16(body.len() as u16);
+        for b in body.bytes() {
+            w.u8(b);
+        }
+    }
+    w.finish()
+}
+
+/// An HTTP/1.1 request with a JSON body.
+fn http(method: &str, path: &str, body: &str) -> Vec<u8> {
+    if body.is_empty() {
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").into_bytes()
+    } else {
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+}
+
+/// Seeds of `api_http`: the requests firecracker-python sends for a whole
+/// VM life, curl-style requests, pipelining, and each refusal.
+pub fn api_http() -> Vec<Seed> {
+    let session = [
+        http("GET", "/", ""),
+        http(
+            "PUT",
+            "/logger",
+            r#"{"log_path": "/tmp/fc.log", "level": "Debug", "show_level": true, "show_log_origin": false}"#,
+        ),
+        http(
+            "PUT",
+            "/boot-source",
+            r#"{"kernel_image_path": "/images/vmlinux", "boot_args": "console=ttyS0 reboot=k pci=off panic=1"}"#,
+        ),
+        http(
+            "PUT",
+            "/drives/rootfs",
+            r#"{"drive_id": "rootfs", "path_on_host": "/images/rootfs.ext4", "is_root_device": true, "is_read_only": false}"#,
+        ),
+        http("PUT", "/machine-config", r#"{"vcpu_count": 2, "mem_size_mib": 256}"#),
+        http(
+            "PUT",
+            "/network-interfaces/eth0",
+            r#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02"}"#,
+        ),
+        http("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#),
+        http("PATCH", "/vm", r#"{"state": "Paused"}"#),
+        http("GET", "/", ""),
+        http("PATCH", "/vm", r#"{"state": "Resumed"}"#),
+        http("GET", "/vm/config", ""),
+        http("PUT", "/actions", r#"{"action_type": "SendCtrlAltDel"}"#),
+    ];
+    let session: Vec<&[u8]> = session.iter().map(Vec::as_slice).collect();
+    let pipelined = [
+        http("GET", "/version", ""),
+        http("PATCH", "/machine-config", r#"{"mem_size_mib": 64}"#),
+        http("GET", "/machine-config", ""),
+    ]
+    .concat();
+    let mut out = vec![
+        ("wire_session", api_wire(false, &session)),
+        ("wire_session_small", api_wire(true, &session)),
+        ("wire_pipelined", api_wire(false, &[&pipelined])),
+        ("wire_bytewise", {
+            let req = http("PUT", "/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 128}"#);
+            let bytes: Vec<&[u8]> = req.chunks(1).collect();
+            api_wire(false, &bytes)
+        }),
+        (
+            "wire_continue",
+            api_wire(
+                false,
+                &[
+                    b"PUT /boot-source HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 29\r\n\r\n",
+                    br#"{"kernel_image_path": "/k"} "#,
+                ],
+            ),
+        ),
+        (
+            "wire_chunked",
+            api_wire(false, &[b"PUT /actions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"]),
+        ),
+        ("wire_close", api_wire(false, &[b"GET / HTTP/1.0\r\n\r\nGET / HTTP/1.1\r\nConnection: close\r\n\r\n"])),
+        ("wire_too_big", api_wire(true, &[b"PUT /logger HTTP/1.1\r\nContent-Length: 99999\r\n\r\n"])),
+        ("wire_garbage", api_wire(false, &[b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03"])),
+        (
+            "wire_methods",
+            api_wire(
+                false,
+                &[&[
+                    http("POST", "/actions", "{}"),
+                    http("DELETE", "/drives/x", ""),
+                    http("HEAD", "/", ""),
+                    http("GET", "/balloon", ""),
+                ]
+                .concat()],
+            ),
+        ),
+    ];
+    out.push((
+        "req_lifecycle",
+        api_requests(
+            false,
+            &[
+                (3, r#"{"vcpu_count": 2, "mem_size_mib": 256, "smt": false, "track_dirty_pages": false, "huge_pages": "None"}"#),
+                (5, r#"{"kernel_image_path": "/k", "initrd_path": "/i", "boot_args": "console=ttyS0"}"#),
+                (6, r#"{"drive_id": "rootfs", "partuuid": null, "is_root_device": true, "cache_type": "Unsafe", "is_read_only": false, "path_on_host": "/r.img", "io_engine": "Sync", "rate_limiter": null, "socket": null}"#),
+                (7, r#"{"drive_id": "data", "path_on_host": "/d.img", "is_root_device": false, "is_read_only": true}"#),
+                (8, r#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "02:00:00:00:00:01"}"#),
+                (11, r#"{"serial_out_path": "/tmp/serial.log"}"#),
+                (4, r#"{"ember": {"debug_exit": true, "boot_protocol": "pvh", "transport": "mmio", "seccomp": "log", "serial": "none"}}"#),
+                (14, ""),
+                (12, r#"{"action_type": "InstanceStart"}"#),
+                (13, r#"{"state": "Paused"}"#),
+                (13, r#"{"state": "Resumed"}"#),
+                (12, r#"{"action_type": "FlushMetrics"}"#),
+                (12, r#"{"action_type": "SendCtrlAltDel"}"#),
+                (3, r#"{"vcpu_count": 1, "mem_size_mib": 128}"#),
+            ],
+        ),
+    ));
+    out.push((
+        "req_refusals",
+        api_requests(
+            true,
+            &[
+                (3, r#"{"vcpu_count": 0, "mem_size_mib": 128}"#),
+                (3, r#"{"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2M", "cpu_template": "T2"}"#),
+                (6, r#"{"drive_id": "other", "path_on_host": "/r.img", "is_root_device": true}"#),
+                (6, r#"{"drive_id": "rootfs", "path_on_host": "/r.img", "is_root_device": true, "io_engine": "Async", "rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}}"#),
+                (9, r#"{"iface_id": "eth1", "host_dev_name": "tap0", "mtu": 1500}"#),
+                (10, r#"{"level": "Loud"}"#),
+                (13, r#"{"state": "Paused"}"#),
+                (12, r#"{"action_type": "InstanceStart"}"#),
+                (5, r#"{"kernel_image_path": "/k"}"#),
+                (12, r#"{"action_type": "InstanceStart"}"#),
+                (12, r#"{"action_type": "InstanceStart"}"#),
+                (19, "{}"),
+                (15, ""),
+            ],
+        ),
+    ));
+    out.push((
+        "req_config_file",
+        api_requests(
+            false,
+            &[(
+                21,
+                r#"{"boot-source": {"kernel_image_path": "/k", "boot_args": "console=ttyS0", "initrd_path": null},
+                    "drives": [{"drive_id": "rootfs", "is_root_device": true, "path_on_host": "/r", "is_read_only": false}],
+                    "machine-config": {"vcpu_count": 2, "mem_size_mib": 1024, "ember": {"serial": "stdio"}},
+                    "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0"}],
+                    "cpu-config": null, "balloon": null, "vsock": null, "logger": null, "metrics": null,
+                    "mmds-config": null, "entropy": null, "pmem": [], "memory-hotplug": null}"#,
+            )],
+        ),
+    ));
+    out
+}

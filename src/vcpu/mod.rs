@@ -5,7 +5,6 @@
 mod exits;
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_run, CpuId, Msrs};
@@ -15,6 +14,7 @@ use crate::boot::{cpu_state, Entry};
 use crate::bus::Bus;
 use crate::error::{kvm_err, Error};
 use crate::exit::{ExitSignal, VmExit};
+use crate::run_control::{RunControl, RunRequest};
 use exits::{handle_exit, Crash, ExitAction};
 
 const APIC_LVT0: usize = 0x350;
@@ -168,59 +168,26 @@ pub(crate) fn install_kick_handler() -> std::io::Result<()> {
         .map_err(std::io::Error::from_raw_os_error)
 }
 
-/// What the VMM asks of its vCPU threads. Each reads it before every entry
-/// into the guest; the VMM kicks the threads ([`kick_signal`]) so that one
-/// inside `KVM_RUN` sees a new request at once.
-#[derive(Debug, Default)]
-pub(crate) struct VcpuControl {
-    stop: AtomicBool,
-}
-
-/// A request from the VMM, as a vCPU thread sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum RunRequest {
-    /// Keep running the guest.
-    Run,
-    /// Return from the run loop: the VM is ending.
-    Stop,
-    // A `Pause` request (snapshots, the API's pause/resume) will park the
-    // thread outside KVM_RUN until it is resumed.
-}
-
-impl VcpuControl {
-    /// Asks every vCPU thread to return from its run loop.
-    pub(crate) fn request_stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-
-    /// What is asked now.
-    pub(crate) fn request(&self) -> RunRequest {
-        if self.stop.load(Ordering::SeqCst) {
-            RunRequest::Stop
-        } else {
-            RunRequest::Run
-        }
-    }
-}
-
 /// What a vCPU thread needs while it runs.
 pub(crate) struct VcpuRunner {
     vcpu: Vcpu,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     exit: Arc<ExitSignal>,
-    control: Arc<VcpuControl>,
+    control: Arc<RunControl>,
 }
 
 impl VcpuRunner {
     /// Binds a vCPU to the buses it dispatches to, the VM's exit signal and
-    /// the VMM's requests.
+    /// the VMM's requests (run, pause, stop: read before every entry into
+    /// the guest; the VMM kicks the thread out of `KVM_RUN` with
+    /// [`kick_signal`] so that it sees a new request at once).
     pub(crate) fn new(
         vcpu: Vcpu,
         pio: Arc<Bus>,
         mmio: Arc<Bus>,
         exit: Arc<ExitSignal>,
-        control: Arc<VcpuControl>,
+        control: Arc<RunControl>,
     ) -> Self {
         VcpuRunner { vcpu, pio, mmio, exit, control }
     }
@@ -232,7 +199,7 @@ impl VcpuRunner {
     /// Ends the VM for `exit`; every vCPU thread then stops.
     fn end(&self, exit: VmExit) {
         self.exit.request(exit);
-        self.control.request_stop();
+        self.control.stop();
     }
 
     /// KVM's suberror and data words of an internal-error exit.
@@ -268,15 +235,22 @@ impl VcpuRunner {
         }
     }
 
-    /// Runs the vCPU until the VM ends.
+    /// Runs the vCPU until the VM ends. A pause request parks the thread
+    /// here, outside `KVM_RUN` (so the vCPU's state is still, and its
+    /// ioctls from other threads do not wait for a guest exit).
     pub(crate) fn run(mut self) {
         let id = self.vcpu.id;
         KVM_RUN.with(|c| c.set(self.vcpu.fd.get_kvm_run() as *mut kvm_run));
         loop {
             // What the VMM asks, before every entry into the guest.
             match self.control.request() {
-                RunRequest::Run if !self.exit.is_set() => {}
-                RunRequest::Run | RunRequest::Stop => break,
+                _ if self.exit.is_set() => break,
+                RunRequest::Run => {}
+                RunRequest::Pause => {
+                    self.control.park();
+                    continue;
+                }
+                RunRequest::Stop => break,
             }
             match handle_exit(id, self.vcpu.fd.run()) {
                 ExitAction::Resume => {}
@@ -294,6 +268,7 @@ impl VcpuRunner {
             }
         }
         KVM_RUN.with(|c| c.set(std::ptr::null_mut()));
+        self.control.leave();
     }
 }
 

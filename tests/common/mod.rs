@@ -691,3 +691,24 @@ pub fn q35_args(g: &Path, cmdline: &str) -> Vec<String> {
     .map(|s| s.to_string())
     .collect()
 }
+
+/// The numbers of the `count N` lines the `count` guest printed, in order.
+/// A line cut by a pause is whole again once its end arrives.
+pub fn counts(text: &str) -> Vec<u64> {
+    text.lines().filter_map(|l| l.trim().strip_prefix("count ")?.parse().ok()).collect()
+}
+
+/// Checks that `counts` is 1, 2, 3, ... with no gap or repeat, and returns
+/// the last number.
+pub fn assert_counts_consecutive(counts: &[u64]) -> u64 {
+    for (i, &n) in counts.iter().enumerate() {
+        assert_eq!(
+            n,
+            i as u64 + 1,
+            "the count jumps or repeats at line {}: {:?}",
+            i + 1,
+            &counts[i.saturating_sub(3)..]
+        );
+    }
+    counts.last().copied().unwrap_or(0)
+}

@@ -4,8 +4,8 @@
  * with a pattern seeded by i in two requests, flushes every 8th iteration,
  * reads the region back and checks every byte, then polls COM1: a 'q' from
  * the host ends the run with "SOAK DONE iters=N bytes=M" and exit 0. A
- * mismatch prints the place and exits 120. Every 256 iterations it prints
- * "SOAK iters=N". Each region starts with its seed (u64) so the host can
+ * mismatch prints the place and exits 120. Every `report=` iterations
+ * (default 256) it prints "SOAK iters=N". Each region starts with its seed (u64) so the host can
  * check the image afterwards. Interrupt-driven with irq=1.
  */
 #include "virtio.h"
@@ -57,6 +57,9 @@ int main(void)
     buf = vio_alloc(REGION_SECTORS * 512, 4096);
     rbuf = vio_alloc(REGION_SECTORS * 512, 4096);
     vio_driver_ok(&dev);
+    u64 every = rt_param_u64("report", 256);
+    if (every == 0)
+        every = 256;
     rt_puts("SOAK START\n");
     u64 bytes = 0;
     for (u64 i = 0;; i++) {
@@ -79,7 +82,7 @@ int main(void)
                 return 120;
             }
         bytes += 2 * REGION_SECTORS * 512;
-        if (i % 256 == 255)
+        if (i % every == every - 1)
             rt_printf("SOAK iters=%lu\n", i + 1);
         if (rt_getc_nonblock() == 'q') {
             CHECK(req(4, 0, NULL, 0) == 0, 122);

@@ -34,6 +34,42 @@ pub enum Command {
     /// Smoke-test a kernel: boot it, run a command in a generated initramfs
     /// and/or wait for console patterns; exit with the result.
     Smoke(SmokeArgs),
+    /// Serve Firecracker's API on a Unix socket: configure, start, pause,
+    /// resume and stop one VM through it (docs/api-socket.md).
+    Serve(ServeArgs),
+}
+
+/// Flags of `ember serve`.
+#[derive(Args, Debug, Clone)]
+#[command(after_help = "SIGTERM or SIGINT: Ctrl+Alt+Del to a running guest, then a stop after \
+--shutdown-timeout. Exit status: the VM's (as ember run), 0 when stopped before InstanceStart.")]
+pub struct ServeArgs {
+    /// The API socket to create (it must not exist), mode 0600.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: PathBuf,
+    /// The instance id `GET /` reports.
+    #[arg(long, value_name = "ID", default_value = ember::api::DEFAULT_INSTANCE_ID)]
+    pub id: String,
+    /// Start the VM at once from this Firecracker JSON config file; the
+    /// API then serves the running VM.
+    #[arg(long, value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+    /// How long a guest has to shut down after Ctrl+Alt+Del on SIGTERM
+    /// before it is stopped (e.g. 5s, 500ms; 0 stops at once).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_timeout: std::time::Duration,
+    /// Log level for ember's own messages on stderr (PUT /logger can
+    /// change it before start).
+    #[arg(long, value_name = "LEVEL", default_value = "warn")]
+    pub log_level: log::LevelFilter,
+    /// Append ember's messages to this file or FIFO instead of stderr (as
+    /// Firecracker's --log-path; PUT /logger can set it too).
+    #[arg(long, value_name = "PATH")]
+    pub log_path: Option<PathBuf>,
+    /// seccomp filters on every ember thread, the API's included: kill,
+    /// log or off.
+    #[arg(long, value_name = "kill|log|off", default_value = "kill", value_parser = parse_seccomp)]
+    pub seccomp: SeccompMode,
 }
 
 /// Flags of `ember smoke`.
@@ -188,8 +224,15 @@ impl SmokeArgs {
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     /// Kernel image: ELF vmlinux (PVH note or not) or bzImage.
-    #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "config_file")]
+    pub kernel: Option<PathBuf>,
+    /// The VM from a Firecracker JSON config file (boot-source, drives,
+    /// machine-config with ember's own fields under "ember",
+    /// network-interfaces, logger) instead of the flags that describe it.
+    #[arg(long, value_name = "FILE", conflicts_with_all = [
+        "kernel", "initrd", "cmdline", "memory", "cpus", "serial", "debug_exit", "boot", "disk", "net",
+    ])]
+    pub config_file: Option<PathBuf>,
     /// Initrd / initramfs image to load.
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
@@ -250,10 +293,18 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// The VM configuration these flags describe.
+    /// Applies the flags a config file cannot express (seccomp, the jail,
+    /// --no-virtio-mmio-cmdline) to a configuration read from one.
+    pub fn apply_host_flags(&self, config: &mut VmConfig) {
+        config.seccomp = self.seccomp;
+        config.virtio_mmio_cmdline = !self.no_virtio_mmio_cmdline;
+        config.jail = self.user.map(|(uid, gid)| Jail { uid, gid, chroot: self.chroot.clone() });
+    }
+
+    /// The VM configuration these flags describe (without --config-file).
     pub fn to_config(&self) -> VmConfig {
         VmConfig {
-            kernel: self.kernel.clone(),
+            kernel: self.kernel.clone().unwrap_or_default(),
             initrd: self.initrd.clone(),
             initrd_bytes: None,
             cmdline: self.cmdline.clone(),

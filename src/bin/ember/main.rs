@@ -1,10 +1,11 @@
 //! The `ember` command: `ember run` boots a kernel, `ember smoke`
-//! smoke-tests one. Flags become the library's configuration ([`args`],
+//! smoke-tests one, `ember serve` serves Firecracker's API for one. Flags become the library's configuration ([`args`],
 //! [`parse`]); everything else is the library's.
 
 mod args;
 mod logger;
 mod parse;
+mod serve;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(a) => run(a),
         Command::Smoke(a) => smoke(a),
+        Command::Serve(a) => serve::serve(a),
     }
 }
 
@@ -46,12 +48,41 @@ fn fail(e: &ember::Error) -> ExitCode {
 fn run(args: RunArgs) -> ExitCode {
     logger::init(args.log_level);
     ember::restore_terminal_on_fatal_signals();
-    let exit = match Vm::new(args.to_config()).and_then(|vm| vm.run()) {
+    let config = match &args.config_file {
+        Some(path) => match config_from_file(path) {
+            Ok((mut c, logger)) => {
+                if let Some(Err(e)) = logger.as_ref().map(serve::apply_logger) {
+                    return fail_with(&e);
+                }
+                args.apply_host_flags(&mut c);
+                c
+            }
+            Err(e) => {
+                eprintln!("ember: error: config file {}: {e}", path.display());
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        None => args.to_config(),
+    };
+    let exit = match Vm::new(config).and_then(|vm| vm.run()) {
         Ok(x) => x,
         Err(e) => return fail(&e),
     };
     report(&exit);
     ExitCode::from(exit.status() as u8)
+}
+
+/// Reads a Firecracker config file: the VM and the logger settings.
+fn config_from_file(path: &std::path::Path) -> Result<(ember::VmConfig, Option<ember::api::LoggerSettings>), String> {
+    let json = std::fs::read(path).map_err(|e| e.to_string())?;
+    let file = ember::api::parse_config_file(&json).map_err(|e| e.to_string())?;
+    let config = file.vm_config().map_err(|e| e.to_string())?;
+    Ok((config, file.logger().cloned()))
+}
+
+fn fail_with(message: &str) -> ExitCode {
+    eprintln!("ember: error: {message}");
+    ExitCode::from(EXIT_FAILURE)
 }
 
 /// Says how the VM ended: crashes always, clean ends at info level.

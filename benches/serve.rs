@@ -1,0 +1,311 @@
+//! What booting through the API costs, beside the command line, in the
+//! same run and on the same guest (`first_byte`: a serial byte in its
+//! first instructions; 128 MiB, debug-exit):
+//!
+//! * CLI: exec of `ember run --kernel …` → first guest serial byte;
+//! * API: exec of `ember serve --api-sock …` → socket connectable →
+//!   configured (`PUT /boot-source`, `PUT /machine-config` answered) →
+//!   `InstanceStart` answered → first guest serial byte;
+//! * config file: exec of `ember serve --config-file …` → first byte;
+//!
+//! interleaved run by run (after a warm-up round) so a busy host disturbs
+//! them alike, as medians; and the idle RSS beyond guest RAM of `ember
+//! serve` (API thread included) beside `ember run`, for the `hang` guest.
+//!
+//! ```text
+//! cargo bench --bench serve
+//! EMBER_BENCH_RUNS=100 cargo bench --bench serve
+//! ```
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const GUEST_MIB: u64 = 128;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn ember() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ember"))
+}
+
+fn guest(name: &str) -> PathBuf {
+    let out = repo().join("target/guests");
+    let st = Command::new("make")
+        .args(["-s", "-C"])
+        .arg(repo().join("tests/guests"))
+        .arg(format!("O={}", out.display()))
+        .arg(format!("{name}.elf"))
+        .status()
+        .expect("make");
+    assert!(st.success(), "building guest {name}");
+    out.join(format!("{name}.elf"))
+}
+
+fn spawn(args: &[&str]) -> Child {
+    Command::new(ember())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ember")
+}
+
+/// Waits for the guest's first serial byte; returns the CPU time the
+/// process's threads have run so far (from /proc/PID/task/*/schedstat: a
+/// busy host delays a process but does not make it run longer).
+fn first_byte(child: &mut Child) -> Duration {
+    let mut b = [0u8; 1];
+    let n = child.stdout.as_mut().unwrap().read(&mut b).unwrap();
+    assert_eq!(n, 1, "the guest printed nothing");
+    cpu_time(child.id())
+}
+
+fn cpu_time(pid: u32) -> Duration {
+    let mut ns = 0u64;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let s = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+        ns += s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    }
+    Duration::from_nanos(ns)
+}
+
+fn end(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// One request on a keep-alive connection; the status.
+fn call(s: &mut UnixStream, method: &str, path: &str, body: &str) -> u16 {
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    s.write_all(req.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "the server closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut r = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(h)) = r.parse(&buf) {
+            let len = r
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .map_or(0, |h| std::str::from_utf8(h.value).unwrap().parse::<usize>().unwrap());
+            if buf.len() >= h + len {
+                return r.code.unwrap();
+            }
+        }
+    }
+}
+
+fn connect_polled(path: &Path, since: Instant) -> UnixStream {
+    loop {
+        match UnixStream::connect(path) {
+            Ok(s) => return s,
+            Err(_) if since.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_micros(20)),
+            Err(e) => panic!("the API socket never became ready: {e}"),
+        }
+    }
+}
+
+/// The API path's checkpoints from exec: socket ready, configured, started,
+/// first byte.
+fn api_boot(sock: &Path, g: &Path) -> [Duration; 5] {
+    let _ = std::fs::remove_file(sock);
+    let t = Instant::now();
+    let mut child = spawn(&["serve", "--api-sock", sock.to_str().unwrap()]);
+    let mut s = connect_polled(sock, t);
+    let ready = t.elapsed();
+    let boot = format!(r#"{{"kernel_image_path": "{}", "boot_args": "console=ttyS0"}}"#, g.display());
+    assert_eq!(call(&mut s, "PUT", "/boot-source", &boot), 204);
+    let machine = format!(r#"{{"vcpu_count": 1, "mem_size_mib": {GUEST_MIB}, "ember": {{"debug_exit": true}}}}"#);
+    assert_eq!(call(&mut s, "PUT", "/machine-config", &machine), 204);
+    let configured = t.elapsed();
+    assert_eq!(call(&mut s, "PUT", "/actions", r#"{"action_type": "InstanceStart"}"#), 204);
+    let started = t.elapsed();
+    let cpu = first_byte(&mut child);
+    let first = t.elapsed();
+    end(child);
+    [ready, configured, started, first, cpu]
+}
+
+fn cli_args(g: &Path) -> Vec<String> {
+    ["run", "--memory", "128M", "--debug-exit", "--serial", "stdio", "--cmdline", "console=ttyS0", "--kernel"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([g.display().to_string()])
+        .collect()
+}
+
+fn cli_boot(g: &Path) -> (Duration, Duration) {
+    let args = cli_args(g);
+    let t = Instant::now();
+    let mut child = spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let cpu = first_byte(&mut child);
+    let d = t.elapsed();
+    end(child);
+    (d, cpu)
+}
+
+fn config_file_boot(sock: &Path, config: &Path) -> (Duration, Duration) {
+    let _ = std::fs::remove_file(sock);
+    let t = Instant::now();
+    let mut child = spawn(&["serve", "--api-sock", sock.to_str().unwrap(), "--config-file", config.to_str().unwrap()]);
+    let cpu = first_byte(&mut child);
+    let d = t.elapsed();
+    end(child);
+    (d, cpu)
+}
+
+/// (RSS beyond guest RAM, total RSS) in KiB, from smaps.
+fn rss_beyond_guest(pid: u32) -> (u64, u64) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let (mut total, mut guest, mut size) = (0u64, 0u64, 0u64);
+    for line in smaps.lines() {
+        if let Some(v) = line.strip_prefix("Size:") {
+            size = v.trim().trim_end_matches("kB").trim().parse().unwrap();
+        } else if let Some(v) = line.strip_prefix("Rss:") {
+            let rss: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap();
+            total += rss;
+            if size == GUEST_MIB * 1024 {
+                guest += rss;
+            }
+        }
+    }
+    (total - guest, total)
+}
+
+fn wait_for_output(child: &mut Child, needle: &[u8]) {
+    let mut seen = Vec::new();
+    let mut b = [0u8; 256];
+    let out = child.stdout.as_mut().unwrap();
+    while !seen.windows(needle.len()).any(|w| w == needle) {
+        let n = out.read(&mut b).unwrap();
+        assert!(n > 0, "ember exited early");
+        seen.extend_from_slice(&b[..n]);
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    if !Path::new("/dev/kvm").exists() {
+        println!("serve bench: no /dev/kvm, nothing measured");
+        return;
+    }
+    let runs: usize = std::env::var("EMBER_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let g = guest("first_byte");
+    let dir = std::env::temp_dir().join(format!("ember-serve-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("api.sock");
+    let config = dir.join("vm.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}", "boot_args": "console=ttyS0"}},
+  "machine-config": {{"vcpu_count": 1, "mem_size_mib": {GUEST_MIB}, "ember": {{"debug_exit": true}}}}}}"#,
+            g.display()
+        ),
+    )
+    .unwrap();
+
+    let (mut cli, mut api, mut file) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..=runs {
+        let c = cli_boot(&g);
+        let a = api_boot(&sock, &g);
+        let f = config_file_boot(&sock, &config);
+        if i > 0 {
+            cli.push(c);
+            api.push(a);
+            file.push(f);
+        }
+    }
+    let cli_cpu = median(cli.iter().map(|c| c.1).collect());
+    let cli = median(cli.iter().map(|c| c.0).collect());
+    let api_cpu = median(api.iter().map(|a| a[4]).collect());
+    let file_cpu = median(file.iter().map(|f| f.1).collect());
+    let file = median(file.iter().map(|f| f.0).collect());
+    let api_at = |k: usize| median(api.iter().map(|a| a[k]).collect());
+    let (ready, configured, started, first) = (api_at(0), api_at(1), api_at(2), api_at(3));
+    // The guest's own time after start is the same on both paths; the
+    // API's cost is its first byte minus the CLI's.
+    let from_start = median(api.iter().map(|a| a[3] - a[2]).collect());
+
+    // Idle RSS beyond guest RAM, with the hang guest.
+    let hang = guest("hang");
+    let args = cli_args(&hang);
+    let mut run = spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    wait_for_output(&mut run, b"HANG");
+    std::thread::sleep(Duration::from_millis(300));
+    let rss_run = rss_beyond_guest(run.id());
+    end(run);
+    let _ = std::fs::remove_file(&sock);
+    let mut serve = spawn(&["serve", "--api-sock", sock.to_str().unwrap()]);
+    let mut s = connect_polled(&sock, Instant::now());
+    let boot = format!(r#"{{"kernel_image_path": "{}", "boot_args": "console=ttyS0"}}"#, hang.display());
+    assert_eq!(call(&mut s, "PUT", "/boot-source", &boot), 204);
+    let machine = format!(r#"{{"vcpu_count": 1, "mem_size_mib": {GUEST_MIB}, "ember": {{"debug_exit": true}}}}"#);
+    assert_eq!(call(&mut s, "PUT", "/machine-config", &machine), 204);
+    assert_eq!(call(&mut s, "PUT", "/actions", r#"{"action_type": "InstanceStart"}"#), 204);
+    wait_for_output(&mut serve, b"HANG");
+    assert_eq!(call(&mut s, "GET", "/", ""), 200);
+    std::thread::sleep(Duration::from_millis(300));
+    let rss_serve = rss_beyond_guest(serve.id());
+    drop(s);
+    end(serve);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!("ember serve beside ember run, {runs} boots each of the first_byte guest (128 MiB), medians:");
+    println!("  CLI:  exec → first guest serial byte          {:>10}", ms(cli));
+    println!("  API:  exec → socket connectable               {:>10}", ms(ready));
+    println!("        exec → configured (2 PUTs answered)     {:>10}", ms(configured));
+    println!("        exec → InstanceStart answered           {:>10}", ms(started));
+    println!(
+        "        exec → first guest serial byte          {:>10}   (InstanceStart → byte {})",
+        ms(first),
+        ms(from_start)
+    );
+    println!(
+        "        API − CLI                               {:>10}   (ratio {:.3}x; goal ≤ +0.5 ms)",
+        ms(first.saturating_sub(cli)),
+        first.as_secs_f64() / cli.as_secs_f64()
+    );
+    println!(
+        "  serve --config-file: exec → first byte       {:>10}   (−CLI {})",
+        ms(file),
+        ms(file.saturating_sub(cli))
+    );
+    println!("  CPU time of the VMM process until the first byte (all threads; not inflated by a busy host):");
+    println!(
+        "        CLI {:>10}, API {:>10} (+{}), config file {:>10}",
+        ms(cli_cpu),
+        ms(api_cpu),
+        ms(api_cpu.saturating_sub(cli_cpu)),
+        ms(file_cpu)
+    );
+    println!(
+        "  idle RSS beyond guest RAM (hang guest): run {:.2} MiB, serve {:.2} MiB (+{} KiB; goal ≤ 2 MiB); total {:.2} / {:.2} MiB",
+        rss_run.0 as f64 / 1024.0,
+        rss_serve.0 as f64 / 1024.0,
+        rss_serve.0 as i64 - rss_run.0 as i64,
+        rss_run.1 as f64 / 1024.0,
+        rss_serve.1 as f64 / 1024.0
+    );
+}
