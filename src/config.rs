@@ -37,6 +37,14 @@ pub enum ConfigError {
     /// More extra UARTs than COM2 to COM4.
     #[error("too many extra serial ports ({0}); at most 3 (COM2 to COM4)")]
     TooManySerials(usize),
+    /// `--user` given to an ember that does not run as root: there is
+    /// nothing to drop (and setresuid would fail late).
+    #[error("--user needs ember to start as root (it runs as uid {0}, with no privileges to drop)")]
+    UserWithoutRoot(u32),
+    /// `--user` names root: it would drop nothing. Leave `--user` out to
+    /// run as root.
+    #[error("--user {0} drops no privileges (uid 0 is root); give an unprivileged uid, or leave --user out")]
+    UserDropsNothing(u32),
     /// The jail's chroot directory does not exist.
     #[error("chroot directory {} does not exist or is not a directory", .0.display())]
     BadChroot(PathBuf),
@@ -311,6 +319,16 @@ impl VmConfig {
         }
         if self.cmdline.contains('\0') {
             return Err(ConfigError::CmdlineNul);
+        }
+        if let Some(j) = &self.jail {
+            // SAFETY: geteuid has no preconditions.
+            let euid = unsafe { libc::geteuid() };
+            if euid != 0 {
+                return Err(ConfigError::UserWithoutRoot(euid));
+            }
+            if j.uid == 0 {
+                return Err(ConfigError::UserDropsNothing(j.uid));
+            }
         }
         if let Some(dir) = self.jail.as_ref().and_then(|j| j.chroot.as_ref()) {
             if !dir.is_dir() {

@@ -23,7 +23,7 @@ use crate::sync::lock;
 /// (only for [`SerialConfig::Stdio`]).
 pub(crate) fn serial_output(serial: &SerialConfig) -> Result<(SerialOutput, bool), Error> {
     Ok(match serial {
-        SerialConfig::Stdio => (Box::new(Stdout), true),
+        SerialConfig::Stdio => (Box::new(Stdout::new(1)), true),
         SerialConfig::File(p) => {
             let f = File::create(p).map_err(|source| Error::SerialFile { path: p.clone(), source })?;
             (Box::new(f), false)
@@ -34,22 +34,94 @@ pub(crate) fn serial_output(serial: &SerialConfig) -> Result<(SerialOutput, bool
     })
 }
 
-/// Writes to stdout with no buffering in between.
-struct Stdout;
+/// How long one console write waits for a reader that does not read
+/// before stdout counts as stalled.
+const STALL_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Writes to stdout with no buffering in between, and never blocks for
+/// long: a vCPU writes the console while holding the serial lock, and a
+/// reader that stopped reading (a pipe into a stopped process, a terminal
+/// on XOFF) must not hold the vCPU, and with it the VM's shutdown, forever.
+///
+/// A pipe, FIFO or terminal is reopened non-blocking through
+/// `/proc/self/fd` (a new open file description, so the shell's stays as
+/// it was). A write that finds it full waits up to [`STALL_GRACE`]; then
+/// stdout is stalled and output is dropped (counted, and reported when the
+/// VM ends) until a write goes through again. Regular files never stall;
+/// other kinds (a socket) are written blocking, as before.
+struct Stdout {
+    fd: RawFd,
+    /// The non-blocking reopened description, when there is one.
+    _file: Option<File>,
+    stalled: bool,
+    dropped: u64,
+}
+
+impl Stdout {
+    fn new(fd: RawFd) -> Self {
+        use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+        let reopened = (|| {
+            let path = format!("/proc/self/fd/{fd}");
+            let kind = std::fs::metadata(&path).ok()?.file_type();
+            if !(kind.is_fifo() || kind.is_char_device()) {
+                return None;
+            }
+            std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+                .open(&path)
+                .ok()
+        })();
+        match reopened {
+            Some(f) => Stdout { fd: f.as_raw_fd(), _file: Some(f), stalled: false, dropped: 0 },
+            None => Stdout { fd, _file: None, stalled: false, dropped: 0 },
+        }
+    }
+}
 
 impl Write for Stdout {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        // SAFETY: writes from a valid buffer to fd 1.
-        let n = unsafe { libc::write(1, buf.as_ptr().cast(), buf.len()) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
+        let mut done = 0;
+        let mut waited = std::time::Duration::ZERO;
+        while done < buf.len() {
+            let rest = &buf[done..];
+            // SAFETY: writes from a valid buffer to an fd this owns (or 1).
+            let n = unsafe { libc::write(self.fd, rest.as_ptr().cast(), rest.len()) };
+            if n >= 0 {
+                done += n as usize;
+                self.stalled = false;
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => {}
+                io::ErrorKind::WouldBlock if !self.stalled && waited < STALL_GRACE => {
+                    let step = std::time::Duration::from_millis(2);
+                    std::thread::sleep(step);
+                    waited += step;
+                }
+                io::ErrorKind::WouldBlock => {
+                    self.stalled = true;
+                    self.dropped += rest.len() as u64;
+                    return Ok(buf.len());
+                }
+                _ if done > 0 => break,
+                _ => return Err(e),
+            }
         }
+        Ok(done)
     }
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+impl Drop for Stdout {
+    fn drop(&mut self) {
+        if self.dropped > 0 {
+            log::warn!("console: {} bytes of guest output dropped: stdout was not being read", self.dropped);
+        }
     }
 }
 
@@ -247,6 +319,45 @@ impl MutEventSubscriber for ConsoleInput {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 16 item 10: a reader that stopped reading kept a vCPU in
+    /// `write` forever (holding the serial lock, so shutdown waited too).
+    /// The writes now return; what did not fit is counted as dropped, and
+    /// output resumes once the reader reads again.
+    #[test]
+    fn a_stalled_stdout_reader_does_not_block_writes() {
+        let mut fds = [0; 2];
+        // SAFETY: fds is a valid two-int array.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let (r, w) = (fds[0], fds[1]);
+        let mut out = Stdout::new(w);
+        assert!(out._file.is_some(), "a pipe is reopened non-blocking");
+        // Blocking as the shell left it.
+        // SAFETY: F_GETFL on an fd this test owns.
+        assert_eq!(unsafe { libc::fcntl(w, libc::F_GETFL) } & libc::O_NONBLOCK, 0);
+        let chunk = [b'x'; 4096];
+        for _ in 0..64 {
+            // More than the pipe holds (64 KiB), with nobody reading.
+            out.write_all(&chunk).unwrap();
+        }
+        assert!(out.stalled);
+        let dropped = out.dropped;
+        assert!(dropped > 0);
+        // The reader comes back: output goes through again.
+        let mut buf = vec![0u8; 1 << 20];
+        // SAFETY: reads into a buffer of that length.
+        let n = unsafe { libc::read(r, buf.as_mut_ptr().cast(), buf.len()) };
+        assert!(n > 0);
+        out.write_all(b"again").unwrap();
+        assert!(!out.stalled);
+        assert_eq!(out.dropped, dropped);
+        drop(out);
+        // SAFETY: closing fds this test owns.
+        unsafe {
+            libc::close(w);
+            libc::close(r);
+        }
+    }
 
     #[test]
     fn escapes() {

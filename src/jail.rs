@@ -31,6 +31,9 @@ pub enum JailError {
         /// Why.
         source: std::io::Error,
     },
+    /// A capability set was not empty after the drop.
+    #[error("dropping privileges: capabilities left after the drop ({0})")]
+    CapsLeft(String),
     /// The switch did not stick.
     #[error("dropping privileges: still running as uid {0} after setresuid")]
     NotDropped(u32),
@@ -54,6 +57,17 @@ impl Jail {
         // SAFETY: plain credential syscalls with valid arguments.
         unsafe {
             step("setgroups(0)", libc::setgroups(0, std::ptr::null()))?;
+            // The bounding set needs CAP_SETPCAP: emptied while still root.
+            for cap in 0..64 {
+                if libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) < 0 {
+                    break; // past the kernel's last capability
+                }
+                step(format!("prctl(PR_CAPBSET_DROP, {cap})"), libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0))?;
+            }
+            step(
+                "prctl(PR_CAP_AMBIENT_CLEAR_ALL)",
+                libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0),
+            )?;
             step(format!("setresgid({})", self.gid), libc::setresgid(self.gid, self.gid, self.gid))?;
             step(format!("setresuid({})", self.uid), libc::setresuid(self.uid, self.uid, self.uid))?;
             step("prctl(PR_SET_NO_NEW_PRIVS)", libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
@@ -61,9 +75,44 @@ impl Jail {
                 return Err(JailError::NotDropped(libc::getuid()));
             }
         }
+        // setresuid away from root empties the permitted and effective
+        // sets, not the inheritable one: all three are set to nothing.
+        let mut caps = [CapData::default(); 2];
+        let mut header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+        // SAFETY: capset reads a v3 header and two data structs.
+        step("capset(0)", unsafe { libc::syscall(libc::SYS_capset, &mut header, caps.as_ptr()) } as libc::c_int)?;
+        // SAFETY: capget writes two data structs for a v3 header.
+        step("capget", unsafe { libc::syscall(libc::SYS_capget, &mut header, caps.as_mut_ptr()) } as libc::c_int)?;
+        // SAFETY: reads the ambient set of capability 0.. (no memory).
+        let ambient =
+            (0..64).any(|c| unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_IS_SET, c, 0, 0) } > 0);
+        // SAFETY: as above, for the bounding set.
+        let bounding = (0..64).any(|c| unsafe { libc::prctl(libc::PR_CAPBSET_READ, c, 0, 0, 0) } > 0);
+        if caps.iter().any(|c| c.effective | c.permitted | c.inheritable != 0) || ambient || bounding {
+            return Err(JailError::CapsLeft(format!("{caps:?}, ambient {ambient}, bounding {bounding}")));
+        }
         log::info!("privileges dropped to uid {} gid {}", self.uid, self.gid);
         Ok(())
     }
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3`: 64-bit sets in two 32-bit halves.
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct` (one 32-bit half of each set).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
 }
 
 fn chroot(dir: &Path) -> Result<(), JailError> {

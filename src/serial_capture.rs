@@ -8,7 +8,12 @@ use crate::sync::{lock, wait_timeout};
 
 #[derive(Default)]
 struct Inner {
+    /// The output kept: the stream from offset `cut` on.
     bytes: Vec<u8>,
+    /// Bytes dropped from the front (see [`SerialCapture::with_limit`]).
+    cut: usize,
+    /// Keep at least the last this many bytes; `None`: everything.
+    limit: Option<usize>,
     closed: bool,
 }
 
@@ -25,14 +30,34 @@ impl SerialCapture {
         Self::default()
     }
 
-    /// Everything captured so far, lossily decoded as UTF-8.
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.lock().bytes).into_owned()
+    /// A capture that keeps only the last `limit` bytes (at least; it holds
+    /// at most twice that), for a guest that writes without end. Offsets
+    /// ([`wait_beyond`](Self::wait_beyond)) count the whole stream.
+    pub fn with_limit(limit: usize) -> Self {
+        let c = Self::default();
+        c.lock().limit = Some(limit);
+        c
     }
 
-    /// Everything captured so far, as bytes.
+    /// Everything captured so far (what is kept of it), lossily decoded as
+    /// UTF-8; says first how much was cut.
+    pub fn text(&self) -> String {
+        let g = self.lock();
+        let text = String::from_utf8_lossy(&g.bytes);
+        match g.cut {
+            0 => text.into_owned(),
+            n => format!("[ember: the first {n} bytes of console output were cut]\n{text}"),
+        }
+    }
+
+    /// Everything captured so far (what is kept of it), as bytes.
     pub fn bytes(&self) -> Vec<u8> {
         self.lock().bytes.clone()
+    }
+
+    /// How many bytes were dropped from the front of the output.
+    pub fn cut(&self) -> usize {
+        self.lock().cut
     }
 
     /// Waits until `needle` has appeared in the output, the capture is closed
@@ -56,16 +81,27 @@ impl SerialCapture {
 
     /// Waits until more than `seen` bytes have been captured, the capture is
     /// closed, or `timeout` passes. Returns the bytes past `seen` (possibly
-    /// none) and whether the capture is closed.
+    /// none; with a [limit](Self::with_limit), only those still kept) and
+    /// whether the capture is closed.
     pub fn wait_beyond(&self, seen: usize, timeout: Duration) -> (Vec<u8>, bool) {
+        let (new, _, closed) = self.wait_next(seen, timeout);
+        (new, closed)
+    }
+
+    /// [`wait_beyond`](Self::wait_beyond), with the stream offset just past
+    /// the bytes returned (the next `seen`; more than `seen` plus their
+    /// length when bytes in between were cut).
+    pub(crate) fn wait_next(&self, seen: usize, timeout: Duration) -> (Vec<u8>, usize, bool) {
         let deadline = Instant::now() + timeout;
         let (mutex, cv) = &*self.inner;
         let mut g = lock(mutex);
         loop {
             let now = Instant::now();
-            if g.bytes.len() > seen || g.closed || now >= deadline {
-                let new = g.bytes.get(seen..).map(<[u8]>::to_vec).unwrap_or_default();
-                return (new, g.closed);
+            let end = g.cut + g.bytes.len();
+            if end > seen || g.closed || now >= deadline {
+                let from = seen.saturating_sub(g.cut);
+                let new = g.bytes.get(from..).map(<[u8]>::to_vec).unwrap_or_default();
+                return (new, end.max(seen), g.closed);
             }
             g = wait_timeout(cv, g, deadline - now);
         }
@@ -88,7 +124,18 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 impl Write for SerialCapture {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.lock().bytes.extend_from_slice(buf);
+        let mut g = self.lock();
+        g.bytes.extend_from_slice(buf);
+        if let Some(limit) = g.limit {
+            // Trim to the limit once twice that is held: amortised O(1) per
+            // byte.
+            if g.bytes.len() > limit.saturating_mul(2).max(1) {
+                let drop = g.bytes.len() - limit;
+                g.bytes.drain(..drop);
+                g.cut += drop;
+            }
+        }
+        drop(g);
         self.inner.1.notify_all();
         Ok(buf.len())
     }
@@ -115,6 +162,32 @@ mod tests {
         t.join().unwrap();
         assert_eq!(cap.text(), "hello world\n");
         assert!(!cap.wait_for("absent", Duration::from_millis(10)));
+    }
+
+    /// Issue 16 item 4: `ember smoke` kept the whole console for the whole
+    /// timeout; a capped capture keeps the last bytes and says so.
+    #[test]
+    fn a_limited_capture_keeps_the_tail() {
+        let cap = SerialCapture::with_limit(1 << 20);
+        let mut w = cap.clone();
+        let mut seen = 0;
+        for i in 0..40u8 {
+            w.write_all(&vec![b'a' + i % 26; 256 << 10]).unwrap();
+            assert!(cap.bytes().len() <= 2 << 20);
+            let (new, next, _) = cap.wait_next(seen, Duration::ZERO);
+            assert!(!new.is_empty() && next > seen);
+            seen = next;
+        }
+        assert_eq!(seen, 40 * (256 << 10));
+        let kept = cap.bytes();
+        assert!(kept.len() >= 1 << 20 && kept.len() <= 2 << 20);
+        assert_eq!(*kept.last().unwrap(), b'a' + 39 % 26);
+        assert_eq!(cap.cut() + kept.len(), 40 * (256 << 10));
+        assert!(cap.text().starts_with("[ember: the first "), "says it was cut");
+        // Unlimited captures keep everything, as before.
+        let all = SerialCapture::new();
+        all.clone().write_all(&[b'x'; 3 << 20]).unwrap();
+        assert_eq!((all.bytes().len(), all.cut()), (3 << 20, 0));
     }
 
     #[test]

@@ -92,11 +92,31 @@ extern "C" fn on_fatal_signal(sig: libc::c_int) {
     }
 }
 
+/// The signals that end ember, handled by the thread that started the VM.
+const TERMINATION_SIGNALS: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT];
+
+/// Blocks SIGTERM, SIGINT, SIGHUP and SIGQUIT on the calling thread, so the
+/// kernel delivers them to the thread that started the VM (or the
+/// embedding program's own) and never to a vCPU or the event loop: one
+/// thread handles them, whatever the others are doing.
+pub(crate) fn block_termination_signals() {
+    // SAFETY: builds a signal set on the stack and changes this thread's
+    // mask; no memory is shared.
+    unsafe {
+        let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigemptyset(set.as_mut_ptr());
+        for sig in TERMINATION_SIGNALS {
+            libc::sigaddset(set.as_mut_ptr(), sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut());
+    }
+}
+
 /// Restores the terminal before the process dies of SIGTERM, SIGINT,
 /// SIGHUP or SIGQUIT, or panics. For binaries; a library embedding ember
 /// keeps its own signal policy.
 pub(crate) fn restore_on_fatal_signals() {
-    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
+    for sig in TERMINATION_SIGNALS {
         // SAFETY: installs a handler that only calls async-signal-safe functions.
         unsafe { libc::signal(sig, on_fatal_signal as *const () as libc::sighandler_t) };
     }
@@ -116,6 +136,27 @@ mod tests {
         let (r, _w) = nix_pipe();
         assert!(RawTerminal::enter(r).unwrap().is_none());
         restore(); // nothing saved: a no-op
+    }
+
+    /// Issue 16 item 10: SIGTERM/SIGINT could land on any thread (a vCPU
+    /// in KVM_RUN, the event loop); ember's threads now block them.
+    #[test]
+    fn vm_threads_block_termination_signals() {
+        let blocked = std::thread::spawn(|| {
+            block_termination_signals();
+            let mut cur = MaybeUninit::<libc::sigset_t>::uninit();
+            // SAFETY: reads this thread's mask into a valid set.
+            unsafe {
+                libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), cur.as_mut_ptr());
+                TERMINATION_SIGNALS.map(|s| libc::sigismember(cur.as_ptr(), s) == 1)
+            }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(blocked, [true; 4]);
+        // The vCPU and event-loop threads call it first thing.
+        let vm = include_str!("vm.rs");
+        assert_eq!(vm.matches("crate::terminal::block_termination_signals();").count(), 2);
     }
 
     fn nix_pipe() -> (RawFd, RawFd) {

@@ -192,6 +192,7 @@ impl Vm {
         let event_thread = std::thread::Builder::new()
             .name("ember-events".into())
             .spawn(move || {
+                crate::terminal::block_termination_signals();
                 if let Err(e) = ev_filters.enter(ThreadKind::Events) {
                     ev_exit.request(VmExit::VmmError { message: format!("event loop thread: {e}") });
                     ev_control.leave();
@@ -250,6 +251,7 @@ fn spawn_vcpus(
         let runner = VcpuRunner::new(v, pio.clone(), mmio.clone(), exit.clone(), control.clone());
         let (filters_t, exit_t, control_t) = (filters.clone(), exit.clone(), control.clone());
         let t = std::thread::Builder::new().name(format!("ember-vcpu{id}")).stack_size(256 << 10).spawn(move || {
+            crate::terminal::block_termination_signals();
             if let Err(e) = filters_t.enter(ThreadKind::Vcpu) {
                 exit_t.request(VmExit::VcpuError { vcpu: id, message: e.to_string() });
                 control_t.leave();

@@ -89,6 +89,18 @@ fn every_thread_is_filtered_and_unprivileged() {
         assert!(field(st, "Uid").split_whitespace().all(|u| u == "65534"), "{name}: {}", field(st, "Uid"));
         assert!(field(st, "Gid").split_whitespace().all(|u| u == "65534"), "{name}");
         assert_eq!(field(st, "Groups"), "", "{name}");
+        // Issue 16 item 8: every capability set empty, the bounding and
+        // ambient sets included.
+        for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            assert_eq!(field(st, set), "0000000000000000", "{name}: {set}");
+        }
+        // Issue 16 item 10: termination signals reach the main thread only.
+        if name.starts_with("ember-") {
+            let blk = u64::from_str_radix(field(st, "SigBlk"), 16).unwrap();
+            for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
+                assert_ne!(blk & (1 << (sig - 1)), 0, "{name}: signal {sig} not blocked");
+            }
+        }
     }
     let root = std::fs::read_link(format!("/proc/{pid}/root")).unwrap();
     assert_eq!(root, jail);
@@ -107,6 +119,24 @@ fn privilege_drop_errors_are_clear() {
     assert!(o.stderr.contains("nobody"), "{}", o.stderr);
     let o = run_ember(&["run", "--kernel", k, "--chroot", "/tmp"], None, T);
     assert_code(&o, 2); // --chroot requires --user
+                        // Issue 16 item 8: a --user that drops nothing is a usage error, up
+                        // front (before any device is opened).
+    let o = run_ember(&["run", "--kernel", k, "--user", "0", "--disk", "path=/nonexistent.img"], None, T);
+    assert_code(&o, 2);
+    assert!(o.stderr.contains("--user 0 drops no privileges"), "{}", o.stderr);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // Started as an unprivileged user: nothing to drop either.
+        let o = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(ember())
+            .args(["run", "--kernel", "/nonexistent", "--user", "65534"])
+            .output()
+            .expect("setpriv (util-linux)");
+        assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("--user needs ember to start as root (it runs as uid 65534"), "{err}");
+    }
     let o = run_ember(&["run", "--kernel", k, "--seccomp", "maybe"], None, T);
     assert_code(&o, 2);
     assert!(o.stderr.contains("maybe"), "{}", o.stderr);
@@ -134,17 +164,8 @@ fn a_forbidden_syscall_kills_or_is_logged() {
     }
     let ember = probe_build();
     let g = guest("seccomp_probe");
-    let run = |mode: &str| {
-        let child = Command::new(&ember)
-            .args(["run", "--kernel", g.to_str().unwrap(), "--debug-exit", "--seccomp", mode])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        finish(child, T)
-    };
     use std::os::unix::process::ExitStatusExt;
+    let run = |mode: &str| run_probe(&ember, &g, mode, 0x5e);
     let o = run("kill");
     assert_eq!(o.status.and_then(|s| s.signal()), Some(libc::SIGSYS), "{o:#?}");
     assert!(o.stderr.contains(&format!("blocked system call {}", libc::SYS_sysinfo)), "{}", o.stderr);
@@ -157,4 +178,31 @@ fn a_forbidden_syscall_kills_or_is_logged() {
 
     let o = run("off");
     assert_code(&o, 0);
+
+    // Issue 16 item 7: argument-level rules. An executable mapping, a
+    // signal to another process, and a SIGSYS handler of the thread's own
+    // (which would turn the kill into a message and carry on) are refused.
+    for (probe, call) in [(0x5f, libc::SYS_mprotect), (0x60, libc::SYS_tgkill), (0x61, libc::SYS_rt_sigaction)] {
+        let o = run_probe(&ember, &g, "kill", probe);
+        assert_eq!(o.status.and_then(|s| s.signal()), Some(libc::SIGSYS), "probe {probe:#x}: {o:#?}");
+        assert!(o.stderr.contains(&format!("blocked system call {call}\u{20}")), "probe {probe:#x}: {}", o.stderr);
+        assert!(!o.stdout.contains("PROBE SURVIVED"), "{}", o.stdout);
+        let o = run_probe(&ember, &g, "log", probe);
+        assert_code(&o, 0);
+        assert!(o.stdout.contains("PROBE SURVIVED"), "probe {probe:#x}: {}", o.stdout);
+    }
+}
+
+/// Runs the seccomp probe guest under `mode`, asking for refused call
+/// `probe`.
+fn run_probe(ember: &std::path::Path, g: &std::path::Path, mode: &str, probe: u8) -> Outcome {
+    let cmdline = format!("probe={probe}");
+    let child = Command::new(ember)
+        .args(["run", "--kernel", g.to_str().unwrap(), "--debug-exit", "--seccomp", mode, "--cmdline", &cmdline])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    finish(child, T)
 }

@@ -189,3 +189,89 @@ fn blk_under_qemu() {
     assert!(o.stdout.contains("BLK OK"));
     assert_image(&p, &expected_after_blk(&orig));
 }
+
+/// Drives ember on a pty while the `blk_storm` guest floods its disk:
+/// once the storm runs, types `ping` and times the echo, then Ctrl-A x and
+/// times the exit. Prints what it saw.
+const STORM_DRIVER: &str = r#"
+import os, pty, sys, time, select
+ember, kernel, disk, table, transport = sys.argv[1:6]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(ember, [ember, "run", "--kernel", kernel, "--memory", "64M", "--disk",
+                     "path=" + disk + ",transport=" + transport, "--cmdline", "table=" + table + " transport=" + transport])
+out = b""
+def pump(until, deadline):
+    global out
+    while time.time() < deadline:
+        r, _, _ = select.select([fd], [], [], 0.01)
+        if r:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                return False
+            if not data:
+                return False
+            out += data
+            if until(out):
+                return True
+    return False
+ok = pump(lambda o: o.count(b"STORM rounds=") >= 2, time.time() + 120)
+print("STORMING", ok)
+mark = len(out)
+t0 = time.time()
+os.write(fd, b"ping")
+echo = pump(lambda o: b"ping" in o[mark:], time.time() + 30)
+print("ECHO", echo, round(time.time() - t0, 3))
+t0 = time.time()
+os.write(fd, b"\x01x")
+exited = None
+while time.time() < t0 + 30:
+    p, st = os.waitpid(pid, os.WNOHANG)
+    if p:
+        exited = time.time() - t0
+        break
+    pump(lambda o: False, time.time() + 0.005)
+if exited is None:
+    os.kill(pid, 9); os.waitpid(pid, 0)
+print("EXIT", exited is not None, round(exited or 0, 3), os.waitstatus_to_exitcode(st) if exited is not None else -1)
+print("ROUNDS", out.count(b"STORM rounds="))
+"#;
+
+/// Issue 16, findings 3 and 1 end to end: a guest keeps the disk queue
+/// full of the largest aliasing reads (each ~16 MiB copied into 64 KiB),
+/// or of indirect tables longer than the queue (refused, every one a
+/// malformed chain); the console still echoes and Ctrl-A x still exits.
+/// Before the pass budget one notification held the event loop for as
+/// long as the copying took. The times are printed, not asserted (the
+/// issue's target is 1 s; see the report).
+#[test]
+fn console_and_ctrl_a_x_answer_while_the_disk_is_flooded() {
+    if !kvm_available() {
+        return;
+    }
+    let d = scratch("storm");
+    let img = d.join("disk.img");
+    // Sparse, and large enough for the 64 MiB requests 1,024-entry tables
+    // made before they were refused.
+    std::fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
+    let g = guest("blk_storm");
+    // Both transports: each continues a pass that stopped on its budget
+    // through the queue's eventfd (transport.rs).
+    for (table, transport) in [("256", "mmio"), ("1024", "mmio"), ("256", "pci")] {
+        let (ember, g, img) = (ember(), g.to_str().unwrap(), img.to_str().unwrap());
+        let o = Command::new("python3")
+            .args(["-c", STORM_DRIVER, ember.to_str().unwrap(), g, img, table, transport])
+            .output()
+            .expect("python3");
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        eprintln!("table={table} transport={transport}:\n{text}{}", String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success(), "{text}");
+        let line =
+            |k: &str| text.lines().find(|l| l.starts_with(k)).unwrap_or_else(|| panic!("{k}: {text}")).to_string();
+        assert!(line("STORMING").ends_with("True"), "the storm never ran: {text}");
+        assert!(line("ECHO").starts_with("ECHO True"), "the console did not answer: {text}");
+        assert!(line("EXIT").starts_with("EXIT True"), "Ctrl-A x did not end ember: {text}");
+        assert!(line("EXIT").ends_with(" 0"), "{text}");
+    }
+}

@@ -193,3 +193,108 @@ fn net_under_qemu() {
     assert_eq!(st.code(), Some(1), "QEMU's isa-debug-exit status for guest code 0");
     // (0 << 1) | 1
 }
+
+/// Runs the `ip netns exec … ember run` command line given after the
+/// script's first argument on a pty; once the guest's storm runs (and
+/// frames flow from the namespace into the TAP, sent by the caller), types
+/// `ping` and waits for the echo, then Ctrl-A x and waits for the exit.
+const STORM_DRIVER: &str = r#"
+import os, pty, sys, time, select
+ready = sys.argv[1].encode()
+argv = sys.argv[2:]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp(argv[0], argv)
+out = b""
+def pump(until, deadline):
+    global out
+    while time.time() < deadline:
+        r, _, _ = select.select([fd], [], [], 0.01)
+        if r:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                return False
+            if not data:
+                return False
+            out += data
+            if until(out):
+                return True
+    return False
+# ember's log lines share the pty and may split the guest's line: any
+# sign of the storm will do.
+ok = pump(lambda o: ready in o or b"taken=" in o, time.time() + 120)
+time.sleep(2)
+pump(lambda o: False, time.time() + 0.1)
+print("STORMING", ok)
+mark = len(out)
+t0 = time.time()
+os.write(fd, b"ping")
+echo = pump(lambda o: b"ping" in o[mark:], time.time() + 30)
+print("ECHO", echo, round(time.time() - t0, 3))
+t0 = time.time()
+os.write(fd, b"\x01x")
+exited = None
+while time.time() < t0 + 30:
+    p, st = os.waitpid(pid, os.WNOHANG)
+    if p:
+        exited = time.time() - t0
+        break
+    pump(lambda o: False, time.time() + 0.005)
+if exited is None:
+    os.kill(pid, 9); os.waitpid(pid, 0)
+print("EXIT", exited is not None, round(exited or 0, 3))
+print("TAKEN", out.count(b"NETSTORM taken="))
+"#;
+
+/// Sends broadcast frames into the namespace's TAP until killed.
+const FRAME_SENDER: &str = r#"
+import socket, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("tap0", 0))
+frame = b"\xff" * 6 + b"\x02\x00\x00\x00\x03\x01" + b"\x88\xb5" + bytes(100)
+while True:
+    try:
+        s.send(frame)
+    except OSError:
+        pass
+    time.sleep(0.001)
+"#;
+
+/// Issue 16, finding 1 end to end: a guest keeps its receive ring full of
+/// malformed chains (refilling and kicking as fast as it can) while frames
+/// wait on the TAP; the console and Ctrl-A x must still answer. Times are
+/// printed, not asserted. Under PVM's emulation the vCPU refills more
+/// slowly than the device drains, so passes end between refills even
+/// without the pass budget: here this is a smoke test of the scenario, and
+/// the regression test for the finding is the device unit test with a
+/// native thread as the vCPU
+/// (`rx_pass_is_bounded_while_a_vcpu_keeps_publishing_malformed_chains`).
+#[test]
+fn console_and_ctrl_a_x_answer_while_the_receive_ring_refills_itself() {
+    if !kvm_available() {
+        return;
+    }
+    let Some(ns) = NetNs::new("rxstorm", HOST_IP) else { return };
+    let mut args = vec!["ip".to_string()];
+    args.extend(ns.ember_args("net_storm", "02:00:00:00:03:0a", "x=1"));
+    let mut sender = std::process::Command::new("ip")
+        .args(ns.prefix())
+        .args(["python3", "-c", FRAME_SENDER])
+        .spawn()
+        .expect("frame sender");
+    let o = std::process::Command::new("python3")
+        .args(["-c", STORM_DRIVER, "NETSTORM READY"])
+        .args(&args)
+        .output()
+        .expect("python3");
+    let _ = sender.kill();
+    let _ = sender.wait();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    eprintln!("{text}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{text}");
+    let line = |k: &str| text.lines().find(|l| l.starts_with(k)).unwrap_or_else(|| panic!("{k}: {text}")).to_string();
+    assert!(line("STORMING").ends_with("True"), "the storm never ran: {text}");
+    assert!(line("ECHO").starts_with("ECHO True"), "the console did not answer: {text}");
+    assert!(line("EXIT").starts_with("EXIT True"), "Ctrl-A x did not end ember: {text}");
+}

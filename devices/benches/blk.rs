@@ -49,7 +49,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use ember_devices::virtio::block::{Block, BlockConfig};
+use ember_devices::virtio::block::{Block, BlockConfig, SIZE_MAX};
 use ember_devices::virtio::mmio::MmioTransport;
 use ember_devices::virtio::pci::VirtioPciTransport;
 use ember_devices::virtio::VirtioDevice;
@@ -66,8 +66,11 @@ use transports::Transported;
 
 const IMAGE_SIZE: u64 = 256 << 20;
 const QSIZE: u16 = 256;
-/// Requests per `process_queue` call (3 descriptors each).
+/// Requests per `process_queue` call (3 or 4 descriptors each).
 const DEPTH: usize = 64;
+/// Descriptors reserved per request slot: header, up to two data segments
+/// of `size_max`, status.
+const SLOT_DESCS: u64 = 4;
 const ROUNDS: usize = 7;
 
 /// Ring bases of the four device paths: direct, mmio, pci (descriptors at
@@ -195,16 +198,23 @@ impl Guest {
         self.mem.write_slice(&d, GuestAddress(self.ring + 16 * idx)).unwrap();
     }
 
-    /// Lays out `DEPTH` fixed chains: header, data, status.
+    /// Lays out `DEPTH` fixed chains: header, data in segments of at most
+    /// the device's `size_max` (as Linux splits them), status.
     fn setup_chains(&self, op: Op, block: u64) {
         let next = VRING_DESC_F_NEXT as u16;
         let write = VRING_DESC_F_WRITE as u16;
+        let seg = block.min(u64::from(SIZE_MAX));
+        let segs = block.div_ceil(seg);
+        assert!(segs + 2 <= SLOT_DESCS);
         for slot in 0..DEPTH as u64 {
-            let d = 3 * slot;
+            let d = SLOT_DESCS * slot;
             let data_flags = if op == Op::Read { next | write } else { next };
             self.desc(d, HEADERS + 16 * slot, 16, next, (d + 1) as u16);
-            self.desc(d + 1, DATA + slot * block, block as u32, data_flags, (d + 2) as u16);
-            self.desc(d + 2, STATUS + slot, 1, write, 0);
+            for i in 0..segs {
+                let len = seg.min(block - i * seg);
+                self.desc(d + 1 + i, DATA + slot * block + i * seg, len as u32, data_flags, (d + 2 + i) as u16);
+            }
+            self.desc(d + 1 + segs, STATUS + slot, 1, write, 0);
         }
     }
 
@@ -216,7 +226,7 @@ impl Guest {
             h[8..16].copy_from_slice(&(off / 512).to_le_bytes());
             self.mem.write_slice(&h, GuestAddress(HEADERS + 16 * slot as u64)).unwrap();
             let ring = self.ring + 0x1004 + 2 * u64::from(self.avail_idx.wrapping_add(slot as u16) % QSIZE);
-            self.mem.write_obj((3 * slot) as u16, GuestAddress(ring)).unwrap();
+            self.mem.write_obj((SLOT_DESCS as usize * slot) as u16, GuestAddress(ring)).unwrap();
         }
         self.avail_idx = self.avail_idx.wrapping_add(offs.len() as u16);
         // Interrupt after the last request of the batch (EVENT_IDX).

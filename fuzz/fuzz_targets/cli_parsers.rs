@@ -125,8 +125,8 @@ fn check_init_script(args: &[String]) {
     let script = ember::fuzzing::init_script(args);
     // The command is the line after `cd /` and the start marker, up to
     // the `rc=$?` line that follows it.
-    let start = script.find("\ncd /\necho ").expect("start marker line");
-    let start = start + script[start + 1..].find("'\n").expect("marker end") + 3;
+    let echo = script.find("\ncd /\necho ").expect("start marker line") + "\ncd /\n".len();
+    let start = echo + script[echo..].find('\n').expect("marker end") + 1;
     let end = script.rfind("\nrc=$?\n").expect("rc line");
     assert!(start <= end, "{script:?}");
     let words = shell_words(&script[start..end]);

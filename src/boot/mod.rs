@@ -80,6 +80,15 @@ pub enum BootError {
         /// The loader's error.
         source: linux_loader::loader::Error,
     },
+    /// The kernel or initrd path is not a regular file (a directory, a
+    /// FIFO, a device): refused before it is read.
+    #[error("{what} {path} is not a regular file")]
+    NotAFile {
+        /// `kernel` or `initrd`.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+    },
     /// The initrd could not be read.
     #[error("cannot read initrd {path}: {source}")]
     ReadInitrd {
@@ -182,7 +191,8 @@ pub fn load_kernel(
     path: &Path,
     boot: BootProtocol,
 ) -> Result<LoadedKernel, BootError> {
-    let mut file = File::open(path).map_err(|source| BootError::ReadKernel { path: path.into(), source })?;
+    let (mut file, _) = open_regular(path, "kernel")
+        .map_err(|e| e.unwrap_or_else(|source| BootError::ReadKernel { path: path.into(), source }))?;
     let ImageInfo { kind, load_end } = image::inspect(path, &mut file)?;
     if load_end > ram.low_end() {
         return Err(BootError::KernelTooBig { path: path.into(), needed: load_end, memory: ram.size() >> 20 });
@@ -255,6 +265,23 @@ pub fn place_initrd(ram: RamLayout, kernel: &LoadedKernel, size: u64) -> Result<
 }
 
 /// Writes initrd bytes: the file (if any) followed by `extra`.
+/// Opens `path` (the `what`: kernel or initrd) if it is a regular file;
+/// returns it with its size. Opened non-blocking, so a FIFO is refused
+/// rather than waited on. The error is the open's, or `NotAFile`.
+fn open_regular(path: &Path, what: &'static str) -> Result<(File, u64), Result<BootError, std::io::Error>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(Err)?;
+    let meta = file.metadata().map_err(Err)?;
+    if !meta.is_file() {
+        return Err(Ok(BootError::NotAFile { what, path: path.into() }));
+    }
+    Ok((file, meta.len()))
+}
+
 pub(crate) fn load_initrd(
     mem: &GuestMemoryMmap,
     ram: RamLayout,
@@ -262,21 +289,36 @@ pub(crate) fn load_initrd(
     path: Option<&Path>,
     extra: Option<&[u8]>,
 ) -> Result<Option<InitrdPlacement>, BootError> {
-    let mut file_data = Vec::new();
-    if let Some(p) = path {
-        file_data = std::fs::read(p).map_err(|source| BootError::ReadInitrd { path: p.into(), source })?;
-    }
     let extra = extra.unwrap_or(&[]);
-    if path.is_none() && extra.is_empty() {
-        return Ok(None);
+    fn read_err(p: &Path) -> impl FnOnce(std::io::Error) -> BootError + '_ {
+        move |source| BootError::ReadInitrd { path: p.into(), source }
     }
+    // The file's size is checked (it must fit with the kernel) before any
+    // of it is read.
+    let file = match path {
+        Some(p) => Some(open_regular(p, "initrd").map_err(|e| e.unwrap_or_else(read_err(p)))?),
+        None if extra.is_empty() => return Ok(None),
+        None => None,
+    };
+    let file_len = file.as_ref().map_or(0, |f| f.1);
     // A cpio appended to another must start 4-byte aligned.
-    let pad = (4 - file_data.len() % 4) % 4;
-    let size = (file_data.len() + if extra.is_empty() { 0 } else { pad + extra.len() }) as u64;
+    let pad = (4 - file_len % 4) % 4;
+    let size = file_len.saturating_add(if extra.is_empty() { 0 } else { pad + extra.len() as u64 });
     let placement = place_initrd(ram, kernel, size)?;
-    mem.write_slice(&file_data, GuestAddress(placement.addr))?;
+    if let (Some((mut f, len)), Some(p)) = (file, path) {
+        // Straight into guest memory, exactly the size checked: a file
+        // that changed size meanwhile is an error, not a larger read.
+        mem.read_exact_volatile_from(GuestAddress(placement.addr), &mut f, len as usize).map_err(|e| match e {
+            vm_memory::GuestMemoryError::IOError(source) => read_err(p)(source),
+            other => BootError::Memory(other),
+        })?;
+        let mut probe = [0u8; 1];
+        if std::io::Read::read(&mut f, &mut probe).map_err(read_err(p))? != 0 {
+            return Err(read_err(p)(std::io::Error::other("the file grew while it was read")));
+        }
+    }
     if !extra.is_empty() {
-        mem.write_slice(extra, GuestAddress(placement.addr + (file_data.len() + pad) as u64))?;
+        mem.write_slice(extra, GuestAddress(placement.addr + file_len + pad))?;
     }
     Ok(Some(placement))
 }
@@ -294,6 +336,40 @@ pub(crate) mod tests {
             cmdline_max: DEFAULT_CMDLINE_MAX,
             initrd_addr_max: DEFAULT_INITRD_ADDR_MAX,
         }
+    }
+
+    /// Issue 16 item 9: the initrd is a regular file whose size is checked
+    /// before it is read (a 1 TiB sparse file used to be read whole into
+    /// host memory first; a FIFO blocked the open).
+    #[test]
+    fn initrd_is_a_regular_file_checked_before_it_is_read() {
+        let dir = std::env::temp_dir().join(format!("ember-initrd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ram = RamLayout::new(64 << 20);
+        let mem = crate::memory::test_memory(64 << 20);
+        let k = kernel(0x200000);
+        let huge = dir.join("huge");
+        std::fs::File::create(&huge).unwrap().set_len(1 << 40).unwrap();
+        let e = load_initrd(&mem, ram, &k, Some(&huge), None).unwrap_err();
+        assert!(matches!(e, BootError::InitrdTooBig { initrd_size, .. } if initrd_size == 1 << 40), "{e}");
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        for p in [fifo.as_path(), dir.as_path(), Path::new("/dev/zero")] {
+            let e = load_initrd(&mem, ram, &k, Some(p), None).unwrap_err();
+            assert!(matches!(e, BootError::NotAFile { what: "initrd", .. }), "{}: {e}", p.display());
+            let e = load_kernel(&mem, ram, p, BootProtocol::Auto).unwrap_err();
+            assert!(matches!(e, BootError::NotAFile { what: "kernel", .. }), "{}: {e}", p.display());
+        }
+        // A file that fits is read whole, the extra archive after it.
+        let small = dir.join("small");
+        std::fs::write(&small, b"abcde").unwrap();
+        let p = load_initrd(&mem, ram, &k, Some(&small), Some(b"XY")).unwrap().unwrap();
+        let mut back = [0u8; 10];
+        mem.read_slice(&mut back, GuestAddress(p.addr)).unwrap();
+        assert_eq!(&back, b"abcde\0\0\0XY");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

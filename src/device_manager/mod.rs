@@ -295,19 +295,26 @@ impl DeviceManager {
         Ok(Transport::Mmio { base, irq })
     }
 
-    /// `base` followed by what the kernel needs to know about the devices:
+    /// `base` with what the kernel needs to know about the devices:
     /// `pci=off` when there is no PCI root (so Linux does not probe the
     /// absent configuration ports, which costs seconds of VM exits), and
     /// with `mmio_params`, each virtio-mmio device for kernels without ACPI
-    /// (a kernel with ACPI finds them in the DSDT).
+    /// (a kernel with ACPI finds them in the DSDT). They go at the end, or
+    /// before a `--` in `base` (the kernel passes what follows `--` to
+    /// init, so parameters after it would not reach the kernel).
     pub(crate) fn kernel_cmdline(&self, base: &str, mmio_params: bool) -> String {
-        let mut cmdline = base.to_string();
+        let (kernel, init) = split_at_dashes(base);
+        let mut cmdline = kernel.trim_end().to_string();
         if self.pci_root.is_none() {
             cmdline.push_str(" pci=off");
         }
         for param in self.virtio.iter().filter(|_| mmio_params).filter_map(|v| v.transport.cmdline_param()) {
             cmdline.push(' ');
             cmdline.push_str(&param);
+        }
+        if let Some(init) = init {
+            cmdline.push_str(" --");
+            cmdline.push_str(init);
         }
         cmdline.trim_start().to_string()
     }
@@ -391,8 +398,10 @@ fn fids_per_share(limit: u64, shares: usize) -> usize {
     each.clamp(MIN_FIDS_PER_SHARE, MAX_FIDS_PER_SHARE) as usize
 }
 
-/// Test-only (feature `seccomp-probe`): a port whose write of 0x5e makes
-/// the vCPU thread call sysinfo(2), outside the seccomp allow-list.
+/// Test-only (feature `seccomp-probe`): a port whose writes make the vCPU
+/// thread call what its seccomp filter refuses: 0x5e sysinfo(2); 0x5f an
+/// executable mprotect; 0x60 tgkill to another process (pid 1, signal 0);
+/// 0x61 a SIGSYS handler of its own (then sysinfo).
 #[cfg(feature = "seccomp-probe")]
 struct SeccompProbe;
 
@@ -403,20 +412,86 @@ impl BusDevice for SeccompProbe {
     }
 
     fn write(&mut self, _offset: u64, data: &[u8]) {
-        if data.first() == Some(&0x5e) {
+        let sysinfo = || {
             // SAFETY: libc::sysinfo is plain integers, for which all-zero
             // bytes are a valid value.
             let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
             // SAFETY: sysinfo fills the struct we pass.
-            let r = unsafe { libc::syscall(libc::SYS_sysinfo, &mut info) };
-            eprintln!("ember: seccomp-probe: sysinfo returned {r}");
+            unsafe { libc::syscall(libc::SYS_sysinfo, &mut info) }
+        };
+        match data.first() {
+            Some(0x5e) => eprintln!("ember: seccomp-probe: sysinfo returned {}", sysinfo()),
+            Some(0x5f) => {
+                let mut page = vec![0u8; 8192];
+                let at = (page.as_mut_ptr() as usize + 4095) & !4095;
+                // SAFETY: changes the protection of a page inside a live
+                // heap buffer, back to read/write right after.
+                let r = unsafe { libc::mprotect(at as *mut libc::c_void, 4096, libc::PROT_READ | libc::PROT_EXEC) };
+                // SAFETY: as above.
+                unsafe { libc::mprotect(at as *mut libc::c_void, 4096, libc::PROT_READ | libc::PROT_WRITE) };
+                eprintln!("ember: seccomp-probe: mprotect(PROT_EXEC) returned {r}");
+            }
+            Some(0x60) => {
+                // SAFETY: signal 0 only checks that the target exists.
+                let r = unsafe { libc::syscall(libc::SYS_tgkill, 1, 1, 0) };
+                eprintln!("ember: seccomp-probe: tgkill(1) returned {r}");
+            }
+            Some(0x61) => {
+                // SAFETY: ignoring SIGSYS is the escape being probed; the
+                // filter must refuse it.
+                let r = unsafe { libc::signal(libc::SIGSYS, libc::SIG_IGN) };
+                eprintln!("ember: seccomp-probe: signal(SIGSYS) returned {r}, sysinfo returned {}", sysinfo());
+            }
+            _ => {}
         }
     }
+}
+
+/// Splits a kernel command line at its first `--` word outside double
+/// quotes (the kernel's rule): the kernel's part, and what follows `--`.
+fn split_at_dashes(cmdline: &str) -> (&str, Option<&str>) {
+    let b = cmdline.as_bytes();
+    let mut quoted = false;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => quoted = !quoted,
+            b'-' if !quoted
+                && b.get(i + 1) == Some(&b'-')
+                && (i == 0 || b[i - 1].is_ascii_whitespace())
+                && b.get(i + 2).is_none_or(u8::is_ascii_whitespace) =>
+            {
+                return (&cmdline[..i], Some(&cmdline[i + 2..]));
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    (cmdline, None)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 16 item 9: a `--` in the user's command line swallowed the
+    /// device parameters ember appends (they went to init, not the kernel).
+    #[test]
+    fn device_parameters_go_before_a_double_dash() {
+        let mut dm = DeviceManager::new();
+        let (base, irq) = layout::virtio_slot(0);
+        dm.virtio.push(VirtioPlacement { device_type: 2, transport: Transport::Mmio { base, irq } });
+        let dev = "pci=off virtio_mmio.device=4K@0xd0000000:5";
+        assert_eq!(
+            dm.kernel_cmdline("console=ttyS0 -- init-arg --x", true),
+            format!("console=ttyS0 {dev} -- init-arg --x")
+        );
+        assert_eq!(dm.kernel_cmdline("-- a", true), format!("{dev} -- a"));
+        assert_eq!(dm.kernel_cmdline("a --", true), format!("a {dev} --"));
+        // Not a `--` word: left alone.
+        assert_eq!(dm.kernel_cmdline("a --b c--", true), format!("a --b c-- {dev}"));
+        assert_eq!(dm.kernel_cmdline("x=\"1 -- 2\" y", true), format!("x=\"1 -- 2\" y {dev}"));
+    }
 
     #[test]
     fn open_files_are_shared_out_under_the_limit() {

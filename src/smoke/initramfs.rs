@@ -2,10 +2,18 @@
 //! static busybox with its applet links, `/dev/console`, and an `/init`
 //! that mounts proc, sysfs and devtmpfs, runs the command, prints its exit
 //! status between markers on the console and reboots.
+//!
+//! The markers carry a per-run nonce (`.ember-nonce` in the archive):
+//! `/init` reads it into an unexported shell variable and deletes the file
+//! before the command runs, so the command cannot print a marker ember
+//! believes (short of reading `/init`'s memory as root: the console is the
+//! only channel, and the command shares it). Busybox is never run on the
+//! host: the archive links a core set of applets and `/init` has busybox
+//! install the rest in the guest.
 
 use std::path::{Path, PathBuf};
 
-use super::{SmokeError, BEGIN_MARKER, BUSYBOX_CANDIDATES, EXIT_MARKER};
+use super::{SmokeError, BEGIN_MARKER, BUSYBOX_CANDIDATES, EXIT_MARKER, NONCE_FILE};
 use crate::cpio::{CpioError, CpioWriter};
 
 /// Quotes `s` for a POSIX shell.
@@ -14,7 +22,7 @@ fn sh_quote(s: &str) -> String {
 }
 
 /// The `/init` script that runs `command` in the initramfs, its output on
-/// the console.
+/// the console (see [`init_script_for`] for the markers).
 #[cfg(any(test, feature = "fuzzing"))]
 pub fn init_script(command: &[String]) -> String {
     init_script_for(&InitPlan { command, ..InitPlan::default() })
@@ -78,15 +86,20 @@ fn mount_share(out: &mut String, m: &GuestMount, under: &str) {
     ));
 }
 
-/// The `/init` script for `plan`.
+/// The `/init` script for `plan`: it prints `{BEGIN_MARKER}<nonce>===`
+/// before and `{EXIT_MARKER}<nonce>=<status>===` after the command, with
+/// the nonce read from `/.ember-nonce` (deleted before anything else runs).
 pub fn init_script_for(plan: &InitPlan<'_>) -> String {
-    let mut s = String::from(
+    let mut s = format!(
         "#!/bin/busybox sh\n\
          # Written by ember smoke: mount the usual file systems, run the command,\n\
          # report its status between markers, reboot (reboot=k ends the VM).\n\
          /bin/busybox mount -t proc proc /proc\n\
          /bin/busybox mount -t sysfs sysfs /sys\n\
          /bin/busybox mount -t devtmpfs devtmpfs /dev 2>/dev/null\n\
+         /bin/busybox --install -s 2>/dev/null\n\
+         read -r ember_nonce < /{NONCE_FILE}\n\
+         /bin/busybox rm -f /{NONCE_FILE}\n\
          export PATH=/sbin:/bin:/usr/sbin:/usr/bin HOME=/root TERM=dumb\n",
     );
     if !plan.modules.is_empty() {
@@ -161,7 +174,7 @@ pub fn init_script_for(plan: &InitPlan<'_>) -> String {
              if e=$(/bin/busybox stty -F /dev/ttyS2 raw -echo 2>&1); then err=/dev/ttyS2; else echo \"ember: ttyS2: $e: the command's stderr goes to the console\"; fi\n",
         );
     }
-    s.push_str(&format!("cd /\necho '{BEGIN_MARKER}'\n"));
+    s.push_str(&format!("cd /\necho \"{BEGIN_MARKER}$ember_nonce===\"\n"));
     if plan.separate_output {
         s.push_str("exec 3>&1 4>&2 >\"$out\" 2>\"$err\"\n");
     }
@@ -172,7 +185,7 @@ pub fn init_script_for(plan: &InitPlan<'_>) -> String {
         s.push_str("exec >&3 2>&4 3>&- 4>&-\n");
     }
     s.push_str(&format!(
-        "echo \"{EXIT_MARKER}$rc===\"\n\
+        "echo \"{EXIT_MARKER}$ember_nonce=$rc===\"\n\
          /bin/busybox sync\n\
          /bin/busybox reboot -f\n\
          /bin/busybox sleep 5\n"
@@ -182,7 +195,18 @@ pub fn init_script_for(plan: &InitPlan<'_>) -> String {
 
 /// Lays out ember's initramfs: directories, `/dev/console`, busybox, its
 /// applet links (paths like `bin/ls`), and `/init`.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn build_initramfs(busybox: &[u8], applets: &[String], init: &str) -> Result<Vec<u8>, CpioError> {
+    build_archive(busybox, applets, init, None)
+}
+
+/// [`build_initramfs`], with the run's marker nonce in `/.ember-nonce`.
+pub(super) fn build_archive(
+    busybox: &[u8],
+    applets: &[String],
+    init: &str,
+    nonce: Option<&str>,
+) -> Result<Vec<u8>, CpioError> {
     let mut w = CpioWriter::new();
     for d in ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "root", "etc", "mnt"] {
         w.dir(d, if d == "tmp" { 0o1777 } else { 0o755 })?;
@@ -202,6 +226,9 @@ pub fn build_initramfs(busybox: &[u8], applets: &[String], init: &str) -> Result
         w.symlink(a, "/bin/busybox")?;
     }
     w.file("init", 0o755, init.as_bytes())?;
+    if let Some(n) = nonce {
+        w.file(NONCE_FILE, 0o400, format!("{n}\n").as_bytes())?;
+    }
     Ok(w.finish())
 }
 
@@ -222,23 +249,30 @@ pub fn modules_archive(modules: &[(String, Vec<u8>)]) -> Result<Vec<u8>, CpioErr
     Ok(w.finish())
 }
 
-/// The applets `busybox --list-full` reports (a fixed core set if it
-/// cannot run on this host).
-pub(super) fn applets(busybox: &Path) -> Vec<String> {
-    let listed = std::process::Command::new(busybox)
-        .arg("--list-full")
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect::<Vec<_>>());
-    match listed {
-        Some(l) if !l.is_empty() => l,
-        _ => ["bin/sh", "bin/ls", "bin/cat", "bin/echo", "bin/mount", "bin/uname", "bin/sleep", "sbin/reboot"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-    }
+/// The applet links the archive holds: a core set, so that `/init` and a
+/// plain command work even if busybox cannot install its links; `/init`
+/// runs `busybox --install -s` in the guest for the rest. Busybox is never
+/// executed on the host: `--busybox` may name any file.
+pub(super) fn applets() -> Vec<String> {
+    [
+        "bin/sh",
+        "bin/ash",
+        "bin/ls",
+        "bin/cat",
+        "bin/echo",
+        "bin/mount",
+        "bin/umount",
+        "bin/uname",
+        "bin/sleep",
+        "bin/rm",
+        "bin/mkdir",
+        "bin/dmesg",
+        "sbin/reboot",
+        "sbin/poweroff",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// Finds a static busybox: the given path, else Debian's busybox-static.
@@ -293,8 +327,11 @@ mod tests {
         let s = init_script(&["sh".into(), "-c".into(), "echo 'hi'; exit 7".into()]);
         assert!(s.starts_with("#!/bin/busybox sh\n"));
         assert!(s.contains("'sh' '-c' 'echo '\\''hi'\\''; exit 7'\n"), "{s}");
-        assert!(s.contains(BEGIN_MARKER));
-        assert!(s.contains(&format!("echo \"{EXIT_MARKER}$rc===\"")));
+        assert!(s.contains(&format!("echo \"{BEGIN_MARKER}$ember_nonce===\"")));
+        assert!(s.contains(&format!("echo \"{EXIT_MARKER}$ember_nonce=$rc===\"")));
+        // The nonce file is gone before the command runs.
+        let rm = s.find(&format!("rm -f /{NONCE_FILE}")).unwrap();
+        assert!(rm < s.find("'sh' '-c'").unwrap());
         assert!(s.contains("reboot -f"));
     }
 

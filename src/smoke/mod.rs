@@ -25,19 +25,30 @@ use crate::serial_capture::SerialCapture;
 use crate::sync::lock;
 use crate::vm::Vm;
 #[cfg(feature = "fuzzing")]
+pub use initramfs::build_initramfs;
+#[cfg(feature = "fuzzing")]
 pub use initramfs::init_script;
-use initramfs::{applets, init_script_for, modules_archive, GuestMount, InitPlan};
-pub use initramfs::{build_initramfs, RootPlan};
+pub use initramfs::RootPlan;
+use initramfs::{applets, build_archive, init_script_for, modules_archive, GuestMount, InitPlan};
 pub use report::{Expectation, SmokeReport, Verdict};
 
 mod initramfs;
 mod modules;
 mod report;
 
-/// The console markers `/init` prints around the command.
-const BEGIN_MARKER: &str = "===EMBER-SMOKE-BEGIN===";
-/// Followed by the decimal exit status and `===`.
-const EXIT_MARKER: &str = "===EMBER-SMOKE-EXIT=";
+/// The console markers `/init` prints around the command: this, the run's
+/// nonce, `===`.
+const BEGIN_MARKER: &str = "===EMBER-SMOKE-BEGIN-";
+/// Followed by the run's nonce, `=`, the decimal exit status and `===`.
+const EXIT_MARKER: &str = "===EMBER-SMOKE-EXIT-";
+/// Where the archive holds the nonce for `/init` (which deletes it).
+const NONCE_FILE: &str = ".ember-nonce";
+/// The console output a smoke test keeps (the last this many bytes; the
+/// capture holds at most twice that).
+const CONSOLE_KEEP: usize = 8 << 20;
+/// The longest console line scanned for markers and patterns; the rest of
+/// a longer line is cut.
+const MAX_LINE: usize = 64 << 10;
 
 /// Console lines that mean the kernel is dead or dying.
 const PANIC_PATTERNS: &[&str] =
@@ -329,6 +340,10 @@ impl Smoke {
     /// Builds the initramfs for command mode (ember's archive, then the
     /// user's [`initrd`](Smoke::initrd)), or returns the user's initrd alone.
     pub fn initramfs(&self) -> Result<Option<Vec<u8>>, SmokeError> {
+        self.initramfs_with(&Nonce::new())
+    }
+
+    fn initramfs_with(&self, nonce: &Nonce) -> Result<Option<Vec<u8>>, SmokeError> {
         let user = match &self.initrd {
             Some(p) => Some(std::fs::read(p).map_err(|source| SmokeError::Read { path: p.clone(), source })?),
             None => None,
@@ -357,7 +372,7 @@ impl Smoke {
             root: self.root.clone(),
             separate_output: self.command_output.is_some(),
         };
-        let mut archive = build_initramfs(&bb, &applets(&busybox), &init_script_for(&plan))?;
+        let mut archive = build_archive(&bb, &applets(), &init_script_for(&plan), Some(&nonce.0))?;
         if !modules.is_empty() {
             archive.extend_from_slice(&modules_archive(&modules)?);
         }
@@ -416,7 +431,8 @@ impl Smoke {
         config.memory = self.memory;
         config.vcpus = self.vcpus;
         config.cmdline = self.kernel_cmdline();
-        config.initrd_bytes = self.initramfs()?.map(std::sync::Arc::new);
+        let nonce = Nonce::new();
+        config.initrd_bytes = self.initramfs_with(&nonce)?.map(std::sync::Arc::new);
         config.seccomp = self.seccomp;
         config.disks = self.disks.clone();
         config.nets = self.nets.clone();
@@ -440,19 +456,21 @@ impl Smoke {
             Some(p) => Some(std::fs::File::create(p).map_err(|source| SmokeError::Read { path: p.clone(), source })?),
             None => None,
         };
-        let console = SerialCapture::new();
+        let console = SerialCapture::with_limit(CONSOLE_KEEP);
         config.serial = SerialConfig::Capture(console.clone());
         let vm = Vm::new(config)?;
         let start = Instant::now();
         let running = vm.start()?;
         let handle = running.handle();
-        let mut out = Streamer { out: self.output.clone(), quiet: self.quiet, inside: false };
+        let (begin, exit_marker) = nonce.markers();
+        let mut out =
+            Streamer { out: self.output.clone(), quiet: self.quiet, inside: false, begin, exit: exit_marker.clone() };
 
         let mut expectations: Vec<Expectation> =
             self.expect.iter().map(|p| Expectation { pattern: p.clone(), matched_after: None }).collect();
         let mut next = 0;
         let mut seen = 0usize;
-        let mut pending: Vec<u8> = Vec::new();
+        let mut splitter = LineSplitter::default();
         let mut command_status = None;
         let mut panic_line: Option<String> = None;
         let mut panic_grace: Option<Instant> = None;
@@ -464,21 +482,16 @@ impl Smoke {
             let wait = deadline.saturating_duration_since(now).min(Duration::from_millis(100));
             // The VM may have ended without the capture being closed yet.
             let ended = handle.exit().is_some();
-            let (chunk, closed) = console.wait_beyond(seen, if ended { Duration::ZERO } else { wait });
+            let (chunk, end, closed) = console.wait_next(seen, if ended { Duration::ZERO } else { wait });
             let closed = closed || ended;
-            seen += chunk.len();
+            seen = end;
             out.raw(&chunk);
             if let Some(f) = console_log.as_mut() {
                 let _ = f.write_all(&chunk);
             }
-            pending.extend_from_slice(&chunk);
-            let mut lines = Vec::new();
-            while let Some(i) = pending.iter().position(|&b| b == b'\n') {
-                let l: Vec<u8> = pending.drain(..=i).collect();
-                lines.push(String::from_utf8_lossy(&l).trim_end_matches(['\r', '\n']).to_string());
-            }
-            if closed && !pending.is_empty() {
-                lines.push(String::from_utf8_lossy(&std::mem::take(&mut pending)).trim_end().to_string());
+            let mut lines = splitter.push(&chunk);
+            if closed {
+                lines.extend(splitter.finish());
             }
             for line in &lines {
                 out.line(line);
@@ -487,14 +500,12 @@ impl Smoke {
                     next += 1;
                 }
                 if panic_line.is_none() && PANIC_PATTERNS.iter().any(|p| line.contains(p)) {
-                    panic_line = Some(line.trim().to_string());
+                    panic_line = Some(report::printable(line.trim()));
                     // Keep reading briefly: the trace follows the panic line.
                     panic_grace = Some(Instant::now() + Duration::from_millis(500));
                 }
                 if command_mode && command_status.is_none() {
-                    if let Some(rest) = line.find(EXIT_MARKER).map(|i| &line[i + EXIT_MARKER.len()..]) {
-                        command_status = rest.split("===").next().and_then(|s| s.trim().parse::<i32>().ok());
-                    }
+                    command_status = exit_status_in(line, &exit_marker);
                 }
             }
             if closed || command_status.is_some() {
@@ -515,7 +526,7 @@ impl Smoke {
         handle.stop();
         let vm_exit = running.wait();
         // Anything printed between the last read and the stop.
-        let (rest, _) = console.wait_beyond(seen, Duration::ZERO);
+        let (rest, _, _) = console.wait_next(seen, Duration::ZERO);
         out.raw(&rest);
         if let Some(f) = console_log.as_mut() {
             let _ = f.write_all(&rest);
@@ -554,6 +565,100 @@ impl Smoke {
     }
 }
 
+/// A per-run secret the exit marker carries, so that the command's own
+/// output cannot fake it: 128 random bits, in hex.
+struct Nonce(String);
+
+impl Nonce {
+    fn new() -> Self {
+        let mut b = [0u8; 16];
+        let mut got = 0;
+        while got < b.len() {
+            // SAFETY: getrandom writes at most `len - got` bytes into the
+            // rest of the buffer it is given.
+            let n = unsafe { libc::getrandom(b[got..].as_mut_ptr().cast(), b.len() - got, 0) };
+            if n > 0 {
+                got += n as usize;
+            } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                // No getrandom (Linux < 3.17): the clock and the pid, not
+                // secret but different per run.
+                let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                b = (t.as_nanos() ^ (u128::from(std::process::id()) << 64)).to_le_bytes();
+                break;
+            }
+        }
+        Nonce(b.iter().map(|x| format!("{x:02x}")).collect())
+    }
+
+    /// The begin marker and the exit marker up to the status.
+    fn markers(&self) -> (String, String) {
+        (format!("{BEGIN_MARKER}{}===", self.0), format!("{EXIT_MARKER}{}=", self.0))
+    }
+}
+
+/// The exit status in a console line holding `marker` (the exit marker
+/// with the run's nonce): `<marker><decimal status>===`; `None` for
+/// anything else.
+fn exit_status_in(line: &str, marker: &str) -> Option<i32> {
+    let rest = &line[line.find(marker)? + marker.len()..];
+    let digits = rest.strip_suffix("===").or_else(|| rest.split_once("===").map(|(d, _)| d))?;
+    if digits.is_empty() || digits.len() > 3 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<i32>().ok().filter(|n| (0..=255).contains(n))
+}
+
+/// Splits the console stream into lines, scanning each byte once; a line
+/// longer than [`MAX_LINE`] is cut there (the rest of it is skipped), so
+/// neither memory nor work grows with a guest that never prints a newline.
+#[derive(Default)]
+struct LineSplitter {
+    pending: Vec<u8>,
+    /// The current line passed `MAX_LINE`: skip to its end.
+    cut: bool,
+}
+
+impl LineSplitter {
+    /// The lines `chunk` completes.
+    fn push(&mut self, chunk: &[u8]) -> Vec<String> {
+        let mut lines = Vec::new();
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            let (part, done) = match rest.iter().position(|&b| b == b'\n') {
+                Some(i) => (&rest[..i], Some(i + 1)),
+                None => (rest, None),
+            };
+            if !self.cut {
+                let room = MAX_LINE - self.pending.len();
+                self.pending.extend_from_slice(&part[..part.len().min(room)]);
+                if part.len() > room {
+                    self.cut = true;
+                }
+            }
+            match done {
+                Some(n) => {
+                    lines.push(self.take_line());
+                    rest = &rest[n..];
+                }
+                None => rest = &[],
+            }
+        }
+        lines
+    }
+
+    /// The unterminated last line, if any.
+    fn finish(&mut self) -> Option<String> {
+        (!self.pending.is_empty() || self.cut).then(|| self.take_line())
+    }
+
+    fn take_line(&mut self) -> String {
+        self.cut = false;
+        let l = String::from_utf8_lossy(&self.pending).trim_end_matches(['\r', '\n']).to_string();
+        self.pending.clear();
+        l
+    }
+}
+
 /// How much of the command's stdout and of its stderr the report keeps.
 const KEPT_OUTPUT: usize = 1 << 20;
 
@@ -583,6 +688,10 @@ struct Streamer {
     out: Option<SharedWriter>,
     quiet: bool,
     inside: bool,
+    /// The run's begin marker.
+    begin: String,
+    /// The run's exit marker (up to the status).
+    exit: String,
 }
 
 impl Streamer {
@@ -600,11 +709,11 @@ impl Streamer {
         if !self.quiet {
             return;
         }
-        if line.contains(BEGIN_MARKER) {
+        if line.contains(&self.begin) {
             self.inside = true;
             return;
         }
-        if line.contains(EXIT_MARKER) {
+        if line.contains(&self.exit) {
             self.inside = false;
             return;
         }
@@ -635,5 +744,48 @@ mod tests {
         let s = Smoke::new("k").command(["true"]).quiet(true).cmdline("foo=1");
         assert_eq!(s.kernel_cmdline(), "console=ttyS0 reboot=k panic=-1 rdinit=/init quiet loglevel=1 foo=1");
         assert_eq!(Smoke::new("k").kernel_cmdline(), "console=ttyS0 reboot=k panic=-1");
+    }
+
+    /// Finding 5 of issue 16: the command printed the exit marker itself
+    /// and ember took its word. Only the run's nonce'd marker counts now,
+    /// and only with a status a shell can report.
+    #[test]
+    fn only_the_runs_exit_marker_counts() {
+        let (a, b) = (Nonce::new(), Nonce::new());
+        assert_ne!(a.0, b.0);
+        assert_eq!(a.0.len(), 32);
+        let (_, m) = a.markers();
+        assert_eq!(exit_status_in(&format!("{m}0==="), &m), Some(0));
+        assert_eq!(exit_status_in(&format!("[   1.0] x {m}17===\r"), &m), Some(17));
+        // What a command could print: the old marker, another nonce, or
+        // the marker's prefix with a guessed-at nonce.
+        for forged in
+            ["===EMBER-SMOKE-EXIT=0===".to_string(), format!("{}0===", b.markers().1), format!("{EXIT_MARKER}=0===")]
+        {
+            assert_eq!(exit_status_in(&forged, &m), None, "{forged}");
+        }
+        for bad in ["256", "-1", "", "0x0", "1e2", " 0", "0000"] {
+            assert_eq!(exit_status_in(&format!("{m}{bad}==="), &m), None, "{bad:?}");
+        }
+    }
+
+    /// Issue 16 item 4: a guest that never prints a newline neither grows
+    /// the line buffer nor makes the scan quadratic; lines stay whole up to
+    /// the cap.
+    #[test]
+    fn console_lines_are_capped_and_scanned_once() {
+        let mut s = LineSplitter::default();
+        let chunk = vec![b'x'; 4096];
+        for _ in 0..4096 {
+            assert!(s.push(&chunk).is_empty());
+            assert!(s.pending.len() <= MAX_LINE);
+        }
+        let lines = s.push(b"\nnext\r\npartial");
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].len(), MAX_LINE);
+        assert_eq!(lines[1], "next");
+        assert_eq!(s.finish().as_deref(), Some("partial"));
+        assert_eq!(s.finish(), None);
+        assert_eq!(s.push(b"a\nb\n\nc"), ["a", "b", ""]);
     }
 }

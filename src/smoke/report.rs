@@ -65,7 +65,11 @@ impl SmokeReport {
     pub fn exit_status(&self) -> i32 {
         match &self.verdict {
             Verdict::Passed => 0,
-            Verdict::CommandFailed(n) => *n,
+            // Only a real failure status passes through: a value that is
+            // no process exit status (256 would become 0 as a byte) is a
+            // failure all the same.
+            Verdict::CommandFailed(n) if (1..=255).contains(n) => *n,
+            Verdict::CommandFailed(_) => 1,
             Verdict::Timeout => Smoke::EXIT_TIMEOUT,
             Verdict::Panic(_) => Smoke::EXIT_PANIC,
             Verdict::Crash(_) => Smoke::EXIT_CRASH,
@@ -78,10 +82,11 @@ impl SmokeReport {
         self.expectations.iter().position(|e| e.matched_after.is_none())
     }
 
-    /// The last `n` console lines.
-    pub fn last_lines(&self, n: usize) -> Vec<&str> {
+    /// The last `n` console lines, with control characters escaped (the
+    /// guest wrote them: they must not reach the user's terminal raw).
+    pub fn last_lines(&self, n: usize) -> Vec<String> {
         let lines: Vec<&str> = self.console.lines().map(|l| l.trim_end_matches('\r')).collect();
-        lines[lines.len().saturating_sub(n)..].to_vec()
+        lines[lines.len().saturating_sub(n)..].iter().map(|l| printable(l)).collect()
     }
 
     /// One line: verdict, what matched, the elapsed time.
@@ -109,7 +114,7 @@ impl SmokeReport {
                 };
                 format!("TIMEOUT after {:.0} s{w}", self.timeout.as_secs_f64())
             }
-            Verdict::Panic(l) => format!("KERNEL PANIC ({l})"),
+            Verdict::Panic(l) => format!("KERNEL PANIC ({})", printable(l)),
             Verdict::Crash(e) => format!("GUEST CRASH ({e})"),
             Verdict::Incomplete(e) => format!("INCOMPLETE (the VM ended first: {e})"),
         };
@@ -183,6 +188,18 @@ impl SmokeReport {
     }
 }
 
+/// `s` with control characters (escape sequences among them) escaped as
+/// `\u{..}`, for guest text on the user's terminal.
+pub(crate) fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let esc = c.is_control() && c != '\t';
+            let (a, b) = if esc { (None, Some(c.escape_unicode())) } else { (Some(c), None) };
+            a.into_iter().chain(b.into_iter().flatten())
+        })
+        .collect()
+}
+
 /// Characters XML 1.0 allows in text.
 fn xml_text(s: &str) -> String {
     s.chars()
@@ -235,6 +252,32 @@ mod tests {
         assert_eq!(report(Verdict::Panic("x".into())).exit_status(), 120);
         assert_eq!(report(Verdict::Crash(VmExit::TripleFault { vcpu: 0, rip: 1 })).exit_status(), 121);
         assert_eq!(report(Verdict::Incomplete(VmExit::Reset)).exit_status(), 122);
+    }
+
+    /// Finding 5 of issue 16: a status of 256 became exit code 0 through
+    /// an `as u8` cast while the summary said FAIL.
+    #[test]
+    fn out_of_range_statuses_never_exit_0() {
+        for n in [256, 512, -256, i32::MIN, i32::MAX, -1, 1000] {
+            let r = report(Verdict::CommandFailed(n));
+            let code = r.exit_status();
+            assert!((1..=255).contains(&code), "{n} -> {code}");
+            assert_ne!(code as u8, 0, "{n}");
+            assert!(r.summary().contains("FAIL"));
+        }
+        assert_eq!(report(Verdict::CommandFailed(255)).exit_status(), 255);
+    }
+
+    /// Issue 16 item 9: guest escape sequences do not reach the summary or
+    /// the last lines raw.
+    #[test]
+    fn guest_text_is_escaped_for_the_terminal() {
+        let s = report(Verdict::Panic("Kernel panic \x1b]0;owned\x07\x1b[2J".into())).summary();
+        assert!(!s.chars().any(|c| c.is_control()), "{s:?}");
+        assert!(s.contains("\\u{1b}]0;owned"), "{s}");
+        let r = report(Verdict::Timeout);
+        let last = r.last_lines(5);
+        assert_eq!(last[1], "\\u{1b}[0m]]> end");
     }
 
     #[test]

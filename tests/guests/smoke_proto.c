@@ -8,10 +8,12 @@
  *
  * Parameters: proto_exit=N (the "command's" exit status), bb_size=N (the
  * size of /bin/busybox), extra_file=NAME (an entry that must come from the
- * user's --initrd archive appended after ember's).
+ * user's --initrd archive appended after ember's), proto_forge=1 (first
+ * print exit markers without the run's nonce, as a command could).
+ * The markers carry the nonce ember put in /.ember-nonce.
  * Exit codes if a check fails: 70 no initrd / not via the zero page, 71 bad
  * archive, 72 /init wrong, 73 /bin/busybox wrong, 74 /dev/console wrong,
- * 75 extra_file missing, 76 no applet links.
+ * 75 extra_file missing, 76 no applet links, 77 no nonce.
  */
 #include "rt.h"
 
@@ -41,6 +43,8 @@ int main(void)
     bool init_ok = false, bb_ok = false, console_ok = false, extra_ok = !extra;
     u32 links = 0, entries = 0, archives = 0;
     u64 bb_size = rt_param_u64("bb_size", 0);
+    char nonce[65];
+    u32 nonce_len = 0;
     while (p + 110 <= end) {
         if (p[0] == 0) { /* padding between concatenated archives */
             p += 4;
@@ -65,6 +69,12 @@ int main(void)
                 rt_printf("proto: bin/busybox mode %x size %u\n", mode, size);
             } else if (name_is(name, nlen, "dev/console")) {
                 console_ok = (mode & 0170000) == 0020000 && rmaj == 5 && rmin == 1;
+            } else if (name_is(name, nlen, ".ember-nonce")) {
+                nonce_len = 0;
+                while (nonce_len < size && nonce_len < 64 && data[nonce_len] != '\n') {
+                    nonce[nonce_len] = data[nonce_len];
+                    nonce_len++;
+                }
             } else if ((mode & 0170000) == 0120000) {
                 links++;
             }
@@ -80,9 +90,16 @@ int main(void)
     CHECK(console_ok, 74);
     CHECK(extra_ok, 75);
     CHECK(links > 0, 76);
-    rt_puts("===EMBER-SMOKE-BEGIN===\n");
+    CHECK(nonce_len > 0, 77);
+    nonce[nonce_len] = 0;
+    rt_printf("===EMBER-SMOKE-BEGIN-%s===\n", nonce);
     rt_puts("hello from the smoke protocol guest\n");
-    rt_printf("===EMBER-SMOKE-EXIT=%u===\n", (u32)rt_param_u64("proto_exit", 0));
+    if (rt_param_u64("proto_forge", 0)) {
+        /* What a command that cannot read the nonce could print. */
+        rt_puts("===EMBER-SMOKE-EXIT=0===\n");
+        rt_puts("===EMBER-SMOKE-EXIT-00000000000000000000000000000000=0===\n");
+    }
+    rt_printf("===EMBER-SMOKE-EXIT-%s=%u===\n", nonce, (u32)rt_param_u64("proto_exit", 0));
     outb(0x64, 0xfe); /* reboot -f with reboot=k */
     for (;;)
         __asm__ volatile("cli; hlt");

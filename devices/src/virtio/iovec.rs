@@ -205,6 +205,25 @@ impl IoVecs<'_> {
         off
     }
 
+    /// Copies the first bytes of the buffers, in order, into `dst`, up to
+    /// the shorter of the two; returns the bytes copied.
+    #[inline]
+    pub(crate) fn copy_prefix(&self, dst: &mut [u8]) -> usize {
+        let mut off = 0;
+        for v in self.as_raw() {
+            if off == dst.len() {
+                break;
+            }
+            let n = v.iov_len.min(dst.len() - off);
+            // SAFETY: the source is live guest memory (the list's
+            // invariant) of at least `n` bytes; the destination a host
+            // buffer with `n` bytes left at `off`; they cannot overlap.
+            unsafe { std::ptr::copy_nonoverlapping(v.iov_base.cast::<u8>(), dst.as_mut_ptr().add(off), n) };
+            off += n;
+        }
+        off
+    }
+
     /// The parts of the buffers covering bytes `[off, off + len)` of the
     /// list, in order, as (host address, length); shorter if the list is.
     fn parts(&self, mut off: usize, mut len: usize) -> impl Iterator<Item = (*mut u8, usize)> + '_ {
@@ -344,6 +363,11 @@ mod tests {
         mem.read_slice(&mut back, GuestAddress(0xffe)).unwrap();
         assert_eq!(&back, b"abcd");
         assert_eq!(iov.to_vec(), b"abcdefg");
+        let mut head = [0u8; 5];
+        assert_eq!(iov.copy_prefix(&mut head), 5);
+        assert_eq!(&head, b"abcde");
+        let mut all = [0u8; 9];
+        assert_eq!(iov.copy_prefix(&mut all), 7);
         iov.advance(3);
         assert_eq!((iov.len(), iov.total()), (2, 4));
         assert_eq!(iov.to_vec(), b"defg");

@@ -35,6 +35,7 @@ mod iovec;
 pub mod mmio;
 pub mod net;
 pub mod p9;
+mod pass;
 pub mod pci;
 mod queue_set;
 #[cfg(test)]
@@ -42,6 +43,8 @@ mod test_utils;
 mod transport;
 
 pub use iovec::{IoVecs, MAX_IOVECS};
+pub(crate) use pass::PassBudget;
+pub use pass::{MAX_PASS_BYTES, MAX_PASS_CHAINS, MAX_PASS_TIME};
 pub use queue_set::QueueSet;
 
 /// Why a device refused to start when the driver set `DRIVER_OK`.
@@ -143,6 +146,17 @@ pub trait VirtioDevice: Send {
     fn backend_wants_input(&self, _idx: usize) -> bool {
         true
     }
+
+    /// The queues whose last pass stopped on its budget (chains, bytes or
+    /// time, see [`MAX_PASS_CHAINS`]) with work left; the set is cleared by
+    /// the call. The transport asks after every
+    /// [`process_queue`](VirtioDevice::process_queue) and
+    /// [`process_backend`](VirtioDevice::process_backend) and signals each
+    /// queue's own notification eventfd, so the event loop serves whatever
+    /// else is ready and then comes back to finish the work.
+    fn take_unfinished(&mut self) -> QueueSet {
+        QueueSet::EMPTY
+    }
 }
 
 /// Reads a device's configuration space `config` at `offset` into `data`;
@@ -156,12 +170,13 @@ pub(crate) fn read_config_space(config: &[u8], offset: u64, data: &mut [u8]) {
     data[..n].copy_from_slice(&config[start..start + n]);
 }
 
-/// How many passes over a queue one notification may trigger. A legitimate
-/// driver needs a handful (a re-check after re-enabling notifications); a
-/// hostile layout whose used-ring writes land on the available ring could
-/// otherwise keep the event-loop thread spinning forever (found by the
-/// `blk_request`/`net_tx` fuzz targets). Rings are also refused at
-/// QueueReady when they overlap (mmio.rs).
+/// How many rounds (a look at the available ring, then a re-check after
+/// re-enabling notifications) one pass may make. A legitimate driver needs
+/// a handful; a hostile layout whose used-ring writes land on the available
+/// ring could otherwise keep the event-loop thread spinning forever without
+/// taking a chain (found by the `blk_request`/`net_tx` fuzz targets).
+/// Rings are also refused at QueueReady when they overlap (mmio.rs), and
+/// the chains, bytes and time of a pass are bounded by [`PassBudget`].
 pub(crate) const MAX_QUEUE_ROUNDS: u32 = 1024;
 
 /// A bounded budget of log lines for guest-triggered conditions, so a

@@ -1,8 +1,10 @@
 //! Helpers for the virtio unit tests: guest memory, temporary images and a
 //! minimal split-queue driver on top of `virtio_queue::mock`.
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Once;
 
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
@@ -18,6 +20,39 @@ pub(crate) const MEM_SIZE: u64 = 0x100_0000;
 pub(crate) const QUEUE_BASE: u64 = 0x1000;
 /// Where test data buffers start.
 pub(crate) const DATA_BASE: u64 = 0x10_0000;
+
+/// Counts the log records of each thread (tests run in parallel threads).
+struct CountingLogger;
+
+thread_local! {
+    static LOG_RECORDS: Cell<usize> = const { Cell::new(0) };
+}
+
+impl log::Log for CountingLogger {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, _: &log::Record<'_>) {
+        LOG_RECORDS.with(|n| n.set(n.get() + 1));
+    }
+
+    fn flush(&self) {}
+}
+
+/// Runs `f` and returns its result with the number of log records (any
+/// level, any crate: virtio-queue's own included) it made on this thread.
+pub(crate) fn count_log_records<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        // Only this logger is ever installed in the unit tests.
+        let _ = log::set_logger(&CountingLogger);
+        log::set_max_level(log::LevelFilter::Trace);
+    });
+    let before = LOG_RECORDS.with(Cell::get);
+    let r = f();
+    (r, LOG_RECORDS.with(Cell::get) - before)
+}
 
 pub(crate) fn guest_mem() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()

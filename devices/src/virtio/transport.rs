@@ -24,7 +24,7 @@ use log::{error, info};
 use virtio_bindings::bindings::virtio_config::*;
 use virtio_bindings::bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestAddress;
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{LogBudget, QueueSet, VirtioDevice};
@@ -381,11 +381,15 @@ impl TransportCore {
             guest_warn!(self, "queue {i}: the used ring overlaps the descriptor table or available ring; refused");
             return;
         }
-        q.set_ready(true);
-        if !q.is_valid(&self.mem) {
-            q.set_ready(false);
+        // Checked here rather than with virtio-queue's `is_valid`, which
+        // logs every refusal itself, outside the transport's budget (one
+        // line per register write).
+        let in_memory = |(addr, len): (u64, u64)| self.mem.check_range(GuestAddress(addr), len as usize);
+        if !(in_memory(desc) && in_memory(avail) && in_memory(used)) {
             guest_warn!(self, "queue {i}: rings are not in guest memory; refused");
+            return;
         }
+        q.set_ready(true);
     }
 
     /// A driver notification of queue `idx` that reached a register (not
@@ -427,7 +431,9 @@ impl TransportCore {
             return StatusChange::Reset;
         }
         if val & S_FAILED != 0 {
-            info!("{} ({}): driver gave up on the device (FAILED)", self.name, self.device.device_type());
+            if self.log_take() {
+                info!("{} ({}): driver gave up on the device (FAILED)", self.name, self.device.device_type());
+            }
             self.status |= S_FAILED;
             return StatusChange::None;
         }
@@ -503,7 +509,11 @@ impl TransportCore {
     }
 
     fn activation_failed(&mut self, why: &str) -> StatusChange {
-        error!("{} ({}): device activation failed: {why}", self.name, self.device.device_type());
+        // A driver can make activation fail on every reset -> DRIVER_OK
+        // cycle: within the budget of guest-caused lines.
+        if self.log_take() {
+            error!("{} ({}): device activation failed: {why}", self.name, self.device.device_type());
+        }
         self.status |= S_NEEDS_RESET;
         self.config_generation = self.config_generation.wrapping_add(1);
         StatusChange::NeedsReset
@@ -535,7 +545,9 @@ impl TransportCore {
         if !self.activated || !self.queues[idx].ready() {
             return QueueSet::EMPTY;
         }
-        self.device.process_queue(idx)
+        let used = self.device.process_queue(idx);
+        self.continue_unfinished();
+        used
     }
 
     /// Backend fd `idx` is readable: lets the active device serve it.
@@ -544,7 +556,24 @@ impl TransportCore {
         if !self.activated {
             return QueueSet::EMPTY;
         }
-        self.device.process_backend(idx)
+        let used = self.device.process_backend(idx);
+        self.continue_unfinished();
+        used
+    }
+
+    /// Signals the notification eventfd of every queue whose pass stopped
+    /// on its budget with work left (the device's
+    /// [`take_unfinished`](VirtioDevice::take_unfinished)), so the event
+    /// loop comes back to it after serving what else is ready, without
+    /// waiting for the driver's next notification.
+    fn continue_unfinished(&mut self) {
+        for idx in self.device.take_unfinished().iter() {
+            if let Some(evt) = self.queue_evts.get(idx) {
+                if let Err(e) = evt.write(1) {
+                    error!("{}: cannot signal queue {idx}: {e}", self.name);
+                }
+            }
+        }
     }
 
     /// Polls each backend fd exactly while the active device wants input.

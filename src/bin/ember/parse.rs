@@ -139,9 +139,11 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, ParseError> {
     let mut path = None;
     let mut read_only = false;
     let mut id = None;
+    let mut seen = Vec::new();
     let mut transport = VirtioTransport::default();
     for kv in split_options(s) {
         let (k, v) = kv.split_once('=').ok_or_else(|| bad("expected key=value"))?;
+        once(&mut seen, canonical(k)).map_err(|k| bad(&format!("'{k}' given twice")))?;
         match k {
             "path" if !v.is_empty() => path = Some(PathBuf::from(v)),
             "readonly" | "ro" => read_only = parse_on_off(v).ok_or_else(|| bad("readonly takes on or off"))?,
@@ -164,9 +166,11 @@ pub fn parse_net(s: &str) -> Result<NetConfig, ParseError> {
     let bad = |why: &str| ParseError::DeviceOption { what: "--net", value: s.to_string(), why: why.to_string() };
     let mut tap = None;
     let mut mac = None;
+    let mut seen = Vec::new();
     let mut transport = VirtioTransport::default();
     for kv in split_options(s) {
         let (k, v) = kv.split_once('=').ok_or_else(|| bad("expected key=value"))?;
+        once(&mut seen, canonical(k)).map_err(|k| bad(&format!("'{k}' given twice")))?;
         match k {
             "tap" if !v.is_empty() && v.len() < 16 => tap = Some(v.to_string()),
             "tap" => return Err(bad("tap name must be 1 to 15 bytes")),
@@ -286,6 +290,25 @@ pub fn parse_env(s: &str) -> Result<(String, String), ParseError> {
     Ok((k.to_string(), v.to_string()))
 }
 
+/// The one name of a device option key and its aliases.
+fn canonical(k: &str) -> &str {
+    match k {
+        "ro" => "readonly",
+        "serial" => "id",
+        k => k,
+    }
+}
+
+/// Records `key`; an error (naming it) if it was seen already: a repeated
+/// key is a mistake, not "the last one wins".
+fn once<'a>(seen: &mut Vec<&'a str>, key: &'a str) -> Result<(), &'a str> {
+    if seen.contains(&key) {
+        return Err(key);
+    }
+    seen.push(key);
+    Ok(())
+}
+
 fn split_options(s: &str) -> impl Iterator<Item = &str> {
     s.split(',').filter(|p| !p.is_empty())
 }
@@ -301,6 +324,22 @@ fn parse_on_off(v: &str) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 16 item 9: a repeated key (or a key and its alias) was
+    /// silently "last one wins".
+    #[test]
+    fn repeated_device_keys_are_errors() {
+        for s in ["path=a,path=b", "path=a,readonly=on,ro=off", "path=a,id=x,serial=y", "path=a,ro=on,ro=on"] {
+            let e = parse_disk(s).unwrap_err().to_string();
+            assert!(e.contains("given twice") && e.contains(s), "{s}: {e}");
+        }
+        for s in ["tap=a,tap=b", "tap=a,mac=02:00:00:00:00:01,mac=02:00:00:00:00:02"] {
+            let e = parse_net(s).unwrap_err().to_string();
+            assert!(e.contains("given twice") && e.contains(s), "{s}: {e}");
+        }
+        assert!(parse_disk("path=a,ro=on,id=x").is_ok());
+        assert!(parse_net("tap=a,mac=02:00:00:00:00:01").is_ok());
+    }
 
     #[test]
     fn macs_are_strict() {

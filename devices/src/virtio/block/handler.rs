@@ -2,6 +2,13 @@
 //! per round, each chain gathered, parsed ([`super::request`]) and executed
 //! on the disk engine ([`super::engine`]), then completed.
 //!
+//! A pass stops on its [`PassBudget`] (chains, bytes moved, time); the rest
+//! waits for the continuation the transport signals
+//! ([`VirtioDevice::take_unfinished`](crate::virtio::VirtioDevice::take_unfinished)).
+//! A request's data is at most `seg_max` segments of at most `size_max`
+//! bytes each (both in the configuration space), so one chain moves at most
+//! [`MAX_REQUEST_BYTES`](super::MAX_REQUEST_BYTES).
+//!
 //! The request path does not allocate and does not log on success; guest
 //! mistakes and I/O errors are logged within bounded budgets.
 
@@ -13,11 +20,11 @@ use vm_memory::Bytes;
 
 use super::engine::DiskEngine;
 use super::request::{self, Chain, Completion, Desc, Gathered, Image, Request, HEADER_LEN, MAX_DESCS};
-use super::{ID_BYTES, QUEUE_SIZE};
+use super::{ID_BYTES, QUEUE_SIZE, SEG_MAX, SIZE_MAX};
 use crate::virtio::chain::ChainWalker;
 use crate::virtio::host_view::HostView;
 use crate::virtio::iovec::{IoVecBuf, IoVecs};
-use crate::virtio::{LogBudget, MAX_QUEUE_ROUNDS};
+use crate::virtio::{LogBudget, PassBudget, MAX_QUEUE_ROUNDS};
 
 /// Everything the device needs to serve requests: the queue loop's scratch
 /// space and the [`Executor`].
@@ -28,6 +35,8 @@ pub(super) struct RequestHandler {
     /// (head, used length) of the chains served in one pass, completed
     /// after it; at most a queue's worth, so it never reallocates.
     completed: Vec<(u16, u32)>,
+    /// The last pass stopped on its budget with chains left.
+    pub(super) unfinished: bool,
     queue_error_log: LogBudget,
 }
 
@@ -43,11 +52,30 @@ pub(super) struct Executor {
 }
 
 /// Fills `iov` with the guest buffers of bytes `[skip, skip + take)` of the
-/// stream formed by `descs`; `false` if any byte is outside guest memory or
-/// the scatter list overflows.
-fn map_ranges(iov: &mut IoVecs<'_>, descs: &[Desc], skip: u64, take: u64) -> bool {
+/// stream formed by `descs` (the request's data segments); the reason to
+/// refuse the request if a segment is longer than `size_max`, there are
+/// more than `seg_max` of them, or a byte is outside guest memory.
+fn map_ranges(iov: &mut IoVecs<'_>, descs: &[Desc], skip: u64, take: u64) -> Result<(), &'static str> {
     iov.clear();
-    request::for_each_range(descs, skip, take, |addr, len| iov.push(addr, len)) && iov.total() as u64 == take
+    let mut why = "buffer outside guest memory";
+    let mut segs = 0u32;
+    let ok = request::for_each_range(descs, skip, take, |addr, len| {
+        segs += 1;
+        if len > SIZE_MAX as usize {
+            why = "data segment longer than size_max";
+            return false;
+        }
+        if segs > SEG_MAX {
+            why = "more data segments than seg_max";
+            return false;
+        }
+        iov.push(addr, len)
+    });
+    if ok && iov.total() as u64 == take {
+        Ok(())
+    } else {
+        Err(why)
+    }
 }
 
 impl RequestHandler {
@@ -63,15 +91,17 @@ impl RequestHandler {
             },
             descs: Vec::with_capacity(MAX_DESCS),
             completed: Vec::with_capacity(usize::from(QUEUE_SIZE)),
+            unfinished: false,
             queue_error_log: LogBudget::new(8),
         }
     }
 
-    /// Serves every available chain of `queue`, in rounds until the driver
-    /// publishes no more (bounded by [`MAX_QUEUE_ROUNDS`]). Returns whether
-    /// the driver must be notified.
+    /// Serves the available chains of `queue`, in rounds until the driver
+    /// publishes no more or the pass budget is spent (then
+    /// [`unfinished`](Self::unfinished) is set and notifications stay
+    /// off). Returns whether the driver must be notified.
     pub(super) fn process_queue(&mut self, queue: &mut Queue, view: &HostView) -> bool {
-        let RequestHandler { exec, descs, completed, queue_error_log } = self;
+        let RequestHandler { exec, descs, completed, unfinished, queue_error_log } = self;
         let mut queue_error = |what: std::fmt::Arguments<'_>| {
             if queue_error_log.take("virtio-blk: queue error") {
                 error!("virtio-blk: {what}");
@@ -79,6 +109,8 @@ impl RequestHandler {
         };
         let mut used = false;
         let mut rounds = 0u32;
+        let mut budget = PassBudget::start();
+        *unfinished = false;
         loop {
             rounds += 1;
             if rounds > MAX_QUEUE_ROUNDS {
@@ -92,9 +124,10 @@ impl RequestHandler {
                 // can be done if it is not writable now.
                 break;
             }
-            // Serve every chain published so far in one pass over the
+            // Serve the chains published so far in one pass over the
             // available ring (at most the queue size, bounded by
-            // virtio-queue), then complete them in order.
+            // virtio-queue, and by the pass budget), then complete them in
+            // order.
             let (table, size) = (queue.desc_table(), queue.size());
             let mut avail = match queue.iter(view) {
                 Ok(avail) => avail,
@@ -105,19 +138,32 @@ impl RequestHandler {
                     break;
                 }
             };
-            for chain in &mut avail {
+            while !budget.spent() {
+                let Some(chain) = avail.next() else { break };
                 // virtio-queue hands out the head; the walk itself reads
                 // descriptors through the host view with virtio-queue's
                 // bounds (see `chain`).
                 let head = chain.head_index();
-                let len = handle_chain(exec, descs, view, head, ChainWalker::new(view, table, size, head));
+                let (len, moved) = handle_chain(exec, descs, view, head, ChainWalker::new(view, table, size, head));
+                budget.charge(moved);
                 completed.push((head, len));
             }
             for (head, len) in completed.drain(..) {
+                if head >= size {
+                    // Checked here: virtio-queue would log it, unbudgeted.
+                    queue_error(format_args!("descriptor head {head} out of range; not returned"));
+                    continue;
+                }
                 match queue.add_used(view, head, len) {
                     Ok(()) => used = true,
                     Err(e) => queue_error(format_args!("cannot complete descriptor {head}: {e}")),
                 }
+            }
+            if budget.spent() {
+                // Chains may be left: the transport signals the queue
+                // again, and notifications stay off until then.
+                *unfinished = true;
+                break;
             }
             match queue.enable_notification(view) {
                 Ok(true) => continue,
@@ -129,18 +175,19 @@ impl RequestHandler {
 }
 
 /// Serves one descriptor chain; returns the used length for the used ring
-/// (0 when there was no place for a status byte).
+/// (0 when there was no place for a status byte) and the bytes the host
+/// moved for it.
 fn handle_chain(
     exec: &mut Executor,
     descs: &mut Vec<Desc>,
     view: &HostView,
     head: u16,
     walker: ChainWalker<'_>,
-) -> u32 {
+) -> (u32, u64) {
     let (status, done) = match request::gather(view, walker, descs) {
         Gathered::NoStatus => {
             exec.log_bad_chain(head, "no device-writable status byte; dropped");
-            return 0;
+            return (0, 0);
         }
         Gathered::Malformed { status, why } => {
             exec.log_bad_chain(head, why);
@@ -150,7 +197,7 @@ fn handle_chain(
     };
     // Checked by `gather`, and written last.
     view.write_u8(status, done.status);
-    done.written + 1
+    (done.written + 1, done.moved)
 }
 
 impl Executor {
@@ -190,28 +237,29 @@ impl Executor {
         match req {
             Request::In { offset, len } => {
                 let mut iov = self.iov.start(view);
-                if !map_ranges(&mut iov, chain.writable, 0, len) {
-                    self.log_bad_chain(head, "IN buffer outside guest memory");
+                if let Err(why) = map_ranges(&mut iov, chain.writable, 0, len) {
+                    self.log_bad_chain(head, why);
                     return Completion::ioerr(0);
                 }
                 let (n, err) = self.engine.read_vectored_at(&mut iov, offset);
-                // `n` <= len <= u32::MAX: a chain is at most 4 GiB long.
-                match err {
+                // `n` <= len <= MAX_REQUEST_BYTES, which fits a u32.
+                let done = match err {
                     None => Completion::ok(n as u32),
                     Some(e) => {
                         self.log_io_error("read", &e);
                         Completion::ioerr(n as u32)
                     }
-                }
+                };
+                done.moving(n as u64)
             }
             Request::Out { offset, len } => {
                 let mut iov = self.iov.start(view);
-                if !map_ranges(&mut iov, chain.readable, HEADER_LEN, len) {
-                    self.log_bad_chain(head, "OUT buffer outside guest memory");
+                if let Err(why) = map_ranges(&mut iov, chain.readable, HEADER_LEN, len) {
+                    self.log_bad_chain(head, why);
                     return Completion::ioerr(0);
                 }
-                let (_, err) = self.engine.write_vectored_at(&mut iov, offset);
-                self.io_result("write", err.map_or(Ok(()), Err))
+                let (n, err) = self.engine.write_vectored_at(&mut iov, offset);
+                self.io_result("write", err.map_or(Ok(()), Err)).moving(n as u64)
             }
             Request::Flush => {
                 let r = self.engine.flush();
@@ -226,7 +274,7 @@ impl Executor {
                     r
                 });
                 if ok {
-                    Completion::ok(len as u32)
+                    Completion::ok(len as u32).moving(len)
                 } else {
                     self.log_bad_chain(head, "GET_ID buffer outside guest memory");
                     Completion::ioerr(0)
@@ -242,8 +290,10 @@ impl Executor {
                 self.io_result("discard/write-zeroes", r)
             }
             Request::WriteZeroes { offset, len, unmap } => {
+                // Counted in full: without a zeroing fallocate the engine
+                // writes the zeroes.
                 let r = self.engine.write_zeroes(offset, len, unmap);
-                self.io_result("discard/write-zeroes", r)
+                self.io_result("discard/write-zeroes", r).moving(len)
             }
         }
     }

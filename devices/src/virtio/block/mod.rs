@@ -14,11 +14,16 @@
 //! short header, data in the wrong direction, a buffer outside guest memory
 //! or an out-of-range sector complete with `VIRTIO_BLK_S_IOERR` and never
 //! reach the file. A chain with no room for a status byte is consumed with a
-//! used length of 0 and logged.
+//! used length of 0 and logged. A request's data may be at most `seg_max`
+//! segments ([`SEG_MAX`]) of at most `size_max` bytes ([`SIZE_MAX`]), both
+//! offered in the configuration space; a larger one completes with `IOERR`
+//! before any I/O. A pass over the queue stops on its budget (chains,
+//! bytes, time: [`crate::virtio::MAX_PASS_CHAINS`]) and continues through
+//! the transport ([`VirtioDevice::take_unfinished`]).
 //!
 //! Chains are walked by `chain::ChainWalker`, which applies virtio-queue's
 //! bounds (a `next` loop ends after `queue size` descriptors, one level of
-//! indirection) and is checked against virtio-queue's `DescriptorChain` in
+//! indirection, and stricter: no indirect table longer than the queue) and is checked against virtio-queue's `DescriptorChain` in
 //! its tests, but reads descriptors through a flat host view of guest memory
 //! (`host_view::HostView`), as do the ring accesses of virtio-queue here.
 //!
@@ -64,8 +69,17 @@ pub const SECTOR_SIZE: u64 = 512;
 pub const ID_BYTES: usize = VIRTIO_BLK_ID_BYTES as usize;
 
 const SECTOR_SHIFT: u32 = 9;
-/// Data segments per request advertised in `seg_max`.
-const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// Data segments per request advertised in `seg_max` (and enforced): with
+/// the header and the status byte, a chain as long as the queue.
+pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// Largest data segment advertised in `size_max` (and enforced): 64 KiB,
+/// Linux's default segment size, so one request moves at most
+/// `SEG_MAX * SIZE_MAX` (~16 MiB), within one pass budget
+/// ([`crate::virtio::MAX_PASS_BYTES`]).
+pub const SIZE_MAX: u32 = 64 << 10;
+/// The most data one request may carry: `SEG_MAX` segments of `SIZE_MAX`
+/// bytes. Larger requests complete with `IOERR` before any I/O.
+pub const MAX_REQUEST_BYTES: u64 = SEG_MAX as u64 * SIZE_MAX as u64;
 /// Discard granularity, in sectors (4 KiB).
 const DISCARD_SECTOR_ALIGNMENT: u32 = 8;
 
@@ -120,6 +134,20 @@ pub enum BlockError {
         /// The underlying error.
         source: io::Error,
     },
+    /// The image path is neither a regular file nor a block device (a
+    /// FIFO, a socket, a character device).
+    #[error("disk image {} is not a regular file or a block device", path.display())]
+    NotAnImage {
+        /// The image path.
+        path: PathBuf,
+    },
+    /// Another open file holds a lock on the image that conflicts with
+    /// this use (a writer excludes every other user; readers share).
+    #[error("disk image {} is in use by another process (it holds a lock on it)", path.display())]
+    Locked {
+        /// The image path.
+        path: PathBuf,
+    },
     /// The disk id does not fit the 20-byte `GET_ID` answer.
     #[error("disk id {id:?} is {} bytes; at most 20 are allowed", id.len())]
     IdTooLong {
@@ -170,12 +198,47 @@ fn open_error(path: &Path, readonly: bool, source: io::Error) -> BlockError {
     }
 }
 
+/// Opens the image: a regular file or a block device, locked (`flock`)
+/// exclusively when writable and shared when read-only, so two VMs cannot
+/// both write one image nor one read what the other writes. Opened
+/// non-blocking, so a FIFO is refused instead of waiting for a writer.
 fn open_image(cfg: &BlockConfig) -> Result<File, BlockError> {
-    OpenOptions::new()
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    use std::os::unix::io::AsRawFd;
+    let path = || cfg.path.clone();
+    let file = OpenOptions::new()
         .read(true)
         .write(!cfg.readonly)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(&cfg.path)
-        .map_err(|e| open_error(&cfg.path, cfg.readonly, e))
+        .map_err(|e| open_error(&cfg.path, cfg.readonly, e))?;
+    let kind = file.metadata().map_err(|source| BlockError::Open { path: path(), source })?.file_type();
+    if kind.is_dir() {
+        return Err(BlockError::IsDirectory { path: path() });
+    }
+    if !(kind.is_file() || kind.is_block_device()) {
+        return Err(BlockError::NotAnImage { path: path() });
+    }
+    let fd = file.as_raw_fd();
+    let op = if cfg.readonly { libc::LOCK_SH } else { libc::LOCK_EX };
+    // SAFETY: flock and fcntl on a descriptor this function owns; no
+    // memory is passed.
+    if unsafe { libc::flock(fd, op | libc::LOCK_NB) } != 0 {
+        let source = io::Error::last_os_error();
+        return Err(match source.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => BlockError::Locked { path: path() },
+            _ => BlockError::Open { path: path(), source },
+        });
+    }
+    // Regular files and block devices ignore O_NONBLOCK; cleared all the
+    // same so that I/O is plainly blocking.
+    // SAFETY: as above.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(BlockError::Open { path: path(), source: io::Error::last_os_error() });
+    }
+    Ok(file)
 }
 
 fn default_id(path: &Path) -> [u8; ID_BYTES] {
@@ -217,6 +280,7 @@ impl Block {
         }
 
         let mut avail_features = (1u64 << VIRTIO_BLK_F_SEG_MAX)
+            | (1u64 << VIRTIO_BLK_F_SIZE_MAX)
             | (1u64 << VIRTIO_BLK_F_BLK_SIZE)
             | (1u64 << VIRTIO_BLK_F_FLUSH)
             | (1u64 << VIRTIO_BLK_F_DISCARD)
@@ -251,7 +315,7 @@ impl Block {
 fn build_config(capacity: u64) -> [u8; std::mem::size_of::<virtio_blk_config>()] {
     let cfg = virtio_blk_config {
         capacity: capacity.to_le(),
-        size_max: 0,
+        size_max: SIZE_MAX.to_le(),
         seg_max: SEG_MAX.to_le(),
         blk_size: (SECTOR_SIZE as u32).to_le(),
         max_discard_sectors: MAX_DISCARD_SECTORS.to_le(),
@@ -325,9 +389,14 @@ impl VirtioDevice for Block {
         QueueSet::of_if(0, self.handler.process_queue(queue, view))
     }
 
+    fn take_unfinished(&mut self) -> QueueSet {
+        QueueSet::of_if(0, std::mem::take(&mut self.handler.unfinished))
+    }
+
     fn reset(&mut self) {
         self.active = None;
         self.acked_features = 0;
+        self.handler.unfinished = false;
     }
 }
 

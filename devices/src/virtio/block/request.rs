@@ -17,9 +17,10 @@ use crate::virtio::host_view::HostView;
 
 pub(super) const HEADER_LEN: u64 = 16;
 const SEGMENT_LEN: u64 = 16;
-/// Descriptors one request may use (header + data + status, or an indirect
-/// table up to this length).
-pub(super) const MAX_DESCS: usize = 1024;
+/// Descriptors one request may use: a driver may not build a chain longer
+/// than the queue (virtio 1.2 §2.7.5.3.1); `seg_max` data segments plus
+/// the header and the status byte fit.
+pub(super) const MAX_DESCS: usize = super::QUEUE_SIZE as usize;
 pub(super) const MAX_DISCARD_SECTORS: u32 = 1 << 22;
 /// Bounded so that the write-zeroes fallback (writing actual zeroes) keeps
 /// the event loop responsive.
@@ -100,23 +101,29 @@ fn read_header(view: &HostView, rd: &[Desc]) -> Option<[u8; 16]> {
     read_stream(view, rd, 0, &mut h).then_some(h)
 }
 
-/// The outcome of one request: the status byte and the bytes written into
-/// device-writable data buffers (the status byte not included).
+/// The outcome of one request: the status byte, the bytes written into
+/// device-writable data buffers (the status byte not included) and the
+/// bytes the host moved for it (for the pass budget).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Completion {
     pub(super) status: u8,
     pub(super) written: u32,
+    pub(super) moved: u64,
 }
 
 impl Completion {
     pub(super) const fn ok(written: u32) -> Self {
-        Completion { status: VIRTIO_BLK_S_OK as u8, written }
+        Completion { status: VIRTIO_BLK_S_OK as u8, written, moved: 0 }
     }
     pub(super) const fn ioerr(written: u32) -> Self {
-        Completion { status: VIRTIO_BLK_S_IOERR as u8, written }
+        Completion { status: VIRTIO_BLK_S_IOERR as u8, written, moved: 0 }
     }
     pub(super) const fn unsupp() -> Self {
-        Completion { status: VIRTIO_BLK_S_UNSUPP as u8, written: 0 }
+        Completion { status: VIRTIO_BLK_S_UNSUPP as u8, written: 0, moved: 0 }
+    }
+    /// The same outcome, for which the host moved `bytes`.
+    pub(super) const fn moving(self, bytes: u64) -> Self {
+        Completion { moved: bytes, ..self }
     }
 }
 

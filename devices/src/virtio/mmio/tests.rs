@@ -2,6 +2,7 @@ use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, SubscriberOps};
 use virtio_bindings::bindings::virtio_blk::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN};
+use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
@@ -22,6 +23,7 @@ struct DummyState {
     fail_activation: bool,
     processed: Vec<usize>,
     config: [u8; 8],
+    unfinished: QueueSet,
 }
 
 struct Dummy(Arc<Mutex<DummyState>>, [u16; 2]);
@@ -69,6 +71,9 @@ impl VirtioDevice for Dummy {
     }
     fn reset(&mut self) {
         self.0.lock().unwrap().resets += 1;
+    }
+    fn take_unfinished(&mut self) -> QueueSet {
+        std::mem::take(&mut self.0.lock().unwrap().unfinished)
     }
 }
 
@@ -444,6 +449,79 @@ fn queue_notify_register_signals_eventfd() {
     assert_eq!(rd(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS), 0);
 }
 
+/// A pass that stopped on its budget is continued through the queue's own
+/// eventfd, without a driver notification.
+#[test]
+fn unfinished_queues_are_signalled_again() {
+    let Setup { mut t, state, .. } = dummy();
+    negotiate(&mut t, version_1());
+    setup_queue(&mut t, 0, 16, QUEUE_BASE);
+    setup_queue(&mut t, 1, 8, QUEUE_BASE + 0x1000);
+    wr(&mut t, VIRTIO_MMIO_STATUS, DOK);
+    state.lock().unwrap().unfinished = QueueSet::of(0) | QueueSet::of(1);
+    wr(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+    t.handle_queue_event(0);
+    assert_eq!(t.queue_events()[0].read().unwrap(), 1, "queue 0 signalled again");
+    assert_eq!(t.queue_events()[1].read().unwrap(), 1, "queue 1 signalled again");
+    t.handle_queue_event(0);
+    assert!(t.queue_events()[0].read().is_err(), "finished: not signalled");
+    assert_eq!(state.lock().unwrap().processed, vec![0, 0]);
+}
+
+/// The same end to end: requests that need more than one pass budget are
+/// all served by the event loop after one kick.
+#[test]
+fn a_pass_over_budget_continues_in_the_event_loop() {
+    let dir = TempDir::new("mmio-budget");
+    let path = dir.path().join("big.img");
+    std::fs::File::create(&path).unwrap().set_len(32 << 20).unwrap();
+    let mem = guest_mem();
+    let mut drv = Driver::new(&mem, 256);
+    let blk = Block::new(&BlockConfig { path, readonly: false, id: None }).unwrap();
+    let mut t = MmioTransport::new(Box::new(blk), mem.clone(), Arc::new(CountingIrq::default())).unwrap();
+    negotiate(&mut t, version_1());
+    wr(&mut t, VIRTIO_MMIO_QUEUE_SEL, 0);
+    wr(&mut t, VIRTIO_MMIO_QUEUE_NUM, 256);
+    set_queue_addrs(&mut t, drv.desc_addr(), drv.avail_addr(), drv.used_addr());
+    wr(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
+    wr(&mut t, VIRTIO_MMIO_STATUS, DOK);
+    let t = Arc::new(Mutex::new(t));
+    let mut em = EventManager::<Arc<Mutex<MmioTransport>>>::new().unwrap();
+    em.add_subscriber(t.clone());
+
+    // Four reads of 8 MiB (128 segments of 64 KiB over one buffer): the
+    // byte budget lets two through per pass.
+    let (hdr, status, table, buf) = (DATA_BASE, DATA_BASE + 0x100, DATA_BASE + 0x1000, DATA_BASE + 0x10000);
+    let mut h = [0u8; 16];
+    h[..4].copy_from_slice(&VIRTIO_BLK_T_IN.to_le_bytes());
+    mem.write_slice(&h, GuestAddress(hdr)).unwrap();
+    let mut chain = vec![r(hdr, 16)];
+    chain.extend(std::iter::repeat_n(w(buf, 64 << 10), 128));
+    chain.push(w(status, 1));
+    for _ in 0..4 {
+        // Indirect: a table of 130 entries.
+        for (i, &(addr, len, write)) in chain.iter().enumerate() {
+            let mut flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
+            if i + 1 < chain.len() {
+                flags |= VRING_DESC_F_NEXT as u16;
+            }
+            let d = virtio_queue::desc::split::Descriptor::new(addr, len, flags, (i + 1) as u16);
+            mem.write_obj(virtio_queue::desc::RawDescriptor::from(d), GuestAddress(table + 16 * i as u64)).unwrap();
+        }
+        let head = drv.add(&[(table, 16 * chain.len() as u32, false)]);
+        drv.set_desc(head, table, 16 * chain.len() as u32, VRING_DESC_F_INDIRECT as u16, 0);
+    }
+    t.lock().unwrap().queue_events()[0].write(1).unwrap();
+    let mut rounds = 0;
+    while drv.used_idx() < 4 {
+        em.run_with_timeout(1000).unwrap();
+        rounds += 1;
+        assert!(rounds <= 8, "no progress");
+    }
+    assert!(rounds >= 2, "one kick, served in {rounds} passes");
+    assert!((0..4).all(|i| drv.used(i).1 == (8 << 20) + 1));
+}
+
 /// The whole path: a driver brings a virtio-blk device up through the
 /// registers, posts a read, kicks the queue eventfd (as KVM's ioeventfd
 /// would) and the event loop serves it.
@@ -558,4 +636,51 @@ fn hostile_register_accesses_do_not_panic() {
     // A reset always brings the transport back.
     wr(&mut t, VIRTIO_MMIO_STATUS, 0);
     assert_eq!(rd(&mut t, VIRTIO_MMIO_STATUS), 0);
+}
+
+/// Finding 2 of issue 16 (the transport half): a refused QueueReady went
+/// through virtio-queue's `is_valid`, which logs each refusal itself (one
+/// line per MMIO write), and a failed activation logged an error per
+/// reset -> DRIVER_OK cycle. Both are now within the transport's budget.
+#[test]
+fn refused_queue_ready_and_failed_activation_log_within_budget() {
+    let Setup { mut t, .. } = dummy();
+    let ((), lines) = count_log_records(|| {
+        for _ in 0..16_000 {
+            wr(&mut t, VIRTIO_MMIO_STATUS, 0);
+            negotiate(&mut t, version_1());
+            wr(&mut t, VIRTIO_MMIO_QUEUE_SEL, 0);
+            // Rings past the end of guest memory.
+            set_queue_addrs(&mut t, MEM_SIZE, MEM_SIZE + 0x1000, MEM_SIZE + 0x2000);
+            wr(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
+        }
+    });
+    assert_eq!(rd(&mut t, VIRTIO_MMIO_QUEUE_READY), 0, "refused");
+    assert!(lines <= 66, "{lines} log records for 16,000 refused QueueReady writes");
+
+    // A fresh transport whose device refuses to start, on every cycle.
+    let Setup { mut t, state, .. } = dummy();
+    state.lock().unwrap().fail_activation = true;
+    let ((), lines) = count_log_records(|| {
+        for _ in 0..16_000 {
+            wr(&mut t, VIRTIO_MMIO_STATUS, 0);
+            negotiate(&mut t, version_1());
+            wr(&mut t, VIRTIO_MMIO_STATUS, DOK);
+        }
+    });
+    assert_eq!(rd(&mut t, VIRTIO_MMIO_STATUS), DOK | S_NEEDS_RESET);
+    assert_eq!(rd(&mut t, VIRTIO_MMIO_CONFIG_GENERATION), 16_000, "every cycle failed");
+    assert!(lines <= 66, "{lines} log records for 16,000 failed activations");
+
+    // A driver that gives up on every cycle.
+    let Setup { mut t, .. } = dummy();
+    let ((), lines) = count_log_records(|| {
+        for _ in 0..16_000 {
+            wr(&mut t, VIRTIO_MMIO_STATUS, 0);
+            wr(&mut t, VIRTIO_MMIO_STATUS, ACK);
+            wr(&mut t, VIRTIO_MMIO_STATUS, S_FAILED);
+        }
+    });
+    assert_eq!(rd(&mut t, VIRTIO_MMIO_STATUS) & S_FAILED, S_FAILED);
+    assert!(lines <= 66, "{lines} log records for 16,000 FAILED writes");
 }

@@ -14,7 +14,16 @@
 //! descriptor, a buffer outside guest memory, or a length below the header
 //! plus an Ethernet header or above 64 KiB plus the header is malformed: it
 //! never reaches the backend, is counted and logged (bounded), and is
-//! returned with a used length of 0 like every transmit chain.
+//! returned with a used length of 0 like every transmit chain. So is a frame
+//! whose header asks for an offload the driver did not negotiate (checksum,
+//! segmentation, ECN, UDP) or describes one inconsistently
+//! (`tx::check_tx_header`): the TAP would otherwise act on it.
+//!
+//! **Budgets.** A pass over either queue stops after
+//! [`MAX_PASS_CHAINS`](super::MAX_PASS_CHAINS) chains (malformed ones
+//! included), [`MAX_PASS_BYTES`](super::MAX_PASS_BYTES) or
+//! [`MAX_PASS_TIME`](super::MAX_PASS_TIME), and the transport signals the
+//! queue again ([`VirtioDevice::take_unfinished`]).
 //!
 //! **Receive.** The backend fd is polled by the event loop only while the
 //! receive queue has buffers ([`VirtioDevice::backend_wants_input`]). Each
@@ -233,6 +242,10 @@ struct Io {
     rx_notify_on: bool,
     /// Reading the backend failed for good; stop polling it.
     rx_failed: bool,
+    /// The last receive pass stopped on its budget with work left.
+    rx_unfinished: bool,
+    /// The last transmit pass stopped on its budget with work left.
+    tx_unfinished: bool,
     /// (head, used length) of the chains one received frame spans.
     chains: Vec<(u16, u32)>,
     tally: NetStats,
@@ -338,6 +351,8 @@ impl Net {
                 rx_starved: false,
                 rx_notify_on: true,
                 rx_failed: false,
+                rx_unfinished: false,
+                tx_unfinished: false,
                 chains: Vec::with_capacity(usize::from(QUEUE_SIZE)),
                 tally: NetStats::default(),
                 counters: Arc::new(NetCounters::default()),
@@ -400,7 +415,9 @@ impl VirtioDevice for Net {
     fn ack_features(&mut self, features: u64) {
         self.io.acked = features;
         if let Err(e) = self.io.backend.set_offload(features) {
-            error!("virtio-net ({}): cannot set receive offloads: {e}", self.io.name);
+            if self.io.backend_log.take("virtio-net: backend error") {
+                error!("virtio-net ({}): cannot set receive offloads: {e}", self.io.name);
+            }
         }
     }
 
@@ -466,10 +483,14 @@ impl VirtioDevice for Net {
         io.rx_starved = false;
         io.rx_failed = false;
         io.rx_notify_on = true;
+        io.rx_unfinished = false;
+        io.tx_unfinished = false;
         io.acked = 0;
         io.chains.clear();
         if let Err(e) = io.backend.set_offload(0) {
-            error!("virtio-net ({}): cannot clear receive offloads: {e}", io.name);
+            if io.backend_log.take("virtio-net: backend error") {
+                error!("virtio-net ({}): cannot clear receive offloads: {e}", io.name);
+            }
         }
     }
 
@@ -486,6 +507,12 @@ impl VirtioDevice for Net {
 
     fn backend_wants_input(&self, idx: usize) -> bool {
         idx == 0 && self.active.is_some() && !self.io.rx_starved && !self.io.rx_failed
+    }
+
+    fn take_unfinished(&mut self) -> QueueSet {
+        let io = &mut self.io;
+        QueueSet::of_if(RX_QUEUE, std::mem::take(&mut io.rx_unfinished))
+            | QueueSet::of_if(TX_QUEUE, std::mem::take(&mut io.tx_unfinished))
     }
 }
 

@@ -1,7 +1,10 @@
 //! The receive queue: frames read from the backend into the guest's
 //! buffers, one chain per frame or (with `MRG_RXBUF`) as many as it needs,
 //! only while the driver has posted buffers; a frame that does not fit yet
-//! waits, never lost for lack of buffers.
+//! waits, never lost for lack of buffers. A pass stops on its budget
+//! (chains taken, good or malformed, bytes, time) and continues through the
+//! transport, so a driver that keeps publishing malformed chains cannot
+//! hold the event loop.
 
 use std::io;
 use std::sync::atomic::{fence, Ordering};
@@ -16,7 +19,7 @@ use super::{avail_count, avail_head, budget_warn, Active, Io, RingError, MIN_FRA
 use crate::virtio::chain::ChainWalker;
 use crate::virtio::host_view::HostView;
 use crate::virtio::iovec::IoVecs;
-use crate::virtio::MAX_QUEUE_ROUNDS;
+use crate::virtio::{PassBudget, MAX_QUEUE_ROUNDS};
 
 /// How a receive chain fits a frame.
 enum Fit {
@@ -49,6 +52,8 @@ enum RxStop {
     NoBuffers(u16),
     RingError,
     BackendDone,
+    /// The pass budget is spent; work may be left.
+    Spent,
 }
 
 /// What became of a received frame.
@@ -58,6 +63,8 @@ enum Delivery {
     /// Not enough buffers among the given number of available chains.
     NoBuffers(u16),
     RingError,
+    /// The pass budget is spent before the frame found its chains.
+    Spent,
 }
 
 impl Io {
@@ -67,7 +74,9 @@ impl Io {
         let mut used = false;
         let mut frames = 0;
         let mut rounds = 0u32;
+        let mut budget = PassBudget::start();
         self.rx_starved = false;
+        self.rx_unfinished = false;
         loop {
             rounds += 1;
             if rounds > MAX_QUEUE_ROUNDS {
@@ -80,8 +89,14 @@ impl Io {
                 let _ = a.rx.disable_notification(&a.view);
                 self.rx_notify_on = false;
             }
-            let seen = match self.rx_pass(a, &mut used, &mut frames) {
+            let seen = match self.rx_pass(a, &mut used, &mut frames, &mut budget) {
                 RxStop::BackendDone => break,
+                RxStop::Spent => {
+                    // Notifications stay as they are; the transport
+                    // signals the queue again.
+                    self.rx_unfinished = true;
+                    break;
+                }
                 RxStop::RingError => {
                     // Wait for the driver's next notification.
                     budget_warn!(self, queue_log, "receive ring index is invalid");
@@ -107,13 +122,16 @@ impl Io {
 
     /// One pass: deliver frames until the backend is empty (or the batch
     /// is done) or the buffers run out.
-    fn rx_pass(&mut self, a: &mut Active, used: &mut bool, frames: &mut usize) -> RxStop {
+    fn rx_pass(&mut self, a: &mut Active, used: &mut bool, frames: &mut usize, budget: &mut PassBudget) -> RxStop {
         loop {
             let n = match self.pending {
                 Some(n) => n,
                 None => {
                     if self.rx_failed || *frames >= RX_BATCH {
                         return RxStop::BackendDone;
+                    }
+                    if budget.spent() {
+                        return RxStop::Spent;
                     }
                     // Never take a frame from the backend without a place
                     // to put it.
@@ -138,10 +156,11 @@ impl Io {
                     }
                 }
             };
-            match self.deliver(a, n, used) {
+            match self.deliver(a, n, used, budget) {
                 Delivery::Done | Delivery::Dropped => self.pending = None,
                 Delivery::NoBuffers(seen) => return RxStop::NoBuffers(seen),
                 Delivery::RingError => return RxStop::RingError,
+                Delivery::Spent => return RxStop::Spent,
             }
         }
     }
@@ -200,8 +219,10 @@ impl Io {
         }
     }
 
-    /// Puts the frame of `n` bytes in `rx_buf` into the guest's buffers.
-    fn deliver(&mut self, a: &mut Active, n: usize, used: &mut bool) -> Delivery {
+    /// Puts the frame of `n` bytes in `rx_buf` into the guest's buffers;
+    /// every chain it takes off the ring (malformed ones included) is
+    /// charged to `budget`.
+    fn deliver(&mut self, a: &mut Active, n: usize, used: &mut bool, budget: &mut PassBudget) -> Delivery {
         if let Some(why) = self.check_rx_header(n) {
             self.tally.rx_dropped += 1;
             budget_warn!(self, rx_log, "received {n}-byte frame: {why}; dropped");
@@ -209,6 +230,11 @@ impl Io {
         }
         let mrg = self.has(VIRTIO_NET_F_MRG_RXBUF);
         loop {
+            if budget.spent() {
+                // A driver that keeps publishing malformed chains: the
+                // frame waits for the next pass.
+                return Delivery::Spent;
+            }
             let avail = match avail_count(&a.rx, &a.view) {
                 Ok(0) => return Delivery::NoBuffers(0),
                 Ok(k) => k,
@@ -255,7 +281,7 @@ impl Io {
                     // Earlier chains of a merged frame go back unused too.
                     self.tally.rx_dropped += 1;
                 }
-                self.take_chains(a, used, true);
+                self.take_chains(a, used, true, budget);
                 if k > 1 {
                     return Delivery::Dropped;
                 }
@@ -286,7 +312,7 @@ impl Io {
             let nbufs = self.chains.len() as u16;
             self.rx_buf[10..12].copy_from_slice(&nbufs.to_le_bytes());
             segs.copy_from(&self.rx_buf[..n]);
-            self.take_chains(a, used, false);
+            self.take_chains(a, used, false, budget);
             self.tally.rx_frames += 1;
             self.tally.rx_bytes += (n - VNET_HDR_LEN) as u64;
             return Delivery::Done;
@@ -294,13 +320,14 @@ impl Io {
     }
 
     /// Takes the chains in `self.chains` off the available ring and returns
-    /// them (with length 0 when `unused`).
-    fn take_chains(&mut self, a: &mut Active, used: &mut bool, unused: bool) {
+    /// them (with length 0 when `unused`), charging each to `budget`.
+    fn take_chains(&mut self, a: &mut Active, used: &mut bool, unused: bool, budget: &mut PassBudget) {
         let k = self.chains.len() as u16;
         a.rx.set_next_avail(a.rx.next_avail().wrapping_add(k));
         for i in 0..usize::from(k) {
             let (head, len) = self.chains[i];
             let len = if unused { 0 } else { len };
+            budget.charge(u64::from(len));
             *used |= self.complete(&mut a.rx, &a.view, head, len);
         }
         self.chains.clear();

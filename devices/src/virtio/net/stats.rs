@@ -14,6 +14,7 @@ pub struct NetCounters {
     tx_bytes: AtomicU64,
     tx_dropped: AtomicU64,
     tx_malformed: AtomicU64,
+    tx_bad_header: AtomicU64,
 }
 
 /// A snapshot of [`NetCounters`]. Byte counts are Ethernet frame bytes,
@@ -39,6 +40,10 @@ pub struct NetStats {
     pub tx_dropped: u64,
     /// Transmit chains that were malformed (also counted in `tx_dropped`).
     pub tx_malformed: u64,
+    /// Transmit frames whose virtio-net header asked for an offload the
+    /// driver did not negotiate, or described it inconsistently (also
+    /// counted in `tx_dropped`).
+    pub tx_bad_header: u64,
 }
 
 impl NetCounters {
@@ -54,6 +59,7 @@ impl NetCounters {
             tx_bytes: r(&self.tx_bytes),
             tx_dropped: r(&self.tx_dropped),
             tx_malformed: r(&self.tx_malformed),
+            tx_bad_header: r(&self.tx_bad_header),
         }
     }
 
@@ -72,5 +78,6 @@ impl NetCounters {
         add(&self.tx_bytes, t.tx_bytes);
         add(&self.tx_dropped, t.tx_dropped);
         add(&self.tx_malformed, t.tx_malformed);
+        add(&self.tx_bad_header, t.tx_bad_header);
     }
 }

@@ -7,8 +7,8 @@ use virtio_queue::mock::{AvailRing, DescriptorTable, UsedRing};
 use vm_memory::Bytes;
 
 use super::*;
-use crate::virtio::test_utils::{guest_mem, DATA_BASE, MEM_SIZE};
-use crate::virtio::IoVecs;
+use crate::virtio::test_utils::{count_log_records, guest_mem, DATA_BASE, MEM_SIZE};
+use crate::virtio::{IoVecs, MAX_PASS_CHAINS};
 
 const RXQ_BASE: u64 = 0x1000;
 const TXQ_BASE: u64 = 0x4000;
@@ -97,6 +97,11 @@ impl<'a> Q<'a> {
 
     fn avail_idx(&self) -> u16 {
         self.avail.idx().load()
+    }
+
+    /// Writes available ring slot `slot` without moving the index.
+    fn set_ring(&self, slot: u16, head: u16) {
+        self.avail.ring().ref_at(usize::from(slot % self.size)).unwrap().store(head);
     }
 
     fn set_avail_idx(&self, v: u16) {
@@ -1047,4 +1052,206 @@ fn frames_cross_a_real_tap_both_ways() {
     })
     .join()
     .unwrap();
+}
+
+// ---- a hostile driver ----
+
+/// Plays a hostile vCPU on another thread while the device serves the
+/// queue at `base`: `avail.idx` is kept a full ring (`size`) ahead of the
+/// device's used index until `done` or `cap` chains were published
+/// (whatever the ring slots name). Returns the chains published.
+fn keep_publishing(mem: &GuestMemoryMmap, base: u64, size: u16, done: &std::sync::atomic::AtomicBool, cap: u64) -> u64 {
+    use std::sync::atomic::Ordering;
+    let (avail_idx, used_idx) = (GuestAddress(base + 0x1000 + 2), GuestAddress(base + 0x2000 + 2));
+    let mut idx: u16 = mem.read_obj(avail_idx).unwrap();
+    let mut total = u64::from(idx);
+    while !done.load(Ordering::Acquire) && total < cap {
+        let used: u16 = mem.read_obj(used_idx).unwrap();
+        let want = used.wrapping_add(size);
+        if want != idx {
+            total += u64::from(want.wrapping_sub(idx));
+            idx = want;
+            mem.write_obj(idx, avail_idx).unwrap();
+        }
+        std::hint::spin_loop();
+    }
+    total
+}
+
+/// Runs `serve` on this thread while `keep_publishing` plays the vCPU on
+/// queue `q`; returns what `serve` returned and the chains published.
+fn with_hostile_vcpu<R>(q: &Q<'_>, cap: u64, serve: impl FnOnce() -> R) -> (R, u64) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let done = AtomicBool::new(false);
+    let (mem, base, size) = (q.mem, q.base, q.size);
+    std::thread::scope(|s| {
+        let vcpu = s.spawn(|| keep_publishing(mem, base, size, &done, cap));
+        let r = serve();
+        done.store(true, Ordering::Release);
+        (r, vcpu.join().unwrap())
+    })
+}
+
+/// Finding 1 of issue 16: a malformed first receive chain, a frame waiting
+/// and a vCPU that keeps moving `avail.idx` held one `process_backend` call
+/// (and the whole event loop) for as long as the vCPU kept going. One call
+/// now takes at most a pass budget of chains; the rest continues through
+/// the transport, and the frame is not lost.
+#[test]
+fn rx_pass_is_bounded_while_a_vcpu_keeps_publishing_malformed_chains() {
+    let mem = guest_mem();
+    let (mut d, rx, _tx) = rx_setup(&mem, 0, false);
+    // Descriptor 0 is device-readable: malformed for receive.
+    rx.set_desc(0, rx_buf(0), 1526, 0, 0);
+    for slot in 0..256 {
+        rx.set_ring(slot, 0);
+    }
+    rx.set_avail_idx(256);
+    let f = frame(100, 1);
+    d.peer.send(&f);
+    let cap = 200_000;
+    let (_, published) = with_hostile_vcpu(&rx, cap, || d.net.process_backend(0));
+    let taken = d.net.stats().rx_malformed;
+    eprintln!("one process_backend call took {taken} malformed chains; the vCPU published {published}");
+    assert!(taken <= u64::from(MAX_PASS_CHAINS), "{taken} chains in one call");
+    assert_eq!(d.net.take_unfinished(), QueueSet::of(RX_QUEUE), "the rest continues through the transport");
+    assert!(d.net.take_unfinished().is_empty(), "taken once");
+
+    // The vCPU stopped: the continuations drain what it published, and the
+    // frame waits for a good chain.
+    let mut passes = 0;
+    loop {
+        d.net.process_queue(RX_QUEUE);
+        passes += 1;
+        if d.net.take_unfinished().is_empty() {
+            break;
+        }
+        assert!(passes < 10_000);
+    }
+    assert_eq!(d.net.stats().rx_frames, 0);
+    let next = rx.avail_idx();
+    rx.set_desc(1, rx_buf(1), 1526, VRING_DESC_F_WRITE as u16, 0);
+    rx.set_ring(next, 1);
+    rx.set_avail_idx(next.wrapping_add(1));
+    d.net.process_queue(RX_QUEUE);
+    assert_eq!(d.net.stats().rx_frames, 1, "the waiting frame was delivered");
+    assert_eq!(&read_guest(&mem, rx_buf(1), 112)[12..], &f[12..]);
+}
+
+/// The same hostile vCPU on the transmit queue: one call sends (or drops)
+/// at most a pass budget of chains.
+#[test]
+fn tx_pass_is_bounded_while_a_vcpu_keeps_publishing() {
+    let mem = guest_mem();
+    let (mut d, _rx, tx) = tx_setup(&mem);
+    // Descriptor 0 is device-writable: malformed for transmit, nothing
+    // reaches the socket.
+    tx.set_desc(0, TX_BUF, 100, VRING_DESC_F_WRITE as u16, 0);
+    for slot in 0..256 {
+        tx.set_ring(slot, 0);
+    }
+    tx.set_avail_idx(256);
+    let (_, published) = with_hostile_vcpu(&tx, 200_000, || d.net.process_queue(TX_QUEUE));
+    let taken = d.net.stats().tx_malformed;
+    eprintln!("one process_queue(TX) call took {taken} chains; the vCPU published {published}");
+    assert!(taken <= u64::from(MAX_PASS_CHAINS), "{taken} chains in one call");
+    // Whether chains were left depends on how far the other thread got.
+    assert!(d.net.take_unfinished().bits() & !QueueSet::of(TX_QUEUE).bits() == 0);
+}
+
+/// Finding 2 (the net half): malformed chains and bad heads log within the
+/// device's budgets however many there are.
+#[test]
+fn guest_mistakes_log_within_budget() {
+    let mem = guest_mem();
+    let (mut d, _rx, tx) = tx_setup(&mem);
+    let ((), lines) = count_log_records(|| {
+        for i in 0..16_000u32 {
+            // Out-of-range heads and device-writable chains, alternately.
+            tx.set_desc(0, TX_BUF, 100, VRING_DESC_F_WRITE as u16, 0);
+            let idx = tx.avail_idx();
+            tx.set_ring(idx, if i % 2 == 0 { 300 + i as u16 % 1000 } else { 0 });
+            tx.set_avail_idx(idx.wrapping_add(1));
+            d.net.process_queue(TX_QUEUE);
+        }
+    });
+    assert!(lines <= 64, "{lines} log records for 16,000 bad chains");
+}
+
+// ---- the transmit header against the negotiated features ----
+
+/// A TX frame with header fields `(flags, gso_type, hdr_len, gso_size,
+/// csum_start, csum_offset)` and 200 bytes of payload.
+fn tx_frame_with(h: (u8, u8, u16, u16, u16, u16)) -> Vec<u8> {
+    let mut f = frame(200, 4);
+    f[0] = h.0;
+    f[1] = h.1;
+    f[2..4].copy_from_slice(&h.2.to_le_bytes());
+    f[4..6].copy_from_slice(&h.3.to_le_bytes());
+    f[6..8].copy_from_slice(&h.4.to_le_bytes());
+    f[8..10].copy_from_slice(&h.5.to_le_bytes());
+    f
+}
+
+/// Sends one frame with header `h` under `features`; whether it reached
+/// the backend (else it must be counted as a bad header).
+fn tx_header_passes(features: u64, h: (u8, u8, u16, u16, u16, u16)) -> bool {
+    let mem = guest_mem();
+    let rx = Q::new(&mem, RXQ_BASE, 256);
+    let mut tx = Q::new(&mem, TXQ_BASE, 256);
+    let mut d = device();
+    activate(&mut d, &mem, &rx, &tx, features, false);
+    let f = tx_frame_with(h);
+    mem.write_slice(&f, GuestAddress(TX_BUF)).unwrap();
+    tx.add(&[r(TX_BUF, 12), r(TX_BUF + 12, 200)]);
+    d.net.process_queue(TX_QUEUE);
+    let s = d.net.stats();
+    match d.peer.recv() {
+        Some(got) => {
+            assert_eq!(got, f);
+            assert_eq!((s.tx_frames, s.tx_bad_header, s.tx_dropped), (1, 0, 0));
+            true
+        }
+        None => {
+            assert_eq!((s.tx_frames, s.tx_bad_header, s.tx_dropped), (0, 1, 1));
+            assert_eq!(tx.used_idx(), 1, "returned all the same");
+            false
+        }
+    }
+}
+
+#[test]
+fn tx_offloads_the_driver_did_not_negotiate_are_dropped() {
+    let csum = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
+    let (tcp4, tcp6, udp) =
+        (VIRTIO_NET_HDR_GSO_TCPV4 as u8, VIRTIO_NET_HDR_GSO_TCPV6 as u8, VIRTIO_NET_HDR_GSO_UDP as u8);
+    let ecn = VIRTIO_NET_HDR_GSO_ECN as u8;
+    let all = bit(VIRTIO_NET_F_CSUM) | bit(VIRTIO_NET_F_HOST_TSO4) | bit(VIRTIO_NET_F_HOST_TSO6);
+    // A plain frame passes whatever was negotiated.
+    assert!(tx_header_passes(0, (0, 0, 0, 0, 0, 0)));
+    assert!(tx_header_passes(all, (0, 0, 0, 0, 0, 0)));
+    // Checksum offload only with CSUM, and inside the frame.
+    assert!(!tx_header_passes(0, (csum, 0, 0, 0, 34, 16)));
+    assert!(tx_header_passes(bit(VIRTIO_NET_F_CSUM), (csum, 0, 0, 0, 34, 16)));
+    assert!(tx_header_passes(bit(VIRTIO_NET_F_CSUM), (csum, 0, 0, 0, 190, 8)));
+    assert!(!tx_header_passes(bit(VIRTIO_NET_F_CSUM), (csum, 0, 0, 0, 190, 9)));
+    assert!(!tx_header_passes(bit(VIRTIO_NET_F_CSUM), (csum, 0, 0, 0, 0xffff, 0xffff)));
+    // Checksum positions without the offload, flags a driver may not set.
+    assert!(!tx_header_passes(all, (0, 0, 0, 0, 34, 16)));
+    assert!(!tx_header_passes(all, (VIRTIO_NET_HDR_F_DATA_VALID as u8, 0, 0, 0, 0, 0)));
+    assert!(!tx_header_passes(all, (0x80, 0, 0, 0, 0, 0)));
+    // Segmentation: only what was negotiated, with a checksum and an MSS.
+    assert!(!tx_header_passes(bit(VIRTIO_NET_F_CSUM), (csum, tcp4, 54, 1448, 34, 16)));
+    assert!(tx_header_passes(all, (csum, tcp4, 54, 1448, 34, 16)));
+    assert!(tx_header_passes(all, (csum, tcp6, 74, 1428, 54, 16)));
+    assert!(!tx_header_passes(all & !bit(VIRTIO_NET_F_HOST_TSO6), (csum, tcp6, 74, 1428, 54, 16)));
+    assert!(!tx_header_passes(all, (0, tcp4, 54, 1448, 0, 0)), "GSO without a checksum");
+    assert!(!tx_header_passes(all, (csum, tcp4, 54, 0, 34, 16)), "GSO without an MSS");
+    assert!(!tx_header_passes(all, (csum, tcp4 | ecn, 54, 1448, 34, 16)), "ECN is not offered");
+    assert!(!tx_header_passes(all, (csum, udp, 42, 1472, 34, 6)), "UFO is not offered");
+    assert!(!tx_header_passes(all, (csum, 9, 54, 1448, 34, 16)), "unknown GSO type");
+    // Fields of an unused offload.
+    assert!(!tx_header_passes(all, (0, 0, 0, 1448, 0, 0)), "an MSS without GSO");
+    assert!(tx_header_passes(all, (0, 0, 54, 0, 0, 0)), "hdr_len is a hint");
+    assert!(!tx_header_passes(all, (0, 0, 201, 0, 0, 0)), "hdr_len past the frame");
 }
