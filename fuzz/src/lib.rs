@@ -18,7 +18,7 @@
 pub mod guest;
 pub mod image;
 pub mod input;
-pub mod pci;
 pub mod p9;
+pub mod pci;
 pub mod seeds;
 pub mod virtio;
