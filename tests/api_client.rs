@@ -24,8 +24,11 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The virtualenv's python, created on first use.
+/// The virtualenv's python, created on first use. The tests of this file
+/// run in parallel: one installs, the others wait for it.
 fn client_python() -> PathBuf {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _once = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     let venv = repo().join("target/pyenv-firecracker");
     let python = venv.join("bin/python");
     let marker = venv.join(".installed");
