@@ -1,7 +1,7 @@
 //! A Firecracker-compatible control plane: HTTP/1.1 over a Unix socket with
 //! Firecracker's resources and JSON bodies (docs/api-socket.md lists every
 //! endpoint and each difference), and Firecracker's `--config-file` format,
-//! both turned into a [`VmConfig`](crate::VmConfig) by the same checks.
+//! both turned into a [`VmConfig`](crate::config::VmConfig) by the same checks.
 //!
 //! [`ApiServer`] binds the socket and serves it on a thread of its own
 //! (with its own seccomp filter), driving the VM through [`VmControl`]:

@@ -363,7 +363,7 @@ fn actions_and_the_state_machine() {
         [FakeCall::Pause, FakeCall::Pause, FakeCall::Resume, FakeCall::CtrlAltDel, FakeCall::FlushMetrics]
     );
     let FakeCall::Start { cmdline, memory, vcpus, .. } = &c.vm().calls[0] else { panic!() };
-    assert_eq!((cmdline.as_str(), *memory, *vcpus), (crate::VmConfig::DEFAULT_CMDLINE, 128 << 20, 1));
+    assert_eq!((cmdline.as_str(), *memory, *vcpus), (crate::config::VmConfig::DEFAULT_CMDLINE, 128 << 20, 1));
 }
 
 #[test]
@@ -533,7 +533,7 @@ fn config_file_with_everything_ember_has() {
     assert_eq!(f.logger().unwrap().level, Some(log::LevelFilter::Info));
     let c = f.vm_config().unwrap();
     assert_eq!(c.initrd.as_deref(), Some(std::path::Path::new("/initrd.cpio")));
-    assert_eq!(c.cmdline, format!("{} root=/dev/vda rw", crate::VmConfig::DEFAULT_CMDLINE));
+    assert_eq!(c.cmdline, format!("{} root=/dev/vda rw", crate::config::VmConfig::DEFAULT_CMDLINE));
     let disks: Vec<_> = c.disks.iter().map(|d| (d.path.to_str().unwrap(), d.read_only)).collect();
     assert_eq!(disks, [("/r.img", false), ("/d.img", true)]);
     assert_eq!(c.nets[0].tap, "tap7");
