@@ -700,6 +700,8 @@ impl Lab {
         let reports = &mut out;
         let mut remaining: Vec<&Step> = group.to_vec();
         let mut boots = 0;
+        // Steps already run again once after L1 (not the step) stalled.
+        let mut rerun: Vec<&str> = Vec::new();
         while !remaining.is_empty() {
             if boots == MAX_BOOTS || Instant::now() >= self.deadline {
                 let why = if boots == MAX_BOOTS {
@@ -796,6 +798,24 @@ impl Lab {
                                 self.fail(reports, step, detail, secs);
                             }
                         }
+                    }
+                    Wait::Silent if !rerun.contains(&step.name) => {
+                        // L1 itself went quiet (not even its runner's
+                        // heartbeat): TCG's L1 stalls now and then with an
+                        // interrupt pending while halted (docs/testing.md,
+                        // stalls). The step runs once more, from its start,
+                        // in a fresh L1, and says so; a second stall fails it.
+                        rerun.push(step.name);
+                        eprintln!(
+                            "lab: L1 stalled during {} (no heartbeat for {} s); killed it, running the step again in a fresh L1\nL1's console (last {CONSOLE_TAIL} lines):\n{}{}",
+                            step.name,
+                            L1_SILENCE.as_secs(),
+                            l1.tail(CONSOLE_TAIL),
+                            l1.state(lane)
+                        );
+                        l1.kill();
+                        remaining.insert(0, step);
+                        break;
                     }
                     other => {
                         let why = format!(
