@@ -50,27 +50,35 @@ lab_initramfs() {
 # share every 5 s and at the end: the VMM writes it a byte at a time, and
 # every write to the 9p share is a round trip through QEMU.
 lab_l2() {
-  local name=$1 t0 rc copier tmp
+  local name=$1 t0 rc copier tmp stop
   shift
   tmp=$LAB_TMP/$name.console
   printf '%q ' "$@" >"$LAB_WORK/$name.cmd"
   echo >>"$LAB_WORK/$name.cmd"
   echo "--- L2 $name: $*"
   : >"$tmp"
-  (while sleep 5; do cp "$tmp" "$LAB_WORK/$name.console"; done) 2>/dev/null &
+  # The copier waits on a FIFO, not on `sleep`: a line written to it ends
+  # the loop, so no child of the copier can outlive the step (a `sleep`
+  # forked between a kill of the last one and the copier's own end did, and
+  # the runner counted it as a leftover process).
+  rm -f "$tmp.stop"
+  mkfifo "$tmp.stop"
+  exec {stop}<>"$tmp.stop"
+  (while ! read -r -t 5 -u "$stop" _; do cp "$tmp" "$LAB_WORK/$name.console"; done) 2>/dev/null &
   copier=$!
   t0=$EPOCHREALTIME
   if [[ ${LAB_LIVE:-0} == 1 ]]; then
-    "$@" </dev/null 2>&1 | tee "$tmp"
+    "$@" {stop}>&- </dev/null 2>&1 | tee "$tmp"
     rc=${PIPESTATUS[0]}
   else
-    "$@" </dev/null >"$tmp" 2>&1
+    "$@" {stop}>&- </dev/null >"$tmp" 2>&1
     rc=$?
   fi
   awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f\n", b - a }' >"$LAB_WORK/$name.secs"
-  pkill -P "$copier" 2>/dev/null # its sleep
-  kill "$copier" 2>/dev/null
+  echo stop >&"$stop"
   wait "$copier" 2>/dev/null
+  exec {stop}>&-
+  rm -f "$tmp.stop"
   cp "$tmp" "$LAB_WORK/$name.console"
   echo "$rc" >"$LAB_WORK/$name.status"
   [[ ${LAB_LIVE:-0} == 1 ]] || tail -n 8 "$tmp" | sed 's/^/    | /'
