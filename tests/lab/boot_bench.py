@@ -2,7 +2,7 @@
 """The lab's boot bench driver (tests/lab/bench.sh).
 
     boot_bench.py RUNS EMBER KERNEL INITRD [--variant NAME EMBER2 EXTRA_CMDLINE]...
-                  [--variant-runs N]
+                  [--qemu-variant NAME EXTRA_CMDLINE]... [--variant-runs N]
 
 Runs ember and QEMU microvm alternately RUNS times each (which one goes
 first alternates too), timing exec -> the line "LAB-BENCH user space" on
@@ -12,7 +12,8 @@ prints every run and the medians with the QEMU/ember ratio.
 A variant is another ember binary (EMBER2, e.g. a build of an earlier
 commit) and/or more kernel parameters (EXTRA_CMDLINE, e.g. "acpi=off";
 "-" for none), run in the same rounds (N of them, default RUNS) to give
-each change its share of the time.
+each change its share of the time. A QEMU variant is QEMU microvm with
+more kernel parameters (e.g. "quiet", to compare like with like).
 """
 import statistics
 import subprocess
@@ -21,12 +22,16 @@ import time
 
 runs, ember, kernel, initrd = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 variants = []
+qemu_variants = []
 variant_runs = runs
 rest = sys.argv[5:]
 while rest:
     if rest[0] == "--variant" and len(rest) >= 4:
         variants.append((rest[1], rest[2], "" if rest[3] == "-" else " " + rest[3]))
         rest = rest[4:]
+    elif rest[0] == "--qemu-variant" and len(rest) >= 3:
+        qemu_variants.append((rest[1], "" if rest[2] == "-" else " " + rest[2]))
+        rest = rest[3:]
     elif rest[0] == "--variant-runs" and len(rest) >= 2:
         variant_runs = int(rest[1])
         rest = rest[2:]
@@ -40,14 +45,17 @@ def ember_cmd(binary, extra=""):
             "--cmdline", base + " reboot=k" + extra]
 
 
-vmms = {
-    "ember": ember_cmd(ember),
-    "qemu": ["qemu-system-x86_64", "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "256M",
-             "-smp", "1", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio",
-             "-kernel", kernel, "-initrd", initrd, "-append", base + " reboot=t"],
-}
+def qemu_cmd(extra=""):
+    return ["qemu-system-x86_64", "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "256M",
+            "-smp", "1", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio",
+            "-kernel", kernel, "-initrd", initrd, "-append", base + " reboot=t" + extra]
+
+
+vmms = {"ember": ember_cmd(ember), "qemu": qemu_cmd()}
 for name, binary, extra in variants:
     vmms[name] = ember_cmd(binary, extra)
+for name, extra in qemu_variants:
+    vmms[name] = qemu_cmd(extra)
 
 
 def run(cmd):
