@@ -24,7 +24,7 @@
 use std::io;
 use std::os::unix::io::RawFd;
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 
 use crate::GuestMemoryMmap;
 
@@ -68,6 +68,22 @@ pub enum ActivateError {
     /// The backend could not be started.
     #[error("device backend failed to start: {0}")]
     Backend(#[source] io::Error),
+}
+
+/// The `N` queues a device with `N` queues starts with, in order: refused
+/// when the device is `active` already (it must be reset first), when the
+/// transport handed over another number of queues, or when a queue was
+/// not made ready by the driver.
+pub(crate) fn ready_queues<const N: usize>(active: bool, queues: Vec<Queue>) -> Result<[Queue; N], ActivateError> {
+    if active {
+        return Err(ActivateError::AlreadyActivated);
+    }
+    let got = queues.len();
+    let queues = <[Queue; N]>::try_from(queues).map_err(|_| ActivateError::QueueCount { expected: N, got })?;
+    match queues.iter().position(|q| !q.ready()) {
+        Some(i) => Err(ActivateError::QueueNotReady(i)),
+        None => Ok(queues),
+    }
 }
 
 /// A virtio device model, driven by a transport such as
@@ -221,6 +237,23 @@ mod tests {
         assert_eq!(d, [0, 0, 0]);
         read_config_space(&cfg, u64::MAX, &mut d);
         assert_eq!(d, [0, 0, 0]);
+    }
+
+    #[test]
+    fn activation_takes_exactly_the_ready_queues() {
+        let queue = |ready: bool| {
+            let mut q = Queue::new(16).unwrap();
+            q.set_ready(ready);
+            q
+        };
+        let [a, b] = ready_queues::<2>(false, vec![queue(true), queue(true)]).unwrap();
+        assert!(a.ready() && b.ready());
+        assert!(matches!(ready_queues::<1>(true, vec![queue(true)]), Err(ActivateError::AlreadyActivated)));
+        let two = ready_queues::<1>(false, vec![queue(true), queue(true)]);
+        assert!(matches!(two, Err(ActivateError::QueueCount { expected: 1, got: 2 })));
+        assert!(matches!(ready_queues::<2>(false, vec![]), Err(ActivateError::QueueCount { expected: 2, got: 0 })));
+        let second = ready_queues::<2>(false, vec![queue(true), queue(false)]);
+        assert!(matches!(second, Err(ActivateError::QueueNotReady(1))));
     }
 
     #[test]

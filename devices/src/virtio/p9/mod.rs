@@ -381,17 +381,8 @@ impl VirtioDevice for Share {
         }
     }
 
-    fn activate(&mut self, mem: GuestMemoryMmap, mut queues: Vec<Queue>) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::AlreadyActivated);
-        }
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueCount { expected: 1, got: queues.len() });
-        }
-        let queue = queues.remove(0);
-        if !queue.ready() {
-            return Err(ActivateError::QueueNotReady(0));
-        }
+    fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError> {
+        let [queue] = super::ready_queues(self.active.is_some(), queues)?;
         self.active = Some(Active { view: HostView::new(&mem), queue });
         Ok(())
     }
