@@ -4,6 +4,7 @@
 //! ```text
 //! cargo bench --bench startup                 # 30 runs each, 1,000 idle VMs
 //! EMBER_BENCH_RUNS=50 EMBER_BENCH_MANY=200 cargo bench --bench startup
+//! EMBER_BENCH_BASELINE=/path/to/other/ember cargo bench --bench startup
 //! ```
 //!
 //! Reports, as medians over the runs:
@@ -289,6 +290,11 @@ fn main() {
         None => println!("could not build the static ember; dynamic build only"),
     }
     vmms.push(ember_vmm());
+    // Another ember build in the same run (e.g. an earlier commit's static
+    // binary), to give a change its share.
+    if let Ok(b) = std::env::var("EMBER_BENCH_BASELINE") {
+        vmms.push(ember_at("ember (EMBER_BENCH_BASELINE)", PathBuf::from(b)));
+    }
     match qemu_vmm() {
         Some(q) => vmms.push(q),
         None => println!("qemu-system-x86_64 not installed: ember figures only (scripts/setup installs it)"),
