@@ -34,7 +34,7 @@ fn steps() -> Vec<Step> {
         Step::new("debian_vmlinux_pvh_user_space", 420, debian_vmlinux_pvh_user_space),
         Step::new("debian_acpi_virtio_modules", 420, debian_acpi_virtio_modules),
         Step::new("debian_cpuid_beside_qemu", 600, debian_cpuid_beside_qemu).references(&["qemu"]),
-        Step::new("debian_smp_user_space", 600, debian_smp_user_space).smp(2),
+        Step::new("debian_smp_user_space", 600, debian_smp_user_space),
         Step::new("debian_smoke_status_and_junit", 600, debian_smoke_status_and_junit),
         Step::new("debian_smoke_kernel_crash_is_120", 420, debian_smoke_kernel_crash_is_120).crashes(&["crash"]),
         Step::new("debian_smoke_timeout_is_124", 420, debian_smoke_timeout_is_124),

@@ -1,10 +1,11 @@
 # shellcheck shell=bash
 # SMP in user space on Debian's stock kernel: `ember run --cpus 2` and
-# `--cpus 4` (on L1's 2 vCPUs). The init prints nproc and the online mask,
-# pins the same busy loop (a fixed count, so a CPU that gets little time
-# still finishes it) to every CPU with taskset; each loop says which CPU it
-# finished on (/proc/self/stat), and the init prints each CPU's user+system
-# ticks from /proc/stat before and after (for the record).
+# `--cpus 4`, in an L1 with one vCPU (docs/testing.md, "SMP in the lab").
+# The init prints nproc and the online mask, pins the same busy loop (a
+# fixed count, so a CPU that gets little time still finishes it) to every
+# CPU with taskset; each loop says which CPU it finished on
+# (/proc/self/stat), and the init prints each CPU's user+system ticks from
+# /proc/stat before and after (for the record).
 . "$LAB_REPO/tests/lab/lib.sh"
 cat >init <<'INIT'
 #!/bin/sh
