@@ -208,7 +208,7 @@ const API: &[i64] = &[
     libc::SYS_setgroups,
 ];
 
-/// The rules of `kind`; with `pci` (the VM has a PCI root) the vCPU threads
+/// The rules of `kind`; with `pci` (a device is on PCI) the vCPU threads
 /// may also move ioeventfds and replace the GSI routing table, which the
 /// guest's BAR moves and MSI-X table writes do from the vCPU thread.
 fn rules_for(kind: ThreadKind, pci: bool) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
@@ -288,7 +288,7 @@ fn rules_for(kind: ThreadKind, pci: bool) -> Result<BTreeMap<i64, Vec<SeccompRul
 }
 
 /// Builds the BPF program for `kind` under `mode` (`None` when off), for a
-/// VM with a PCI root when `pci`.
+/// VM with devices on PCI when `pci`.
 pub(crate) fn filter(kind: ThreadKind, mode: SeccompMode, pci: bool) -> Result<Option<BpfProgram>, SeccompError> {
     let mismatch = match mode {
         SeccompMode::Off => return Ok(None),
@@ -298,7 +298,7 @@ pub(crate) fn filter(kind: ThreadKind, mode: SeccompMode, pci: bool) -> Result<O
     compile(kind, mismatch, pci).map(Some)
 }
 
-/// The BPF program for `kind` (for a VM with a PCI root when `pci`),
+/// The BPF program for `kind` (for a VM with devices on PCI when `pci`),
 /// `mismatch` for calls outside its list.
 fn compile(kind: ThreadKind, mismatch: SeccompAction, pci: bool) -> Result<BpfProgram, SeccompError> {
     let rules = rules_for(kind, pci).map_err(|source| SeccompError::Build { kind, source })?;
@@ -330,7 +330,7 @@ pub(crate) struct ThreadFilters {
 impl ThreadFilters {
     /// Builds the filters for `mode`, with a gate for `threads` threads
     /// (every vCPU thread, the event loop and the starting thread), for a
-    /// VM with a PCI root when `pci`; the event loop's allows the file
+    /// VM with devices on PCI when `pci`; the event loop's allows the file
     /// server's calls if `shares`.
     pub(crate) fn new(mode: SeccompMode, threads: usize, pci: bool, shares: bool) -> Result<Arc<Self>, SeccompError> {
         let vcpu = filter(ThreadKind::Vcpu, mode, pci)?;

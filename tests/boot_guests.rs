@@ -22,8 +22,8 @@ fn boot_state(boot: &str, memory_mib: u64, cpus: u32, extra_cmdline: &str) {
     let o = run_guest("boot_state", &["--boot", boot, "--memory", &mem, "--cpus", &cpus_s], &cmdline, T);
     assert_code(&o, 0);
     // The guest sees exactly the command line ember was given, and the
-    // `pci=off` ember adds for a VM without a PCI root.
-    assert!(o.stdout.contains(&format!("cmdline=[{cmdline} pci=off]")), "{}", o.stdout);
+    // `pci=noearly` ember adds for its PCI root.
+    assert!(o.stdout.contains(&format!("cmdline=[{cmdline} pci=noearly]")), "{}", o.stdout);
     assert!(o.stdout.contains("BOOT-STATE OK"), "{}", o.stdout);
 }
 
@@ -196,5 +196,5 @@ fn default_command_line() {
     let g = guest("boot_state");
     let o = run_ember(&["run", "--kernel", g.to_str().unwrap(), "--debug-exit"], None, T);
     assert_code(&o, 0);
-    assert!(o.stdout.contains("cmdline=[console=ttyS0 reboot=k panic=1 pci=off]"), "{}", o.stdout);
+    assert!(o.stdout.contains("cmdline=[console=ttyS0 reboot=k panic=1 pci=noearly]"), "{}", o.stdout);
 }

@@ -52,7 +52,7 @@ fn cmdline_too_long() {
     let g = guest("hello");
     let long = "x".repeat(3000);
     // The length is the whole command line: the 3000 bytes given plus what
-    // ember appends (`pci=off` without a PCI device).
+    // ember appends (`pci=noearly` for its PCI root).
     check_usage_error(
         &["run", "--kernel", g.to_str().unwrap(), "--cmdline", &long],
         "bytes, the kernel accepts at most 2047",

@@ -60,7 +60,7 @@ fn boot(boot: BootProtocol) {
     assert!(madt, "the kernel did not use the MADT ({MADT_USED:?}) within the deadline:\n{text}");
     assert_eq!(exit, VmExit::Stopped, "{text}");
     assert!(text.contains("Linux version 6."), "{text}");
-    assert_eq!(cmdline, format!("{CMDLINE} pci=off"));
+    assert_eq!(cmdline, format!("{CMDLINE} pci=noearly"));
     assert!(
         text.lines().any(|l| l.trim_end_matches('\r').ends_with(&format!("Command line: {cmdline}"))),
         "the kernel's command line is not exactly ember's:\n{text}"

@@ -43,7 +43,7 @@ fn debug_exit_and_cmdline_through_the_api() {
     config.cmdline = "expect_entry=linux64 mem_mib=128 e820_exact=1 ncpus=2".into();
     config.serial = SerialConfig::Capture(console.clone());
     let vm = Vm::new(config).unwrap();
-    assert_eq!(vm.cmdline(), "expect_entry=linux64 mem_mib=128 e820_exact=1 ncpus=2 pci=off");
+    assert_eq!(vm.cmdline(), "expect_entry=linux64 mem_mib=128 e820_exact=1 ncpus=2 pci=noearly");
     assert!(!vm.uses_pvh());
     let exit = vm.run().unwrap();
     assert_eq!(exit, VmExit::DebugExit(0), "console: {}", console.text());

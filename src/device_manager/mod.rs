@@ -5,11 +5,11 @@
 //! [`DeviceManager::add_legacy_devices`] puts the PC devices on their ports
 //! ([`crate::layout`]); [`DeviceManager::add_virtio_devices`] puts each disk,
 //! NIC and shared directory behind its transport (virtio-pci on the PCI root of [`pci`],
-//! made when the first device asks for PCI; or virtio-mmio) and records
-//! where ([`Transport`]). What the guest is told about the devices is
+//! or virtio-mmio) and records where ([`Transport`]); every VM gets the
+//! PCI root, its host bridge alone when no device is on PCI. What the guest is told about the devices is
 //! derived from that one list: the kernel parameters
 //! ([`DeviceManager::kernel_cmdline`]: `virtio_mmio.device=` for
-//! virtio-mmio, `pci=off` without a PCI root) and what the ACPI tables
+//! virtio-mmio, `pci=noearly` for the PCI root) and what the ACPI tables
 //! and the memory map describe ([`DeviceManager::acpi_devices`]: the
 //! virtio-mmio windows, the PCI root's ECAM and windows).
 
@@ -101,7 +101,7 @@ pub(crate) struct DeviceManager {
     pub(crate) net_counters: Vec<(String, Arc<NetCounters>)>,
     /// The i8042 (the host sends it Ctrl+Alt+Del).
     pub(crate) i8042: Option<Arc<Mutex<I8042>>>,
-    /// Where the PCI root is, when the VM has one (a device is on PCI).
+    /// Where the PCI root is (every VM has one once its devices are added).
     pub(crate) pci_root: Option<PciRoot>,
     /// The PCI root itself.
     pci: Option<PciBus>,
@@ -198,9 +198,9 @@ impl DeviceManager {
     }
 
     /// The disks, the NICs, then the shared directories (on virtio-mmio),
-    /// each behind its virtio transport in the next free place. The PCI
-    /// configuration ports belong to the PCI root when there is one, else
-    /// they are absent (quiet).
+    /// each behind its virtio transport in the next free place, and the
+    /// PCI root (made by the first device on PCI, or here for its host
+    /// bridge alone).
     pub(crate) fn add_virtio_devices(
         &mut self,
         vm: &Arc<VmFd>,
@@ -232,8 +232,12 @@ impl DeviceManager {
             }
         }
         if self.pci.is_none() {
-            let quiet = Arc::new(Mutex::new(QuietPorts));
-            self.pio.insert(layout::PCI_CONFIG_PORT, layout::PCI_CONFIG_PORT_LEN, quiet)?;
+            // Every VM has a PCI root (the host bridge alone, here), so a
+            // kernel with PCI support finds a bus it can reach rather than
+            // configuration ports nobody answers.
+            let pci = PciBus::new(vm.clone(), ram, &mut self.pio, &mut self.mmio)?;
+            self.pci_root = Some(pci.info());
+            self.pci = Some(pci);
         }
         Ok(())
     }
@@ -296,18 +300,18 @@ impl DeviceManager {
     }
 
     /// `base` with what the kernel needs to know about the devices:
-    /// `pci=off` when there is no PCI root (so Linux does not probe the
-    /// absent configuration ports, which costs seconds of VM exits), and
-    /// with `mmio_params`, each virtio-mmio device for kernels without ACPI
-    /// (a kernel with ACPI finds them in the DSDT). They go at the end, or
-    /// before a `--` in `base` (the kernel passes what follows `--` to
-    /// init, so parameters after it would not reach the kernel).
+    /// `pci=noearly` with the PCI root (docs/boot.md: the early scans of
+    /// PCI configuration space look for chipsets ember does not have, and
+    /// on some CPU families read 8,192 absent addresses, two VM exits each),
+    /// `pci=off` without one (so Linux does not probe absent configuration
+    /// ports), and with `mmio_params`, each virtio-mmio device for kernels
+    /// without ACPI (a kernel with ACPI finds them in the DSDT). They go at
+    /// the end, or before a `--` in `base` (the kernel passes what follows
+    /// `--` to init, so parameters after it would not reach the kernel).
     pub(crate) fn kernel_cmdline(&self, base: &str, mmio_params: bool) -> String {
         let (kernel, init) = split_at_dashes(base);
         let mut cmdline = kernel.trim_end().to_string();
-        if self.pci_root.is_none() {
-            cmdline.push_str(" pci=off");
-        }
+        cmdline.push_str(if self.pci_root.is_some() { " pci=noearly" } else { " pci=off" });
         for param in self.virtio.iter().filter(|_| mmio_params).filter_map(|v| v.transport.cmdline_param()) {
             cmdline.push(' ');
             cmdline.push_str(&param);
@@ -529,11 +533,12 @@ mod tests {
         );
         // A kernel with ACPI finds them in the DSDT.
         assert_eq!(dm.kernel_cmdline("console=ttyS0", false), "console=ttyS0 pci=off");
-        // With a PCI root the kernel may probe PCI.
+        // With a PCI root (every VM ember builds has one) the kernel
+        // probes PCI, but not early.
         dm.pci_root = Some(PciRoot::for_layout(256 << 20));
         assert_eq!(
             dm.kernel_cmdline("console=ttyS0", true),
-            "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
+            "console=ttyS0 pci=noearly virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
         );
         // A PCI function needs no parameter: the kernel enumerates bus 0.
         dm.virtio.push(VirtioPlacement {
@@ -542,7 +547,7 @@ mod tests {
         });
         assert_eq!(
             dm.kernel_cmdline("", true),
-            "virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
+            "pci=noearly virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
         );
     }
 

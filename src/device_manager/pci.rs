@@ -13,7 +13,8 @@
 //! What runs later, on the vCPU threads: `KVM_SET_GSI_ROUTING` when the
 //! guest unmasks a vector with a new message, and `KVM_IOEVENTFD` when it
 //! moves a BAR or turns memory decoding off and on (seccomp allows both
-//! ioctls on the vCPU threads of a VM with a PCI root, and only then).
+//! ioctls on the vCPU threads of a VM with a device on PCI, and only
+//! then: the host bridge alone moves nothing).
 //! Nothing is added at run time: the irqfds, GSIs and bus entries are all
 //! made here, before the vCPUs exist.
 

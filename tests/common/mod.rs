@@ -326,10 +326,11 @@ pub fn debian_kernel() -> (PathBuf, PathBuf, bool) {
 }
 
 /// The e820 lines Linux prints ("BIOS-e820: [mem A-B] type") for ember's
-/// memory map with `mem` bytes of RAM (docs/boot.md). Through the PVH entry
-/// Linux itself reserves the ISA range 640 KiB–1 MiB
-/// (arch/x86/platform/pvh/enlighten.c), which merges with ember's reserved
-/// EBDA entry.
+/// memory map with `mem` bytes of RAM (docs/boot.md), with the ECAM of
+/// the PCI root every VM has (bus 0, 1 MiB at 0xe0000000) reserved in
+/// address order. Through the PVH entry Linux itself reserves the ISA range
+/// 640 KiB–1 MiB (arch/x86/platform/pvh/enlighten.c), which merges with
+/// ember's reserved EBDA entry.
 pub fn expected_linux_e820(mem: u64, pvh: bool) -> Vec<String> {
     let hole = 0xc000_0000u64;
     let low = mem.min(hole);
@@ -337,21 +338,12 @@ pub fn expected_linux_e820(mem: u64, pvh: bool) -> Vec<String> {
         (0u64, 0x9fc00u64, "usable"),
         (0x9fc00, if pvh { 0x10_0000 } else { 0xa0000 }, "reserved"),
         (0x10_0000, low, "usable"),
+        (0xe000_0000, 0xe010_0000, "reserved"),
     ];
     if mem > hole {
         v.push((1 << 32, (1 << 32) + mem - hole, "usable"));
     }
     v.into_iter().map(|(a, b, t)| format!("BIOS-e820: [mem {a:#018x}-{:#018x}] {t}", b - 1)).collect()
-}
-
-/// [`expected_linux_e820`] for a VM with a PCI root: its ECAM (bus 0,
-/// 1 MiB at 0xe0000000) reserved, in address order.
-pub fn expected_linux_e820_with_pci(mem: u64, pvh: bool) -> Vec<String> {
-    let mut v = expected_linux_e820(mem, pvh);
-    let ecam = "BIOS-e820: [mem 0x00000000e0000000-0x00000000e00fffff] reserved".to_string();
-    let at = if mem > 0xc000_0000 { v.len() - 1 } else { v.len() };
-    v.insert(at, ecam);
-    v
 }
 
 /// Kernel command-line flags a Linux guest needs on hosts where guest code

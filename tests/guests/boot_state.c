@@ -85,13 +85,14 @@ static void check_memory(void)
     CHECK(ram <= mem && ram >= mem - 0x100000, 25);
     if (rt_param_is("e820_exact", "1")) {
         /* ember's map: RAM [0, EBDA), reserved EBDA..640K, RAM [1M, low),
-         * RAM [4G, 4G + high). */
-        CHECK(b->e820_n == (high ? 4 : 3), 26);
+         * the PCI root's ECAM reserved [0xe0000000, +1M), RAM [4G, 4G + high). */
+        CHECK(b->e820_n == (high ? 5 : 4), 26);
         CHECK(b->e820[0].addr == 0 && b->e820[0].size == 0x9fc00 && b->e820[0].type == E820_RAM, 27);
         CHECK(b->e820[1].addr == 0x9fc00 && b->e820[1].size == 0x400 && b->e820[1].type != E820_RAM, 28);
         CHECK(b->e820[2].addr == 0x100000 && b->e820[2].size == low - 0x100000 && b->e820[2].type == E820_RAM, 29);
+        CHECK(b->e820[3].addr == 0xe0000000ul && b->e820[3].size == 0x100000 && b->e820[3].type != E820_RAM, 31);
         if (high)
-            CHECK(b->e820[3].addr == four_g && b->e820[3].size == high && b->e820[3].type == E820_RAM, 30);
+            CHECK(b->e820[4].addr == four_g && b->e820[4].size == high && b->e820[4].type == E820_RAM, 30);
     }
 }
 
