@@ -19,9 +19,9 @@
 //! 0x000f_0000 ..0x0010_0000   MP table with more than 37 vCPUs (BIOS area)
 //! 0x0010_0000 ..              kernel, then the initrd at the top of low RAM
 //! 0xc000_0000 ..0x1_0000_0000 32-bit MMIO hole (no RAM):
-//!     0xc000_0000 ..0xd000_0000   PCI 32-bit BAR window (when there is a PCI root)
+//!     0xc000_0000 ..0xd000_0000   PCI 32-bit BAR window (the PCI root every VM has)
 //!     0xd000_0000 ..          virtio-mmio devices, 4 KiB apart, IRQ 5 upwards
-//!     0xe000_0000 ..0xe010_0000   PCI ECAM for bus 0 (when there is a PCI root)
+//!     0xe000_0000 ..0xe010_0000   PCI ECAM for bus 0 (reserved in the e820 map)
 //!     0xfec0_0000             IOAPIC (in-kernel)
 //!     0xfee0_0000             local APICs (in-kernel)
 //!     0xfffb_c000             EPT identity map page (KVM)
@@ -89,12 +89,12 @@ pub const MMIO32_START: u64 = 0xc000_0000;
 pub const FIRST_ADDR_PAST_32BITS: u64 = 1 << 32;
 // ---- Inside the MMIO hole ----------------------------------------------
 
-/// The PCI root's 32-bit BAR window (when the VM has a PCI root).
+/// The PCI root's 32-bit BAR window.
 pub const PCI_MMIO32_START: u64 = 0xc000_0000;
 /// Size of the 32-bit BAR window (up to 0xcfff_ffff).
 pub const PCI_MMIO32_SIZE: u64 = 0x1000_0000;
-/// PCI Express enhanced configuration space (ECAM) of bus 0 (when the VM
-/// has a PCI root, which reserves it in the e820 map).
+/// PCI Express enhanced configuration space (ECAM) of bus 0, reserved in
+/// the e820 map.
 pub const PCI_ECAM_START: u64 = 0xe000_0000;
 /// Size of the ECAM window: one bus (32 devices, 8 functions, 4 KiB each).
 pub const PCI_ECAM_SIZE: u64 = ECAM_BUS0_SIZE;
@@ -183,7 +183,7 @@ pub const ACPI_SLEEP_CONTROL_PORT: u64 = 0x600;
 /// The ACPI sleep status register (FADT `SLEEP_STATUS_REG`).
 pub const ACPI_SLEEP_STATUS_PORT: u64 = 0x601;
 /// The PCI configuration mechanism #1: `CONFIG_ADDRESS` at 0xcf8,
-/// `CONFIG_DATA` at 0xcfc (the PCI root's, when there is one; else absent).
+/// `CONFIG_DATA` at 0xcfc (the PCI root's).
 pub const PCI_CONFIG_PORT: u64 = CONFIG_IO_PORT;
 /// Ports from [`PCI_CONFIG_PORT`] (0xcf8..=0xcff).
 pub const PCI_CONFIG_PORT_LEN: u64 = CONFIG_IO_LEN;
