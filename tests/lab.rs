@@ -86,7 +86,13 @@ fn user_space_line(r: &StepRun, l2: &L2Run, cpus: u32) {
     // GART aperture search TCG's AMD family 15 CPU model sets off: 8,192
     // addresses, twice) and no `PCI: Fatal` (the clean-log rule).
     assert!(l2.has_line("PCI: Using configuration type 1 for base access"), "{}", l2.console);
-    assert!(l2.lines().iter().any(|l| l.starts_with("PCI: MMCONFIG for domain 0000 [bus 00-00] at [mem 0xe0000000-0xe00fffff]")), "{}", l2.console);
+    assert!(
+        l2.lines()
+            .iter()
+            .any(|l| l.starts_with("PCI: MMCONFIG for domain 0000 [bus 00-00] at [mem 0xe0000000-0xe00fffff]")),
+        "{}",
+        l2.console
+    );
     assert!(l2.has_line("ACPI: PCI Root Bridge [PCI0] (domain 0000 [bus 00])"), "{}", l2.console);
     assert!(!l2.console.contains("Checking aperture"), "an early PCI scan\n{}", l2.console);
 }
