@@ -31,6 +31,7 @@
 // Layers, bottom up (docs/architecture.md, "Module graph"): a module uses
 // only modules of lower layers.
 // 0: nothing from the crate.
+mod code_pages;
 mod cpio;
 mod cpuid;
 mod jail;

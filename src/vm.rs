@@ -32,6 +32,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, Entry};
 use crate::bus::Bus;
+use crate::code_pages::CodePages;
 use crate::config::{SerialConfig, VmConfig};
 use crate::cpuid::{self, CpuidOptions};
 use crate::device_manager::DeviceManager;
@@ -177,6 +178,9 @@ impl Vm {
         // thread.
         let filters =
             ThreadFilters::new(config.seccomp, vcpus.len() + 2, config.has_pci_devices(), !config.shares.is_empty())?;
+        // The code pages to give back once every thread runs, found while
+        // /proc is still in reach (before a chroot).
+        let code_pages = config.drop_code_pages.then(CodePages::find);
         // Everything is open: drop privileges before any thread exists.
         if let Some(j) = &config.jail {
             j.enter()?;
@@ -209,6 +213,11 @@ impl Vm {
         });
         if let Err(e) = filters.enter(ThreadKind::Vmm) {
             exit.request(VmExit::VmmError { message: format!("main thread: {e}") });
+        }
+        // Past the gate every thread has set itself up: the start-up code
+        // is done with.
+        if let Some(pages) = code_pages {
+            pages.release();
         }
         Ok(RunningVm {
             exit,

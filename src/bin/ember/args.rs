@@ -299,6 +299,7 @@ impl RunArgs {
         config.seccomp = self.seccomp;
         config.virtio_mmio_cmdline = !self.no_virtio_mmio_cmdline;
         config.jail = self.user.map(|(uid, gid)| Jail { uid, gid, chroot: self.chroot.clone() });
+        config.drop_code_pages = true;
     }
 
     /// The VM configuration these flags describe (without --config-file).
@@ -320,6 +321,7 @@ impl RunArgs {
             shares: self.share.iter().enumerate().map(|(i, s)| s.to_config(i)).collect(),
             seccomp: self.seccomp,
             jail: self.user.map(|(uid, gid)| Jail { uid, gid, chroot: self.chroot.clone() }),
+            drop_code_pages: true,
         }
     }
 }

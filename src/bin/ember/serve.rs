@@ -84,6 +84,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl VmControl for ServedVm {
     fn start(&mut self, mut config: VmConfig) -> Result<(), ControlError> {
         config.seccomp = self.seccomp;
+        config.drop_code_pages = true;
         let handle = self.mailbox.ask(|tx| Job::Start(Box::new(config), tx))?.map_err(ControlError)?;
         let _ = self.handle.set(handle);
         Ok(())

@@ -1,0 +1,180 @@
+//! Giving back the executable's code pages once the VM runs.
+//!
+//! Start-up runs most of ember's code once: argument parsing, the kernel
+//! loader, the ACPI tables, device and seccomp set-up. With the kernel's
+//! fault-around (64 KiB of page cache mapped per fault), nearly the whole
+//! `.text` of the static binary ends up mapped in the process, ~1.9 MiB of
+//! its RSS for as long as the VM lives, although an idle VM then runs only
+//! its vCPU loop and event loop. [`CodePages::release`] unmaps those pages
+//! from the process with `MADV_DONTNEED`. Nothing is lost: they are clean
+//! pages of the executable file, they stay in the page cache (shared with
+//! every other ember process), and the code that runs afterwards maps its
+//! pages back on first touch (minor faults, no I/O).
+//!
+//! Only mappings of the executable that are not writable and hold no
+//! private (copied) page are released: for those, `MADV_DONTNEED` can only
+//! drop pages identical to the file. The RELRO area (relocated at start-up,
+//! then made read-only) holds private pages and is left alone, and so is
+//! everything while a debugger is attached (its breakpoints live in
+//! private copies of code pages).
+
+use std::fs;
+
+/// The executable's releasable mappings: file-backed, not writable, with
+/// no private page.
+#[derive(Debug, Default)]
+pub(crate) struct CodePages {
+    ranges: Vec<(usize, usize)>,
+}
+
+impl CodePages {
+    /// Finds them in `/proc/self/smaps` (read now: after a chroot `/proc`
+    /// may be gone). Empty when `/proc` cannot be read or a debugger is
+    /// attached.
+    pub(crate) fn find() -> CodePages {
+        let exe = match fs::read_link("/proc/self/exe") {
+            Ok(p) => p.to_string_lossy().into_owned(),
+            Err(_) => return CodePages::default(),
+        };
+        if traced() {
+            return CodePages::default();
+        }
+        match fs::read_to_string("/proc/self/smaps") {
+            Ok(smaps) => CodePages { ranges: releasable(&smaps, &exe) },
+            Err(_) => CodePages::default(),
+        }
+    }
+
+    /// Bytes the mappings span.
+    pub(crate) fn span(&self) -> usize {
+        self.ranges.iter().map(|(start, end)| end - start).sum()
+    }
+
+    /// Unmaps their pages from this process (they come back on touch).
+    /// Makes no system call but `madvise`: it runs under the seccomp
+    /// filter.
+    pub(crate) fn release(&self) {
+        log::debug!("releasing {} KiB of code pages", self.span() >> 10);
+        for &(start, end) in &self.ranges {
+            // SAFETY: [start, end) is a whole mapping of the executable
+            // that is neither writable nor holds a private page (checked
+            // in `releasable`), so MADV_DONTNEED only drops clean
+            // file-backed pages, which the kernel maps again from the same
+            // file on the next access. No Rust reference can observe the
+            // difference.
+            let r = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+            if r != 0 {
+                log::debug!("madvise(MADV_DONTNEED) on {start:#x}-{end:#x}: {}", std::io::Error::last_os_error());
+            }
+        }
+    }
+}
+
+/// A debugger (or any tracer) is attached: `TracerPid` is not 0.
+fn traced() -> bool {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("TracerPid:")).is_some_and(|pid| pid.trim() != "0")
+}
+
+/// The ranges of `smaps` that map `exe`, are not writable, and have
+/// `Anonymous: 0 kB` (no private copy of any page).
+fn releasable(smaps: &str, exe: &str) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    // The current mapping if it is a candidate, until its `Anonymous:` line.
+    let mut current: Option<(usize, usize)> = None;
+    for line in smaps.lines() {
+        if let Some(range) = mapping_header(line, exe) {
+            current = range;
+        } else if let Some(v) = line.strip_prefix("Anonymous:") {
+            if let Some(r) = current.take() {
+                if v.trim() == "0 kB" {
+                    out.push(r);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// For a mapping's header line (`start-end perms offset dev inode path`):
+/// `Some(Some(range))` for a candidate, `Some(None)` for any other mapping;
+/// `None` for a field line.
+fn mapping_header(line: &str, exe: &str) -> Option<Option<(usize, usize)>> {
+    let mut fields = line.split_whitespace();
+    let (range, perms) = (fields.next()?, fields.next()?);
+    let (start, end) = range.split_once('-')?;
+    let (start, end) = (usize::from_str_radix(start, 16).ok()?, usize::from_str_radix(end, 16).ok()?);
+    if perms.len() != 4 {
+        return None;
+    }
+    let path = fields.nth(3).unwrap_or("");
+    let candidate = path == exe && perms.starts_with('r') && !perms.contains('w') && perms.ends_with('p');
+    Some(candidate.then_some((start, end)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXE: &str = "/usr/bin/ember";
+
+    fn smaps() -> String {
+        [
+            "55550000-55560000 r--p 00000000 08:01 42 /usr/bin/ember",
+            "Size:                 64 kB",
+            "Rss:                  64 kB",
+            "Anonymous:             0 kB",
+            "55560000-55760000 r-xp 00010000 08:01 42 /usr/bin/ember",
+            "Size:               2048 kB",
+            "Anonymous:             0 kB",
+            // RELRO: relocated, then read-only: private pages.
+            "55760000-55770000 r--p 00210000 08:01 42 /usr/bin/ember",
+            "Anonymous:            40 kB",
+            "55770000-55780000 rw-p 00220000 08:01 42 /usr/bin/ember",
+            "Anonymous:             8 kB",
+            // Another file's code.
+            "7f000000-7f010000 r-xp 00000000 08:01 7 /usr/lib/libc.so.6",
+            "Anonymous:             0 kB",
+            // Anonymous and special mappings.
+            "7f100000-7f200000 rw-p 00000000 00:00 0",
+            "Anonymous:          1024 kB",
+            "7ffe0000-7ffe2000 r-xp 00000000 00:00 0                  [vdso]",
+            "Anonymous:             0 kB",
+        ]
+        .join("\n")
+    }
+
+    #[test]
+    fn only_clean_read_only_mappings_of_the_executable() {
+        assert_eq!(releasable(&smaps(), EXE), vec![(0x5555_0000, 0x5556_0000), (0x5556_0000, 0x5576_0000)]);
+    }
+
+    #[test]
+    fn other_paths_and_field_lines_are_not_candidates() {
+        assert_eq!(releasable(&smaps(), "/usr/bin/other"), vec![]);
+        assert_eq!(mapping_header("Rss:  64 kB", EXE), None);
+        assert_eq!(mapping_header("VmFlags: rd ex mr mw me", EXE), None);
+        // A writable private mapping of the executable is never released.
+        assert_eq!(mapping_header("1000-2000 rw-p 0 08:01 42 /usr/bin/ember", EXE), Some(None));
+        // A shared mapping neither.
+        assert_eq!(mapping_header("1000-2000 r--s 0 08:01 42 /usr/bin/ember", EXE), Some(None));
+    }
+
+    #[test]
+    fn a_mapping_without_an_anonymous_line_is_not_released() {
+        let s = "1000-2000 r-xp 0 08:01 42 /usr/bin/ember\nRss: 4 kB\n3000-4000 r-xp 0 08:01 42 /usr/bin/ember\nAnonymous: 0 kB";
+        assert_eq!(releasable(s, EXE), vec![(0x3000, 0x4000)]);
+    }
+
+    #[test]
+    fn released_code_runs_again() {
+        // This test binary's own code and read-only data: released, then
+        // the test goes on running (and formatting) from them.
+        let pages = CodePages::find();
+        pages.release();
+        assert_eq!(format!("{}", 6 * 7), "42");
+        // Under a debugger nothing is found; otherwise this binary has
+        // at least its code.
+        assert!(traced() || pages.span() > 0, "{pages:?}");
+    }
+}
