@@ -1,27 +1,29 @@
-//! Giving back the executable's code pages once the VM runs.
+//! Giving back the process's code pages once the VM runs.
 //!
 //! Start-up runs most of ember's code once: argument parsing, the kernel
 //! loader, the ACPI tables, device and seccomp set-up. With the kernel's
 //! fault-around (64 KiB of page cache mapped per fault), nearly the whole
 //! `.text` of the static binary ends up mapped in the process, ~1.9 MiB of
-//! its RSS for as long as the VM lives, although an idle VM then runs only
-//! its vCPU loop and event loop. [`CodePages::release`] unmaps those pages
-//! from the process with `MADV_DONTNEED`. Nothing is lost: they are clean
-//! pages of the executable file, they stay in the page cache (shared with
-//! every other ember process), and the code that runs afterwards maps its
-//! pages back on first touch (minor faults, no I/O).
+//! its RSS for as long as the VM lives (and of a dynamic build, most of
+//! libc's), although an idle VM then runs only its vCPU loop and event
+//! loop. [`CodePages::release`] unmaps those pages from the process with
+//! `MADV_DONTNEED`. Nothing is lost: they are clean pages of their files,
+//! they stay in the page cache (shared with every other process that maps
+//! them), and the code that runs afterwards maps its pages back on first
+//! touch (minor faults, no I/O). The host's memory hardly changes; the
+//! process's RSS does (docs/performance.md).
 //!
-//! Only mappings of the executable that are not writable and hold no
-//! private (copied) page are released: for those, `MADV_DONTNEED` can only
-//! drop pages identical to the file. The RELRO area (relocated at start-up,
+//! Only file mappings that are private, not writable and hold no private
+//! (copied) page are released: for those, `MADV_DONTNEED` can only drop
+//! pages identical to the file. The RELRO area (relocated at start-up,
 //! then made read-only) holds private pages and is left alone, and so is
 //! everything while a debugger is attached (its breakpoints live in
 //! private copies of code pages).
 
 use std::fs;
 
-/// The executable's releasable mappings: file-backed, not writable, with
-/// no private page.
+/// The process's releasable mappings: file-backed, private, not writable,
+/// with no private page.
 #[derive(Debug, Default)]
 pub(crate) struct CodePages {
     ranges: Vec<(usize, usize)>,
@@ -32,15 +34,11 @@ impl CodePages {
     /// may be gone). Empty when `/proc` cannot be read or a debugger is
     /// attached.
     pub(crate) fn find() -> CodePages {
-        let exe = match fs::read_link("/proc/self/exe") {
-            Ok(p) => p.to_string_lossy().into_owned(),
-            Err(_) => return CodePages::default(),
-        };
         if traced() {
             return CodePages::default();
         }
         match fs::read_to_string("/proc/self/smaps") {
-            Ok(smaps) => CodePages { ranges: releasable(&smaps, &exe) },
+            Ok(smaps) => CodePages { ranges: releasable(&smaps) },
             Err(_) => CodePages::default(),
         }
     }
@@ -56,12 +54,11 @@ impl CodePages {
     pub(crate) fn release(&self) {
         log::debug!("releasing {} KiB of code pages", self.span() >> 10);
         for &(start, end) in &self.ranges {
-            // SAFETY: [start, end) is a whole mapping of the executable
-            // that is neither writable nor holds a private page (checked
-            // in `releasable`), so MADV_DONTNEED only drops clean
-            // file-backed pages, which the kernel maps again from the same
-            // file on the next access. No Rust reference can observe the
-            // difference.
+            // SAFETY: [start, end) is a whole private file mapping that is
+            // neither writable nor holds a private page (checked in
+            // `releasable`), so MADV_DONTNEED only drops clean file-backed
+            // pages, which the kernel maps again from the same file on the
+            // next access. No Rust reference can observe the difference.
             let r = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
             if r != 0 {
                 log::debug!("madvise(MADV_DONTNEED) on {start:#x}-{end:#x}: {}", std::io::Error::last_os_error());
@@ -76,14 +73,14 @@ fn traced() -> bool {
     status.lines().find_map(|l| l.strip_prefix("TracerPid:")).is_some_and(|pid| pid.trim() != "0")
 }
 
-/// The ranges of `smaps` that map `exe`, are not writable, and have
-/// `Anonymous: 0 kB` (no private copy of any page).
-fn releasable(smaps: &str, exe: &str) -> Vec<(usize, usize)> {
+/// The ranges of `smaps` that map a file privately, are not writable, and
+/// have `Anonymous: 0 kB` (no private copy of any page).
+fn releasable(smaps: &str) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     // The current mapping if it is a candidate, until its `Anonymous:` line.
     let mut current: Option<(usize, usize)> = None;
     for line in smaps.lines() {
-        if let Some(range) = mapping_header(line, exe) {
+        if let Some(range) = mapping_header(line) {
             current = range;
         } else if let Some(v) = line.strip_prefix("Anonymous:") {
             if let Some(r) = current.take() {
@@ -99,7 +96,7 @@ fn releasable(smaps: &str, exe: &str) -> Vec<(usize, usize)> {
 /// For a mapping's header line (`start-end perms offset dev inode path`):
 /// `Some(Some(range))` for a candidate, `Some(None)` for any other mapping;
 /// `None` for a field line.
-fn mapping_header(line: &str, exe: &str) -> Option<Option<(usize, usize)>> {
+fn mapping_header(line: &str) -> Option<Option<(usize, usize)>> {
     let mut fields = line.split_whitespace();
     let (range, perms) = (fields.next()?, fields.next()?);
     let (start, end) = range.split_once('-')?;
@@ -108,15 +105,15 @@ fn mapping_header(line: &str, exe: &str) -> Option<Option<(usize, usize)>> {
         return None;
     }
     let path = fields.nth(3).unwrap_or("");
-    let candidate = path == exe && perms.starts_with('r') && !perms.contains('w') && perms.ends_with('p');
+    // A file's path is absolute; `[vdso]`, `[stack]` and anonymous
+    // mappings have none.
+    let candidate = path.starts_with('/') && perms.starts_with('r') && !perms.contains('w') && perms.ends_with('p');
     Some(candidate.then_some((start, end)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const EXE: &str = "/usr/bin/ember";
 
     fn smaps() -> String {
         [
@@ -132,12 +129,17 @@ mod tests {
             "Anonymous:            40 kB",
             "55770000-55780000 rw-p 00220000 08:01 42 /usr/bin/ember",
             "Anonymous:             8 kB",
-            // Another file's code.
+            // A shared library's code.
             "7f000000-7f010000 r-xp 00000000 08:01 7 /usr/lib/libc.so.6",
+            "Anonymous:             0 kB",
+            // A shared file mapping.
+            "7f010000-7f020000 r--s 00000000 08:01 9 /var/tmp/shared",
             "Anonymous:             0 kB",
             // Anonymous and special mappings.
             "7f100000-7f200000 rw-p 00000000 00:00 0",
             "Anonymous:          1024 kB",
+            "7f200000-7f201000 r--p 00000000 00:00 0",
+            "Anonymous:             0 kB",
             "7ffe0000-7ffe2000 r-xp 00000000 00:00 0                  [vdso]",
             "Anonymous:             0 kB",
         ]
@@ -145,31 +147,33 @@ mod tests {
     }
 
     #[test]
-    fn only_clean_read_only_mappings_of_the_executable() {
-        assert_eq!(releasable(&smaps(), EXE), vec![(0x5555_0000, 0x5556_0000), (0x5556_0000, 0x5576_0000)]);
+    fn only_clean_read_only_private_file_mappings() {
+        assert_eq!(
+            releasable(&smaps()),
+            vec![(0x5555_0000, 0x5556_0000), (0x5556_0000, 0x5576_0000), (0x7f00_0000, 0x7f01_0000)]
+        );
     }
 
     #[test]
-    fn other_paths_and_field_lines_are_not_candidates() {
-        assert_eq!(releasable(&smaps(), "/usr/bin/other"), vec![]);
-        assert_eq!(mapping_header("Rss:  64 kB", EXE), None);
-        assert_eq!(mapping_header("VmFlags: rd ex mr mw me", EXE), None);
-        // A writable private mapping of the executable is never released.
-        assert_eq!(mapping_header("1000-2000 rw-p 0 08:01 42 /usr/bin/ember", EXE), Some(None));
-        // A shared mapping neither.
-        assert_eq!(mapping_header("1000-2000 r--s 0 08:01 42 /usr/bin/ember", EXE), Some(None));
+    fn field_lines_and_writable_or_shared_mappings_are_not_candidates() {
+        assert_eq!(mapping_header("Rss:  64 kB"), None);
+        assert_eq!(mapping_header("VmFlags: rd ex mr mw me"), None);
+        assert_eq!(mapping_header("1000-2000 rw-p 0 08:01 42 /usr/bin/ember"), Some(None));
+        assert_eq!(mapping_header("1000-2000 r--s 0 08:01 42 /usr/bin/ember"), Some(None));
+        assert_eq!(mapping_header("1000-2000 r-xp 0 08:01 42 /usr/bin/ember"), Some(Some((0x1000, 0x2000))));
     }
 
     #[test]
     fn a_mapping_without_an_anonymous_line_is_not_released() {
         let s = "1000-2000 r-xp 0 08:01 42 /usr/bin/ember\nRss: 4 kB\n3000-4000 r-xp 0 08:01 42 /usr/bin/ember\nAnonymous: 0 kB";
-        assert_eq!(releasable(s, EXE), vec![(0x3000, 0x4000)]);
+        assert_eq!(releasable(s), vec![(0x3000, 0x4000)]);
     }
 
     #[test]
     fn released_code_runs_again() {
-        // This test binary's own code and read-only data: released, then
-        // the test goes on running (and formatting) from them.
+        // This test binary's own code, its libraries' and their read-only
+        // data: released, then the test goes on running (and formatting)
+        // from them.
         let pages = CodePages::find();
         pages.release();
         assert_eq!(format!("{}", 6 * 7), "42");

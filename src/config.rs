@@ -272,12 +272,12 @@ pub struct VmConfig {
     pub seccomp: SeccompMode,
     /// Drop privileges (and optionally chroot) once everything is open.
     pub jail: Option<Jail>,
-    /// Once the VM runs, unmap the executable's code and read-only data
-    /// pages from the process (`MADV_DONTNEED`): start-up code the idle VM
-    /// never runs again stops counting in its RSS, and what does run maps
-    /// its pages back from the page cache (docs/performance.md). The CLI
-    /// sets it; the library's default is off (the executable is the
-    /// embedder's).
+    /// Once the VM runs, unmap the process's code and read-only file pages
+    /// (the executable's and its libraries', `MADV_DONTNEED`): start-up
+    /// code the idle VM never runs again stops counting in its RSS, and
+    /// what does run maps its pages back from the page cache
+    /// (docs/performance.md). The CLI sets it; the library's default is
+    /// off (the process is the embedder's).
     pub drop_code_pages: bool,
 }
 
