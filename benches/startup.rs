@@ -122,15 +122,6 @@ impl Drop for Tap {
     }
 }
 
-/// The median of `runs` first-byte times (ms) and of up to 10 idle RSS
-/// readings beyond guest RAM (KiB) of `vmm`.
-fn first_byte_and_rss(vmm: &Vmm, tiny: &Path, hang: &Path, runs: usize) -> (f64, f64) {
-    first_byte(vmm, tiny);
-    let t: Vec<f64> = (0..runs).map(|_| first_byte(vmm, tiny).as_secs_f64() * 1e3).collect();
-    let r: Vec<f64> = (0..runs.min(10)).map(|_| idle_rss(vmm, hang).0 as f64).collect();
-    (median(t), median(r))
-}
-
 fn ember_vmm() -> Vmm {
     ember_at("ember (dynamic)", PathBuf::from(env!("CARGO_BIN_EXE_ember")))
 }
@@ -372,8 +363,23 @@ fn devices_by_transport(vmms: &[Vmm], tiny: &Path, hang: &Path, runs: usize) {
         with("disk+NIC on virtio-pci", "pci"),
         with("disk+NIC on virtio-mmio", "mmio"),
     ];
-    let figures: Vec<(f64, f64)> = rows.iter().map(|v| first_byte_and_rss(v, tiny, hang, runs)).collect();
-    println!("{} with devices ({runs} runs each):", vmms[0].name);
+    // Interleaved run by run (after one warm-up each), so the three rows
+    // share the machine's minutes alike; then up to 10 RSS readings each.
+    for v in &rows {
+        first_byte(v, tiny);
+    }
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
+    for _ in 0..runs {
+        for (v, t) in rows.iter().zip(times.iter_mut()) {
+            t.push(first_byte(v, tiny).as_secs_f64() * 1e3);
+        }
+    }
+    let figures: Vec<(f64, f64)> = rows
+        .iter()
+        .zip(times)
+        .map(|(v, t)| (median(t), median((0..runs.min(10)).map(|_| idle_rss(v, hang).0 as f64).collect())))
+        .collect();
+    println!("{} with devices ({runs} interleaved runs each):", vmms[0].name);
     for (v, (t, r)) in rows.iter().zip(&figures) {
         println!(
             "  {:<26} exec->first serial byte: median {t:.2} ms; idle RSS beyond guest RAM {:.2} MiB",
