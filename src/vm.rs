@@ -61,10 +61,11 @@ fn create_vm(config: &VmConfig) -> Result<(Kvm, VmFd), Error> {
     vcpu::install_kick_handler().map_err(io_err("installing the vCPU kick signal handler"))?;
     let vm = kvm.create_vm().map_err(kvm_err(None, "KVM_CREATE_VM"))?;
     // The PMU's MSRs, denied to the guest (ember gives guests no PMU). Now,
-    // before anything else: KVM waits for an SRCU grace period when it
-    // swaps the filter, which a VM that has just registered its memory
-    // pays in full (~12 ms measured here, the whole start-up ten times
-    // over) and a fresh VM does not (~0.02 ms).
+    // before anything else: KVM swaps the filter under SRCU and waits for
+    // a grace period; after guest RAM was registered that took 12.2 ms
+    // here (strace), ten times the rest of the start-up, and on the fresh
+    // VM ~0.1 ms (most likely an expedited grace period, which SRCU grants
+    // when nothing ran on it just before).
     if kvm.check_extension(Cap::X86MsrFilter) {
         vcpu::deny_msrs(&vm, cpuid::PMU_MSR_RANGES)?;
     } else {
