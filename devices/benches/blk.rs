@@ -267,14 +267,21 @@ impl Path {
             tr.kicks[0].write(1).unwrap();
         }
         let (c0, t0) = (cpu_now(), Instant::now());
+        // Through a transport, as the event loop does: read the queue's
+        // notification eventfd, serve, and again while the transport
+        // signals it (a pass that stopped on its budget, src/virtio/pass.rs).
         let direct = match &mut self.via {
             Via::Direct(blk) => !blk.process_queue(0).is_empty(),
             Via::Mmio(tr) => {
-                tr.t.lock().unwrap().handle_queue_event(0);
+                while tr.kicks[0].read().is_ok() {
+                    tr.t.lock().unwrap().handle_queue_event(0);
+                }
                 false
             }
             Via::Pci(tr) => {
-                tr.t.lock().unwrap().handle_queue_event(0);
+                while tr.kicks[0].read().is_ok() {
+                    tr.t.lock().unwrap().handle_queue_event(0);
+                }
                 false
             }
         };
@@ -413,9 +420,15 @@ fn main() {
         1.0
     });
     let dir = std::env::var_os("EMBER_BLK_BENCH_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp"));
-    let path = dir.join(format!("ember-blk-bench-{}.img", std::process::id()));
-    let _cleanup = Cleanup(path.clone());
-    let file = make_image(&path);
+    // One image per device: a Block holds an exclusive lock on its image
+    // (docs/security.md), so the direct, mmio and pci paths each get their
+    // own copy; the raw loop reads and writes the direct path's.
+    let images: Vec<PathBuf> =
+        (0..3).map(|i| dir.join(format!("ember-blk-bench-{}-{i}.img", std::process::id()))).collect();
+    let _cleanup: Vec<Cleanup> = images.iter().map(|p| Cleanup(p.clone())).collect();
+    let file = make_image(&images[0]);
+    make_image(&images[1]);
+    make_image(&images[2]);
 
     let n = |base: usize| ((base as f64 * scale) as usize).max(DEPTH);
     let workloads = [
@@ -426,14 +439,14 @@ fn main() {
     ];
 
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), GUEST_MEM)]).unwrap();
-    let block = || Block::new(&BlockConfig { path: path.clone(), readonly: false, id: None }).unwrap();
-    let mut blk = block();
+    let block = |i: usize| Block::new(&BlockConfig { path: images[i].clone(), readonly: false, id: None }).unwrap();
+    let mut blk = block(0);
     let direct = Guest::new(&mem, RINGS[0]);
     blk.activate(mem.clone(), vec![direct.queue()]).unwrap();
     // The transports: VERSION_1 and EVENT_IDX, one queue of QSIZE.
     let features = (1 << 32) | (1 << 29);
-    let mmio = transports::mmio(Box::new(block()), &mem, features, &[(RINGS[1], QSIZE)]);
-    let pci = transports::pci(Box::new(block()), &mem, features, &[(RINGS[2], QSIZE)]);
+    let mmio = transports::mmio(Box::new(block(1)), &mem, features, &[(RINGS[1], QSIZE)]);
+    let pci = transports::pci(Box::new(block(2)), &mem, features, &[(RINGS[2], QSIZE)]);
     let mut paths = vec![
         Path { name: "device", via: Via::Direct(Box::new(blk)), guest: direct },
         Path { name: "mmio", via: Via::Mmio(mmio), guest: Guest::new(&mem, RINGS[1]) },
@@ -448,7 +461,7 @@ fn main() {
         "virtio-blk bench: {} MiB image at {}, page cache warm, {DEPTH} requests per \
          notification, median of {ROUNDS} rounds",
         IMAGE_SIZE >> 20,
-        path.display()
+        images[0].display()
     );
     println!(
         "paths: device = process_queue called directly; mmio / pci = the transport's queue event \
