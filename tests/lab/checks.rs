@@ -35,9 +35,9 @@ pub struct L2Run {
 
 impl L2Run {
     /// The console's lines without `\r` and without the kernel's
-    /// `[    1.234567] ` time stamps.
+    /// `[    1.234567] ` time stamps (see [`console_lines`]).
     pub fn lines(&self) -> Vec<String> {
-        self.console.lines().map(strip_timestamp).collect()
+        console_lines(&self.console)
     }
 
     /// Whether a console line (time stamp removed) equals `line`.
@@ -120,15 +120,54 @@ impl StepRun {
 
 /// A console line without `\r` and the kernel's `[    1.234567] ` prefix.
 pub fn strip_timestamp(line: &str) -> String {
+    strip_timestamp_str(line).to_string()
+}
+
+fn strip_timestamp_str(line: &str) -> &str {
     let l = line.trim_end_matches('\r');
     if let Some(rest) = l.strip_prefix('[') {
         if let Some(i) = rest.find("] ") {
             if rest[..i].trim().chars().all(|c| c.is_ascii_digit() || c == '.') {
-                return rest[i + 2..].to_string();
+                return &rest[i + 2..];
             }
         }
     }
-    l.to_string()
+    l
+}
+
+/// Where a kernel time stamp (`[` spaces, digits and a dot, `] `) starts
+/// inside `line` after its first byte.
+fn midline_timestamps(line: &str) -> Vec<usize> {
+    line.match_indices('[')
+        .map(|(i, _)| i)
+        .filter(|&i| i > 0)
+        .filter(|&i| {
+            let rest = &line[i + 1..];
+            rest.find("] ").is_some_and(|end| {
+                let stamp = rest[..end].trim_start();
+                stamp.contains('.') && stamp.chars().all(|c| c.is_ascii_digit() || c == '.')
+            })
+        })
+        .collect()
+}
+
+/// A console's lines with the kernel's time stamps removed. The guest's
+/// own output and the kernel's messages share the serial port, so a kernel
+/// message can follow a line the guest had not ended yet
+/// (`LAB-COUNT 16[   16.83] reboot: Restarting system`): such a line is
+/// split where the time stamp starts, and each part is a line of its own.
+pub fn console_lines(console: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for raw in console.lines() {
+        let l = raw.trim_end_matches('\r');
+        let mut start = 0;
+        for at in midline_timestamps(l) {
+            out.push(strip_timestamp(&l[start..at]));
+            start = at;
+        }
+        out.push(strip_timestamp(&l[start..]));
+    }
+    out
 }
 
 /// What makes a kernel log unclean: a warning, a bug or an oops, and the
@@ -159,7 +198,7 @@ pub const PCI_OFF_LINE: &str = "PCI: Fatal: No config space access function foun
 /// message must match [`ALLOWED_WARNING`] exactly and the block's
 /// `WARNING:` line must name [`ALLOWED_WARNING_AT`]).
 pub fn kernel_log_problems(console: &str) -> Vec<String> {
-    let lines: Vec<String> = console.lines().map(strip_timestamp).collect();
+    let lines = console_lines(console);
     let mut allowed = vec![false; lines.len()];
     for (i, l) in lines.iter().enumerate() {
         if l != ALLOWED_WARNING {
@@ -210,4 +249,11 @@ pub fn self_test() {
     assert_eq!(kernel_log_problems(&pci_off), [PCI_OFF_LINE]);
     assert_eq!(strip_timestamp("[   12.5] x y\r"), "x y");
     assert_eq!(strip_timestamp("[x] y"), "[x] y");
+    // A kernel message after a line the guest had not ended.
+    assert_eq!(
+        console_lines("LAB-COUNT 16[   16.831830] reboot: Restarting system\r\n[ 1.0] a [#1] b\n"),
+        ["LAB-COUNT 16", "reboot: Restarting system", "a [#1] b"]
+    );
+    assert_eq!(console_lines("x [2.5] y\n"), ["x ", "y"]);
+    assert_eq!(kernel_log_problems("LAB 1[    3.0] BUG: z\n"), ["BUG: z"]);
 }
