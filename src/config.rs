@@ -213,9 +213,16 @@ pub struct ShareConfig {
     pub tag: String,
     /// Refuse every change with `EROFS`.
     pub read_only: bool,
+    /// How the share is attached (virtio-9p on either transport).
+    pub transport: VirtioTransport,
 }
 
 impl ShareConfig {
+    /// A read-write share of `path` as `tag`, on the default transport.
+    pub fn new(path: impl Into<PathBuf>, tag: impl Into<String>) -> Self {
+        ShareConfig { path: path.into(), tag: tag.into(), read_only: false, transport: VirtioTransport::default() }
+    }
+
     /// The longest mount tag.
     pub const MAX_TAG_LEN: usize = ember_devices::virtio::p9::MAX_TAG_LEN;
 
@@ -369,15 +376,13 @@ impl VmConfig {
         Ok(())
     }
 
-    /// The transport of each virtio device, disks then NICs.
+    /// The transport of each virtio device: disks, NICs, then shares.
     fn virtio_transports(&self) -> impl Iterator<Item = VirtioTransport> + '_ {
-        // Shares (virtio-9p) are on virtio-mmio: the guest finds them through
-        // the DSDT or the command line.
         self.disks
             .iter()
             .map(|d| d.transport)
             .chain(self.nets.iter().map(|n| n.transport))
-            .chain(self.shares.iter().map(|_| VirtioTransport::Mmio))
+            .chain(self.shares.iter().map(|s| s.transport))
     }
 
     /// Whether any device is on PCI (then the VM has a PCI root).
@@ -411,7 +416,7 @@ mod tests {
 
     #[test]
     fn share_tags_are_checked() {
-        let share = |path: &str, tag: &str| ShareConfig { path: path.into(), tag: tag.into(), read_only: false };
+        let share = |path: &str, tag: &str| ShareConfig::new(path, tag);
         let mut c = VmConfig::new("/k");
         c.shares = vec![share("/a", "a"), share("/b", "b")];
         assert!(c.validate().is_ok());
@@ -426,11 +431,18 @@ mod tests {
             e.to_string().contains("\"same\"") && e.to_string().contains("/a") && e.to_string().contains("/c"),
             "{e}"
         );
-        c.shares = (0..30).map(|i| share("/s", &ShareConfig::default_tag(i))).collect();
+        // Shares count against their own transport's room.
+        let mmio = |i| ShareConfig { transport: VirtioTransport::Mmio, ..share("/s", &ShareConfig::default_tag(i)) };
+        c.shares = (0..30).map(mmio).collect();
         assert!(matches!(
             c.validate(),
             Err(ConfigError::TooManyDevices { transport: VirtioTransport::Mmio, count: 30, .. })
         ));
+        c.shares = (0..40).map(|i| share("/s", &ShareConfig::default_tag(i))).collect();
+        assert!(matches!(c.validate(), Err(ConfigError::TooManyDevices { transport: VirtioTransport::Pci, count: 40, .. })));
+        c.shares = (0..15).map(|i| share("/s", &ShareConfig::default_tag(i))).collect();
+        c.shares.extend((15..30).map(mmio));
+        assert!(c.validate().is_ok());
     }
 
     #[test]

@@ -14,8 +14,10 @@ use common::*;
 
 const T: Duration = Duration::from_secs(120);
 
-/// The guest reads a file's exact bytes through a read-only share, `..`
-/// stays at the root and a link out of the share stops at the link.
+/// The guest reads a file's exact bytes through a read-only share on the
+/// default transport (virtio-pci: the guest finds it on PCI bus 0 and
+/// takes MSI-X), `..` stays at the root and a link out of the share stops
+/// at the link.
 #[test]
 fn p9_under_ember() {
     if !kvm_available() {
@@ -23,34 +25,55 @@ fn p9_under_ember() {
     }
     let f = P9Share::new("p9-ember");
     let share = format!("{}:hostshare,ro", f.share.display());
+    let cmdline = format!("{} transport=pci", f.guest_cmdline("hostshare"));
+    let o = run_guest("p9", &["--memory", "128M", "--share", &share], &cmdline, T);
+    assert_code(&o, 0);
+    f.check(&o.stdout);
+}
+
+/// The same on virtio-mmio (`,transport=mmio`): the guest finds the share
+/// through `virtio_mmio.device=` on its command line.
+#[test]
+fn p9_under_ember_mmio() {
+    if !kvm_available() {
+        return;
+    }
+    let f = P9Share::new("p9-ember-mmio");
+    let share = format!("{}:hostshare,ro,transport=mmio", f.share.display());
     let o = run_guest("p9", &["--memory", "128M", "--share", &share], &f.guest_cmdline("hostshare"), T);
     assert_code(&o, 0);
     f.check(&o.stdout);
 }
 
 /// The share behind a disk and another share: placed by the device manager
-/// after the disks, in `--share` order, each with its own tag; the guest
-/// finds its tag among them.
+/// after the disks, in `--share` order, each with its own tag and
+/// transport; the guest finds its tag among the 9P devices of its
+/// transport (the disk and its target on PCI, the other share on mmio, and
+/// the other way round).
 #[test]
 fn p9_among_other_devices() {
     if !kvm_available() {
         return;
     }
-    let f = P9Share::new("p9-ember-mixed");
-    let d = scratch("p9-ember-mixed-disk");
-    let img = d.join("disk.img");
-    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
-    let disk = format!("path={}", img.display());
-    let other = format!("{}", d.display());
-    let share = format!("{}:second", f.share.display());
-    let o = run_guest(
-        "p9",
-        &["--memory", "128M", "--disk", &disk, "--share", &other, "--share", &share],
-        &f.guest_cmdline("second"),
-        T,
-    );
-    assert_code(&o, 0);
-    f.check(&o.stdout);
+    for (target, other) in [("pci", "mmio"), ("mmio", "pci")] {
+        let f = P9Share::new(&format!("p9-ember-mixed-{target}"));
+        let d = scratch(&format!("p9-ember-mixed-disk-{target}"));
+        let img = d.join("disk.img");
+        std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+        let disk = format!("path={},transport={target}", img.display());
+        let second_other = format!("{}:other,transport={target}", d.display());
+        let other = format!("{}:another,transport={other}", d.display());
+        let share = format!("{}:second,transport={target}", f.share.display());
+        let mut cmdline = f.guest_cmdline("second");
+        if target == "pci" {
+            cmdline.push_str(" transport=pci");
+        }
+        let args =
+            ["--memory", "128M", "--disk", &disk, "--share", &other, "--share", &second_other, "--share", &share];
+        let o = run_guest("p9", &args, &cmdline, T);
+        assert_code(&o, 0);
+        f.check(&o.stdout);
+    }
 }
 
 fn share_error(args: &[&str], needles: &[&str]) {

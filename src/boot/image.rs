@@ -135,11 +135,27 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn write_tmp(name: &str, bytes: &[u8]) -> (std::path::PathBuf, File) {
+    /// A scratch image file, removed when dropped.
+    struct TmpImage(std::path::PathBuf);
+
+    impl std::ops::Deref for TmpImage {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TmpImage {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn write_tmp(name: &str, bytes: &[u8]) -> (TmpImage, File) {
         let p = std::env::temp_dir().join(format!("ember-image-{}-{name}", std::process::id()));
         std::fs::File::create(&p).unwrap().write_all(bytes).unwrap();
         let f = File::open(&p).unwrap();
-        (p, f)
+        (TmpImage(p), f)
     }
 
     /// A minimal ELF64 with one PT_LOAD of `filesz` bytes at `paddr`.

@@ -197,8 +197,7 @@ impl DeviceManager {
         Ok(())
     }
 
-    /// The disks, the NICs, then the shared directories (on virtio-mmio),
-    /// each behind its virtio transport in the next free place, and the
+    /// The disks, the NICs, then the shared directories, each behind its virtio transport in the next free place, and the
     /// PCI root (made by the first device on PCI, or here for its host
     /// bridge alone).
     pub(crate) fn add_virtio_devices(
@@ -223,12 +222,13 @@ impl DeviceManager {
                 let mut dev = share_device(share)?;
                 dev.set_max_fids(max_fids);
                 log::info!(
-                    "share{i}: {} as tag {:?}{} (at most {max_fids} open files)",
+                    "share{i}: {} as tag {:?}{} on {} (at most {max_fids} open files)",
                     share.path.display(),
                     share.tag,
-                    if share.read_only { ", read-only" } else { "" }
+                    if share.read_only { ", read-only" } else { "" },
+                    share.transport
                 );
-                self.add_virtio(vm, mem, ram, Box::new(dev), VirtioTransport::Mmio)?;
+                self.add_virtio(vm, mem, ram, Box::new(dev), share.transport)?;
             }
         }
         if self.pci.is_none() {

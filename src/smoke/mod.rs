@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use regex_lite::Regex;
 
-use crate::config::{DiskConfig, NetConfig, SerialConfig, ShareConfig, SharedWriter, VmConfig};
+use crate::config::{DiskConfig, NetConfig, SerialConfig, ShareConfig, SharedWriter, VirtioTransport, VmConfig};
 use crate::cpio::CpioError;
 use crate::error::Error;
 use crate::seccomp::SeccompMode;
@@ -122,6 +122,7 @@ pub struct Smoke {
     nets: Vec<NetConfig>,
     shares: Vec<SmokeShare>,
     root: Option<RootPlan>,
+    root_transport: VirtioTransport,
     modules: Modules,
     command_output: Option<(SharedWriter, SharedWriter)>,
     console_log: Option<PathBuf>,
@@ -215,6 +216,7 @@ impl Smoke {
             nets: Vec::new(),
             shares: Vec::new(),
             root: None,
+            root_transport: VirtioTransport::default(),
             modules: Modules::Auto,
             command_output: None,
             console_log: None,
@@ -241,6 +243,13 @@ impl Smoke {
     /// directory, environment and user. See [`RootPlan::of_caller`].
     pub fn root_share(mut self, plan: RootPlan) -> Self {
         self.root = Some(plan);
+        self
+    }
+    /// The root share's transport (default [`VirtioTransport::Pci`]; a
+    /// kernel without PCI but with `VIRTIO_MMIO_CMDLINE_DEVICES` needs
+    /// [`VirtioTransport::Mmio`]).
+    pub fn root_share_transport(mut self, transport: VirtioTransport) -> Self {
+        self.root_transport = transport;
         self
     }
     /// Which kernel modules go into the initramfs (default
@@ -438,7 +447,12 @@ impl Smoke {
         config.nets = self.nets.clone();
         config.shares = self.shares.iter().map(|s| s.config.clone()).collect();
         if let Some(root) = &self.root {
-            config.shares.push(ShareConfig { path: "/".into(), tag: root.tag.clone(), read_only: true });
+            config.shares.push(ShareConfig {
+                path: "/".into(),
+                tag: root.tag.clone(),
+                read_only: true,
+                transport: self.root_transport,
+            });
         }
         // The command's stdout and stderr: to the caller's writers, and
         // kept for the report.

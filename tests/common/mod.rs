@@ -180,12 +180,29 @@ pub fn crc32(data: &[u8]) -> u32 {
     !crc
 }
 
-/// A scratch directory unique to this test process and `name`.
+/// A scratch directory unique to this test process and `name`. They are
+/// kept after the run (for a failure's post-mortem); the first call of a
+/// process removes those of test processes that are gone.
 pub fn scratch(name: &str) -> PathBuf {
+    static SWEEP: std::sync::Once = std::sync::Once::new();
+    SWEEP.call_once(sweep_scratch);
     let d = std::env::temp_dir().join(format!("ember-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// Removes the scratch directories of test processes no longer running.
+fn sweep_scratch() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("ember-test-")) else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Deterministic pseudo-random bytes.

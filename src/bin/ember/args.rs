@@ -9,12 +9,12 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use ember::{
     BootProtocol, DiskConfig, Jail, Modules, NetConfig, RootPlan, SeccompMode, SerialConfig, Smoke, SmokeShare,
-    VmConfig,
+    VirtioTransport, VmConfig,
 };
 
 use crate::parse::{
     parse_boot, parse_disk, parse_duration, parse_env, parse_modules, parse_net, parse_run_share, parse_seccomp,
-    parse_serial, parse_share, parse_size, parse_user, ShareSpec,
+    parse_serial, parse_share, parse_size, parse_transport, parse_user, ShareSpec,
 };
 
 /// ember: a small, fast virtual machine monitor on Linux KVM.
@@ -126,8 +126,9 @@ pub struct SmokeArgs {
     pub net: Vec<NetConfig>,
     /// A host directory shared over virtio-9p and mounted before the
     /// command runs: at GUEST_PATH (absolute), else at /mnt/TAG (TAG
-    /// default share0, share1, ...). Read-write unless `,ro`. Repeatable.
-    #[arg(long, value_name = "HOST_DIR[:GUEST_PATH|:TAG][,ro|,rw]", value_parser = parse_share)]
+    /// default share0, share1, ...). Read-write unless `,ro`; on virtio-pci
+    /// unless `,transport=mmio`. Repeatable.
+    #[arg(long, value_name = "HOST_DIR[:GUEST_PATH|:TAG][,ro|,rw][,transport=pci|mmio]", value_parser = parse_share)]
     pub share: Vec<ShareSpec>,
     /// Run the command in the host's own root file system (shared read-only
     /// over virtio-9p, a tmpfs overlay on top), in the current directory,
@@ -136,6 +137,10 @@ pub struct SmokeArgs {
     /// mounts it and loads modules.
     #[arg(long)]
     pub root_share: bool,
+    /// With --root-share: the root share's virtio transport (mmio for a
+    /// kernel without PCI).
+    #[arg(long, value_name = "pci|mmio", default_value = "pci", requires = "root_share", value_parser = parse_transport)]
+    pub root_transport: VirtioTransport,
     /// With --root-share: the command's directory (default: the current one).
     #[arg(long, value_name = "DIR", requires = "root_share")]
     pub cwd: Option<String>,
@@ -191,7 +196,7 @@ impl SmokeArgs {
         for (i, sh) in self.share.iter().enumerate() {
             s = s.share(SmokeShare { config: sh.to_config(i), guest_path: sh.guest_path.clone() });
         }
-        s = s.modules(self.modules.clone());
+        s = s.modules(self.modules.clone()).root_share_transport(self.root_transport);
         if let Some(p) = &self.console_log {
             s = s.console_log(p);
         }
@@ -271,8 +276,9 @@ pub struct RunArgs {
     pub no_virtio_mmio_cmdline: bool,
     /// A host directory shared over virtio-9p, read-write unless `,ro`; the
     /// guest mounts it by its tag (default share0, share1, ...):
-    /// `mount -t 9p -o trans=virtio,version=9p2000.L TAG /mnt`. Repeatable.
-    #[arg(long, value_name = "HOST_DIR[:TAG][,ro|,rw]", value_parser = parse_run_share)]
+    /// `mount -t 9p -o trans=virtio,version=9p2000.L TAG /mnt`. On
+    /// virtio-pci unless `,transport=mmio`. Repeatable.
+    #[arg(long, value_name = "HOST_DIR[:TAG][,ro|,rw][,transport=pci|mmio]", value_parser = parse_run_share)]
     pub share: Vec<ShareSpec>,
     /// Log level for ember's own messages on stderr: off, error, warn, info,
     /// debug or trace.

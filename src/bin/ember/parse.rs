@@ -185,8 +185,9 @@ pub fn parse_net(s: &str) -> Result<NetConfig, ParseError> {
     Ok(NetConfig { tap: tap.ok_or_else(|| bad("tap=NAME is required"))?, mac, transport })
 }
 
-/// The `transport=` value of `--disk` / `--net`.
-fn parse_transport(v: &str) -> Result<VirtioTransport, String> {
+/// The `transport=` value of `--disk` / `--net` / `--share`, and
+/// `--root-transport`.
+pub fn parse_transport(v: &str) -> Result<VirtioTransport, String> {
     VirtioTransport::from_name(v).ok_or_else(|| format!("transport '{v}' is not pci or mmio"))
 }
 
@@ -203,6 +204,8 @@ pub struct ShareSpec {
     pub guest_path: Option<PathBuf>,
     /// `,ro`.
     pub read_only: bool,
+    /// `,transport=pci|mmio` (default pci).
+    pub transport: VirtioTransport,
 }
 
 impl ShareSpec {
@@ -212,20 +215,36 @@ impl ShareSpec {
             path: self.path.clone(),
             tag: self.tag.clone().unwrap_or_else(|| ShareConfig::default_tag(index)),
             read_only: self.read_only,
+            transport: self.transport,
         }
     }
 }
 
-/// Parses `--share` of `ember smoke`: `HOST_DIR[:GUEST_PATH|:TAG][,ro|,rw]`.
-/// After the last `:`, an absolute path is where the guest mounts the
-/// share, anything else its mount tag. Read-write unless `,ro`.
+/// Parses `--share` of `ember smoke`:
+/// `HOST_DIR[:GUEST_PATH|:TAG][,ro|,rw][,transport=pci|mmio]`. After the
+/// last `:`, an absolute path is where the guest mounts the share, anything
+/// else its mount tag. Read-write unless `,ro`; on virtio-pci unless
+/// `,transport=mmio`. The options are the trailing comma-separated words
+/// that are options (a directory may have a comma in its name), each at
+/// most once.
 pub fn parse_share(s: &str) -> Result<ShareSpec, ParseError> {
     let bad = |why: &str| ParseError::DeviceOption { what: "--share", value: s.to_string(), why: why.to_string() };
-    let (spec, read_only) = match s.rsplit_once(',') {
-        Some((spec, "ro")) => (spec, true),
-        Some((spec, "rw")) => (spec, false),
-        _ => (s, false),
-    };
+    let (mut spec, mut read_only, mut transport) = (s, None, None);
+    while let Some((rest, word)) = spec.rsplit_once(',') {
+        if let Some(t) = word.strip_prefix("transport=") {
+            if transport.replace(parse_transport(t).map_err(|e| bad(&e))?).is_some() {
+                return Err(bad("transport= is given twice"));
+            }
+        } else if word == "ro" || word == "rw" {
+            if read_only.replace(word == "ro").is_some() {
+                return Err(bad("ro/rw is given twice"));
+            }
+        } else {
+            break;
+        }
+        spec = rest;
+    }
+    let (read_only, transport) = (read_only.unwrap_or(false), transport.unwrap_or_default());
     let (host, target) = match spec.rsplit_once(':') {
         Some((host, target)) => (host, Some(target)),
         None => (spec, None),
@@ -241,10 +260,10 @@ pub fn parse_share(s: &str) -> Result<ShareSpec, ParseError> {
         Some(t) if t.len() > ShareConfig::MAX_TAG_LEN => return Err(bad("a mount tag is at most 255 bytes")),
         Some(t) => tag = Some(t.to_string()),
     }
-    Ok(ShareSpec { path: PathBuf::from(host), tag, guest_path, read_only })
+    Ok(ShareSpec { path: PathBuf::from(host), tag, guest_path, read_only, transport })
 }
 
-/// Parses `--share` of `ember run`: `HOST_DIR[:TAG][,ro|,rw]` (the guest
+/// Parses `--share` of `ember run`: `HOST_DIR[:TAG][,ro|,rw][,transport=pci|mmio]` (the guest
 /// mounts it itself, by its tag).
 pub fn parse_run_share(s: &str) -> Result<ShareSpec, ParseError> {
     let spec = parse_share(s)?;
@@ -252,7 +271,7 @@ pub fn parse_run_share(s: &str) -> Result<ShareSpec, ParseError> {
         return Err(ParseError::DeviceOption {
             what: "--share",
             value: s.to_string(),
-            why: "ember run takes HOST_DIR[:TAG][,ro|,rw]: the guest mounts the share itself by its tag (mount -t 9p -o trans=virtio TAG DIR); guest paths are for ember smoke".into(),
+            why: "ember run takes HOST_DIR[:TAG][,ro|,rw][,transport=pci|mmio]: the guest mounts the share itself by its tag (mount -t 9p -o trans=virtio TAG DIR); guest paths are for ember smoke".into(),
         });
     }
     Ok(spec)
@@ -427,14 +446,20 @@ mod tests {
             tag: tag.map(Into::into),
             guest_path: guest.map(Into::into),
             read_only: ro,
+            transport: VirtioTransport::Pci,
         };
+        let mmio = |s: ShareSpec| ShareSpec { transport: VirtioTransport::Mmio, ..s };
         assert_eq!(parse_share("/srv/data"), Ok(spec("/srv/data", None, None, false)));
         assert_eq!(parse_share("/srv/data,ro"), Ok(spec("/srv/data", None, None, true)));
         assert_eq!(parse_share("/srv/data:data,rw"), Ok(spec("/srv/data", Some("data"), None, false)));
         assert_eq!(parse_share("out:/mnt/out,ro"), Ok(spec("out", None, Some("/mnt/out"), true)));
         assert_eq!(parse_share("/a,b"), Ok(spec("/a,b", None, None, false)));
         assert_eq!(parse_share("/a:b:c"), Ok(spec("/a:b", Some("c"), None, false)));
-        for bad in ["", ",ro", ":tag", "/a:", "/a:,ro"] {
+        assert_eq!(parse_share("/a,transport=mmio"), Ok(mmio(spec("/a", None, None, false))));
+        assert_eq!(parse_share("/a:t,transport=mmio,ro"), Ok(mmio(spec("/a", Some("t"), None, true))));
+        assert_eq!(parse_share("/a:/m,ro,transport=pci"), Ok(spec("/a", None, Some("/m"), true)));
+        assert_eq!(parse_share("/a,b,rw"), Ok(spec("/a,b", None, None, false)));
+        for bad in ["", ",ro", ":tag", "/a:", "/a:,ro", "/a,transport=usb", "/a,ro,rw", "/a,transport=pci,transport=mmio"] {
             let e = parse_share(bad).unwrap_err().to_string();
             assert!(e.contains(&format!("'{bad}'")), "{e}");
         }
