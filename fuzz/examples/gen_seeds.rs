@@ -27,6 +27,7 @@ fn main() -> std::io::Result<()> {
         ("mmio_registers", seeds::mmio_registers()),
         ("pci_registers", seeds::pci_registers()),
         ("net_tx", seeds::net_tx()),
+        ("net_race", seeds::net_race()),
         ("kernel_image", seeds::kernel_image(hello.as_deref())),
         ("cli_parsers", seeds::cli_parsers()),
         ("cpio_roundtrip", seeds::cpio_roundtrip()),

@@ -8,6 +8,8 @@
 //! * [`image`]: the disk images behind the virtio-blk targets (memfd).
 //! * [`virtio`]: the virtio-mmio register map, a minimal driver (device
 //!   initialisation, split rings) and the virtio-blk request builder.
+//! * [`net`]: virtio-net's socket-pair backend, the host's end of it and
+//!   the driver operations of `net_tx` and `net_race`.
 //! * [`pci`]: bus 0 with a virtio-pci function wired as a VMM would, and
 //!   the virtio-pci driver steps.
 //! * [`p9`]: the `p9_server` target's request encoding.
@@ -18,6 +20,7 @@
 pub mod guest;
 pub mod image;
 pub mod input;
+pub mod net;
 pub mod p9;
 pub mod pci;
 pub mod seeds;

@@ -517,6 +517,80 @@ pub fn net_tx() -> Vec<Seed> {
     out
 }
 
+/// Seeds of `net_race`: set-up operations in `net_tx`'s encoding, then the
+/// race.
+pub fn net_race() -> Vec<Seed> {
+    const TX_FRAME: u8 = 0;
+    const RX_CHAIN: u8 = 5;
+    const KICK_TX: u8 = 8;
+    const MRG_RXBUF: u64 = 1 << 15;
+    const ALL_TX: u8 = 0;
+    const ALL_RX: u8 = 0xff;
+    let tx_frame = |w: &mut Writer, flags: u8, lens: &[u32]| {
+        w.u8(TX_FRAME).bytes(&[0; 12]).u8(flags);
+        w.u8(lens.len() as u8);
+        for &l in lens {
+            virtio::put_seg_len(w, l);
+            w.u8(0);
+        }
+    };
+    let rx_chain = |w: &mut Writer, flags: u8, lens: &[u32]| {
+        w.u8(RX_CHAIN).u8(flags).u8(lens.len() as u8 - 1);
+        for &l in lens {
+            virtio::put_seg_len(w, l);
+        }
+    };
+    // features, sizes, flags, setup, kicks, which, frames and their length,
+    // then the hostile writes.
+    let race =
+        |features: u64, flags: u8, setup: &[u8], kicks: u8, which: u8, frames: (u8, u16), writes: &[(u64, &[u8])]| {
+            let mut w = Writer::new();
+            w.u64(features).u8(8).u8(8).u8(flags).blob16(setup);
+            w.u8(kicks - 1).u8(which).u8(frames.0).u16(frames.1);
+            for (at, bytes) in writes {
+                put_addr(&mut w, *at);
+                w.blob8(bytes);
+            }
+            w.finish()
+        };
+    let mut out = Vec::new();
+
+    // Finding 1: a malformed first receive chain (device-readable), frames
+    // waiting, the receive ring refilled without end.
+    let mut setup = Writer::new();
+    rx_chain(&mut setup, 2, &[1526]);
+    out.push(("rx_refill_malformed", race(0, 2, &setup.finish(), 4, ALL_RX, (4, 100), &[])));
+
+    // Good receive buffers republished without end, mergeable buffers.
+    let mut setup = Writer::new();
+    for _ in 0..4 {
+        rx_chain(&mut setup, 0, &[1526]);
+    }
+    out.push(("rx_refill_good", race(MRG_RXBUF | u64::MAX, 2, &setup.finish(), 4, ALL_RX, (7, 9000), &[])));
+
+    // A good frame transmitted over and over: the transmit ring refilled.
+    let mut setup = Writer::new();
+    tx_frame(&mut setup, 0, &[60]);
+    setup.u8(KICK_TX);
+    out.push(("tx_refill_good", race(u64::MAX, 1, &setup.finish(), 8, ALL_TX, (0, 0), &[])));
+
+    // A 64 KiB frame through an indirect table, its header flipped under
+    // the device (checksum and GSO flags it did not negotiate), the first
+    // receive descriptor turned device-readable under it, both rings
+    // refilled, notifications alternating.
+    let mut setup = Writer::new();
+    tx_frame(&mut setup, 1, &[14, 65000, 522]);
+    rx_chain(&mut setup, 0, &[1526]);
+    let header = crate::net::TX_AREA.0;
+    let rx_desc0_flags = crate::net::RX_RINGS.0 + 12;
+    out.push((
+        "tx_rx_header_flip",
+        race(0, 3, &setup.finish(), 8, 0b1010_1010, (2, 1514), &[(header, &[1, 4, 0, 0]), (rx_desc0_flags, &[0, 0])]),
+    ));
+
+    out
+}
+
 /// A minimal x86-64 ELF executable: one PT_LOAD of `code.len()` bytes at
 /// `paddr`, and a PVH entry note when `pvh` is set.
 pub fn tiny_elf(paddr: u64, code: &[u8], pvh: Option<u32>) -> Vec<u8> {

@@ -4,11 +4,16 @@
 # the same Debian kernel, wall time to the command's exit, RUNS runs each
 # (default 5), medians and ratio. virtme-ng is taken from a venv on the
 # host (VNG, default /tmp/p9-work/venv/bin/vng: python3 -m venv DIR &&
-# DIR/bin/pip install virtme-ng==1.42).
+# DIR/bin/pip install virtme-ng==1.42). vng's guest init finds its
+# virtio-serial ports (the command's status) through udev: without
+# systemd-udevd on the host (Debian: `apt-get install udev`) the command
+# runs but vng exits 255.
 #   scripts/lab run tests/lab/vng_bench.sh [RUNS]
 . "$LAB_REPO/tests/lab/lib.sh"
 runs=${1:-5}
 vng=${VNG:-/tmp/p9-work/venv/bin/vng}
+[[ -x $vng ]] || { echo "no virtme-ng at $vng (set VNG)"; exit 1; }
+[[ -x /lib/systemd/systemd-udevd ]] || { echo "no systemd-udevd: vng's guest cannot report the status (apt-get install udev)"; exit 1; }
 export PATH="$(dirname "$vng"):$PATH" # vng runs virtme-run from its own bin/
 # Both guests load the kernel's modules from the shared root's /lib/modules.
 mkdir -p /lib/modules

@@ -1,0 +1,224 @@
+//! virtio-net with a second thread playing a hostile vCPU: while the device
+//! serves a transmit or receive notification, the other thread keeps
+//! rewriting guest memory (descriptors, ring entries, available indexes,
+//! headers, indirect tables) and, if asked, keeps moving either queue's
+//! `avail.idx` a full ring ahead of its used index (finding 1 of issue 16:
+//! a refilling receive ring with a frame waiting held the event loop for as
+//! long as the refilling lasted). The concurrent mode of `net_tx`, as
+//! `blk_race` is of `blk_request`.
+//!
+//! Input:
+//!
+//! ```text
+//! features: u64 (the driver accepts the offered ones among these)
+//! queue sizes: u8 RX, u8 TX (2^(n % 9)); fixed rings
+//! flags: u8    bit 0: the hostile thread keeps the TX avail.idx a ring
+//!              ahead; bit 1: the same for RX
+//! setup: blob16, net operations (ember_fuzz::net) run before the race,
+//!        kicks included
+//! kicks: u8 (1 + n % 8 notifications raced), which: u8 (bit i: the i-th
+//!        is a receive notification, else transmit)
+//! frames: u8 (n % 8 frames from the host before each receive
+//!         notification), their length: u16
+//! then until the input ends, up to 32 writes the hostile thread repeats
+//! in a loop: addr (ember_fuzz::virtio::addr), blob8 bytes
+//! ```
+//!
+//! Oracles, per notification served during the race: the thread CPU time
+//! of `handle_queue_event` is at most 50 ms; the bytes the host moved for
+//! it through read/write system calls (`rchar + wchar` of
+//! /proc/thread-self/io: frames written to the backend) are at most the
+//! pass budget plus one frame; the frames and bytes the backend received
+//! are exactly what the device counted as sent; and over the whole input
+//! the device logs at most the sum of its log budgets. Plus `net_tx`'s: no
+//! panic (no host access outside guest memory), every frame reaching the
+//! backend within the sizes a TAP takes, the device active until reset.
+#![no_main]
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use ember_devices::interrupt::CountingIrq;
+use ember_devices::virtio::mmio::MmioTransport;
+use ember_devices::virtio::net::{Net, MAX_TX_FRAME, RX_QUEUE, TX_QUEUE};
+use ember_devices::virtio::MAX_PASS_BYTES;
+use ember_fuzz::guest;
+use ember_fuzz::input::Reader;
+use ember_fuzz::net::{rings, socket_pair, Host, NetDriver, NetStep, Sock, RX_RINGS, TX_RINGS};
+use ember_fuzz::virtio::{self, addr, reg};
+use libfuzzer_sys::fuzz_target;
+use vm_memory::{Bytes, GuestAddress};
+
+/// CPU time one notification may take.
+const MAX_KICK_CPU: Duration = Duration::from_millis(50);
+/// Log lines a virtio-net device on virtio-mmio may make in its life: each
+/// budget's lines plus its "suppressed" line (transport 64, configuration
+/// writes 4, transmit 32, receive 32, queue 16, backend 16).
+const MAX_LOG_LINES: usize = 65 + 5 + 33 + 33 + 17 + 17;
+/// Slack for the two reads of /proc/thread-self/io around a notification.
+const PROC_IO_SLACK: u64 = 4096;
+/// Set-up operations at most.
+const MAX_SETUP_OPS: usize = 256;
+
+thread_local! {
+    static LOG_RECORDS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Counts the log records of each thread.
+struct CountingLogger;
+
+impl log::Log for CountingLogger {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, _: &log::Record<'_>) {
+        LOG_RECORDS.with(|n| n.set(n.get() + 1));
+    }
+    fn flush(&self) {}
+}
+
+fn log_records() -> usize {
+    LOG_RECORDS.with(Cell::get)
+}
+
+/// This thread's CPU time.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Bytes this thread moved through read/write-family system calls.
+fn thread_io() -> u64 {
+    let io = std::fs::read_to_string("/proc/thread-self/io").expect("/proc/thread-self/io");
+    let field = |name: &str| -> u64 {
+        io.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    };
+    field("rchar:") + field("wchar:")
+}
+
+fuzz_target!(|data: &[u8]| {
+    static LOGGER: Once = Once::new();
+    LOGGER.call_once(|| {
+        let _ = log::set_logger(&CountingLogger);
+        log::set_max_level(log::LevelFilter::Trace);
+    });
+    let gm = guest::shared();
+    let mem = gm.mem();
+    let mut r = Reader::new(data);
+
+    let wanted = r.u64();
+    let rx_size = 1u16 << (r.u8() % 9);
+    let tx_size = 1u16 << (r.u8() % 9);
+    let flags = r.u8();
+    let setup = r.blob16();
+    let kicks = 1 + r.u8() % 8;
+    let which = r.u8();
+    let frames = r.u8() % 8;
+    let frame_len = r.u16();
+    let mut writes = Vec::new();
+    while !r.is_empty() && writes.len() < 32 {
+        let at = addr(&mut r);
+        writes.push((at, r.blob8().to_vec()));
+    }
+
+    let logs_before = log_records();
+    let (dev_end, peer) = socket_pair();
+    let net =
+        Net::with_backend("fuzz".into(), Box::new(Sock(dev_end)), Some([2, 0, 0, 0, 0, 1])).expect("Net::with_backend");
+    let stats = net.stats_handle();
+    let irq = Arc::new(CountingIrq::default());
+    let mut t = MmioTransport::new(Box::new(net), mem.clone(), irq).expect("transport");
+    let (rxr, txr) = (rings(RX_RINGS, rx_size), rings(TX_RINGS, tx_size));
+    assert!(virtio::negotiate(&mut t, wanted), "FEATURES_OK refused");
+    virtio::setup_queue(&mut t, RX_QUEUE as u32, &rxr, true);
+    virtio::setup_queue(&mut t, TX_QUEUE as u32, &txr, true);
+    virtio::driver_ok(&mut t);
+    assert!(t.is_activated(), "device did not start on a valid setup");
+
+    let mut drv = NetDriver::new(gm, rxr, txr);
+    let mut host = Host::new(peer);
+    let check_counts = |host: &mut Host| {
+        host.drain();
+        let s = stats.snapshot();
+        assert_eq!(
+            (host.frames, host.bytes),
+            (s.tx_frames, s.tx_bytes),
+            "frames/bytes received by the backend vs. counted as sent"
+        );
+    };
+    let kick = |t: &mut MmioTransport, q: usize| {
+        virtio::w32(t, reg::QUEUE_NOTIFY, q as u32);
+        t.handle_queue_event(q);
+    };
+    let mut s = Reader::new(setup);
+    for _ in 0..MAX_SETUP_OPS {
+        if s.is_empty() {
+            break;
+        }
+        match drv.op(&mut s, &host) {
+            NetStep::KickTx => kick(&mut t, TX_QUEUE),
+            NetStep::KickRx => kick(&mut t, RX_QUEUE),
+            NetStep::None => {}
+        }
+    }
+    check_counts(&mut host);
+
+    let stop = AtomicBool::new(false);
+    let refills: Vec<(GuestAddress, GuestAddress, u16)> = [(flags & 1 != 0, txr), (flags & 2 != 0, rxr)]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, q)| (GuestAddress(q.avail + 2), GuestAddress(q.used + 2), q.size))
+        .collect();
+    std::thread::scope(|scope| {
+        let vcpu = scope.spawn(|| {
+            while !stop.load(Ordering::Acquire) {
+                for (at, bytes) in &writes {
+                    gm.write(*at, bytes);
+                }
+                for &(avail_idx, used_idx, size) in &refills {
+                    let used: u16 = mem.read_obj(used_idx).unwrap_or(0);
+                    let _ = mem.write_obj(used.wrapping_add(size), avail_idx);
+                }
+                std::hint::spin_loop();
+            }
+        });
+        for i in 0..kicks {
+            let q = if which >> i & 1 != 0 { RX_QUEUE } else { TX_QUEUE };
+            if q == RX_QUEUE {
+                for _ in 0..frames {
+                    host.inject_frame(0, 0, frame_len);
+                }
+            }
+            let (cpu0, io0) = (thread_cpu(), thread_io());
+            kick(&mut t, q);
+            let (cpu, io) = (thread_cpu() - cpu0, thread_io() - io0);
+            assert!(cpu <= MAX_KICK_CPU, "one notification of queue {q} took {cpu:?} of CPU");
+            assert!(
+                io <= MAX_PASS_BYTES + MAX_TX_FRAME as u64 + PROC_IO_SLACK,
+                "one notification of queue {q} moved {io} bytes"
+            );
+            check_counts(&mut host);
+            assert!(t.is_activated(), "device stopped");
+        }
+        stop.store(true, Ordering::Release);
+        vcpu.join().expect("hostile vCPU thread");
+    });
+    // Continuations the budget left: served as the event loop would.
+    for _ in 0..64 {
+        t.handle_queue_event(TX_QUEUE);
+        t.handle_queue_event(RX_QUEUE);
+    }
+    check_counts(&mut host);
+
+    virtio::w32(&mut t, reg::STATUS, 0);
+    assert_eq!(virtio::r32(&mut t, reg::STATUS), 0);
+    assert!(!t.is_activated());
+    drop(t);
+    let lines = log_records() - logs_before;
+    assert!(lines <= MAX_LOG_LINES, "{lines} log lines from one device");
+    gm.reset();
+});
