@@ -439,7 +439,10 @@ mod tests {
             Err(ConfigError::TooManyDevices { transport: VirtioTransport::Mmio, count: 30, .. })
         ));
         c.shares = (0..40).map(|i| share("/s", &ShareConfig::default_tag(i))).collect();
-        assert!(matches!(c.validate(), Err(ConfigError::TooManyDevices { transport: VirtioTransport::Pci, count: 40, .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::TooManyDevices { transport: VirtioTransport::Pci, count: 40, .. })
+        ));
         c.shares = (0..15).map(|i| share("/s", &ShareConfig::default_tag(i))).collect();
         c.shares.extend((15..30).map(mmio));
         assert!(c.validate().is_ok());

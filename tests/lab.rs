@@ -570,8 +570,7 @@ fn root_share_checks(r: &StepRun) {
     // The shares on virtio-pci, the default: nothing announced for
     // virtio-mmio on the command line.
     let cmdline = log.lines().find(|l| l.contains("Command line:")).unwrap_or_default();
-    assert!(!cmdline.is_empty() && !cmdline.contains("virtio_mmio.device="), "the shares are not on virtio-pci
-{all}");
+    assert!(!cmdline.is_empty() && !cmdline.contains("virtio_mmio.device="), "the shares are not on virtio-pci\n{all}");
     assert!(!log.contains("SHARE-PROG wrote"), "the command's stdout is not in the kernel's log\n{all}");
     assert!(checks::kernel_log_problems(&log).is_empty(), "{:?}", checks::kernel_log_problems(&log));
     assert_eq!(r.get("ro_files").trim(), "existing", "nothing was created in the ro share");

@@ -459,7 +459,9 @@ mod tests {
         assert_eq!(parse_share("/a:t,transport=mmio,ro"), Ok(mmio(spec("/a", Some("t"), None, true))));
         assert_eq!(parse_share("/a:/m,ro,transport=pci"), Ok(spec("/a", None, Some("/m"), true)));
         assert_eq!(parse_share("/a,b,rw"), Ok(spec("/a,b", None, None, false)));
-        for bad in ["", ",ro", ":tag", "/a:", "/a:,ro", "/a,transport=usb", "/a,ro,rw", "/a,transport=pci,transport=mmio"] {
+        for bad in
+            ["", ",ro", ":tag", "/a:", "/a:,ro", "/a,transport=usb", "/a,ro,rw", "/a,transport=pci,transport=mmio"]
+        {
             let e = parse_share(bad).unwrap_err().to_string();
             assert!(e.contains(&format!("'{bad}'")), "{e}");
         }
