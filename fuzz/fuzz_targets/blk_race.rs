@@ -26,74 +26,27 @@
 //! no panic, the image size never changes, the device stays active.
 #![no_main]
 
-use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Once};
-use std::time::Duration;
+use std::sync::Arc;
 
 use ember_devices::interrupt::CountingIrq;
 use ember_devices::virtio::block::{Block, BlockConfig, MAX_REQUEST_BYTES};
 use ember_devices::virtio::mmio::MmioTransport;
 use ember_devices::virtio::MAX_PASS_BYTES;
 use ember_fuzz::input::Reader;
+use ember_fuzz::race::{count_logs, log_records, thread_cpu, thread_io, MAX_KICK_CPU, PROC_IO_SLACK};
 use ember_fuzz::virtio::{self, addr, reg, Driver, Rings, Step};
 use ember_fuzz::{guest, image};
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{Bytes, GuestAddress};
 
-/// CPU time one notification may take.
-const MAX_KICK_CPU: Duration = Duration::from_millis(50);
 /// Log lines a block device on virtio-mmio may make in its life: each
 /// budget's lines plus its "suppressed" line (transport 64, configuration
 /// writes 4, malformed chains 32, I/O errors 32, queue errors 8).
 const MAX_LOG_LINES: usize = 65 + 5 + 33 + 33 + 9;
-/// Slack for the two reads of /proc/thread-self/io around a notification.
-const PROC_IO_SLACK: u64 = 4096;
-
-thread_local! {
-    static LOG_RECORDS: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Counts the log records of each thread.
-struct CountingLogger;
-
-impl log::Log for CountingLogger {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-    fn log(&self, _: &log::Record<'_>) {
-        LOG_RECORDS.with(|n| n.set(n.get() + 1));
-    }
-    fn flush(&self) {}
-}
-
-fn log_records() -> usize {
-    LOG_RECORDS.with(Cell::get)
-}
-
-/// This thread's CPU time.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-/// Bytes this thread moved through read/write-family system calls.
-fn thread_io() -> u64 {
-    let io = std::fs::read_to_string("/proc/thread-self/io").expect("/proc/thread-self/io");
-    let field = |name: &str| -> u64 {
-        io.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
-    };
-    field("rchar:") + field("wchar:")
-}
 
 fuzz_target!(|data: &[u8]| {
-    static LOGGER: Once = Once::new();
-    LOGGER.call_once(|| {
-        let _ = log::set_logger(&CountingLogger);
-        log::set_max_level(log::LevelFilter::Trace);
-    });
+    count_logs();
     let gm = guest::shared();
     let images = image::shared();
     let mut r = Reader::new(data);

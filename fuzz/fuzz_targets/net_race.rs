@@ -35,77 +35,27 @@
 //! backend within the sizes a TAP takes, the device active until reset.
 #![no_main]
 
-use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Once};
-use std::time::Duration;
 
-use ember_devices::interrupt::CountingIrq;
-use ember_devices::virtio::mmio::MmioTransport;
-use ember_devices::virtio::net::{Net, MAX_TX_FRAME, RX_QUEUE, TX_QUEUE};
+use ember_devices::virtio::net::{MAX_TX_FRAME, RX_QUEUE, TX_QUEUE};
 use ember_devices::virtio::MAX_PASS_BYTES;
 use ember_fuzz::guest;
 use ember_fuzz::input::Reader;
-use ember_fuzz::net::{rings, socket_pair, Host, NetDriver, NetStep, Sock, RX_RINGS, TX_RINGS};
+use ember_fuzz::net::{check_sent, kick, net_on_mmio, rings, NetDriver, NetStep, RX_RINGS, TX_RINGS};
+use ember_fuzz::race::{count_logs, log_records, thread_cpu, thread_io, MAX_KICK_CPU, PROC_IO_SLACK};
 use ember_fuzz::virtio::{self, addr, reg};
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{Bytes, GuestAddress};
 
-/// CPU time one notification may take.
-const MAX_KICK_CPU: Duration = Duration::from_millis(50);
 /// Log lines a virtio-net device on virtio-mmio may make in its life: each
 /// budget's lines plus its "suppressed" line (transport 64, configuration
 /// writes 4, transmit 32, receive 32, queue 16, backend 16).
 const MAX_LOG_LINES: usize = 65 + 5 + 33 + 33 + 17 + 17;
-/// Slack for the two reads of /proc/thread-self/io around a notification.
-const PROC_IO_SLACK: u64 = 4096;
 /// Set-up operations at most.
 const MAX_SETUP_OPS: usize = 256;
 
-thread_local! {
-    static LOG_RECORDS: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Counts the log records of each thread.
-struct CountingLogger;
-
-impl log::Log for CountingLogger {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-    fn log(&self, _: &log::Record<'_>) {
-        LOG_RECORDS.with(|n| n.set(n.get() + 1));
-    }
-    fn flush(&self) {}
-}
-
-fn log_records() -> usize {
-    LOG_RECORDS.with(Cell::get)
-}
-
-/// This thread's CPU time.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-/// Bytes this thread moved through read/write-family system calls.
-fn thread_io() -> u64 {
-    let io = std::fs::read_to_string("/proc/thread-self/io").expect("/proc/thread-self/io");
-    let field = |name: &str| -> u64 {
-        io.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
-    };
-    field("rchar:") + field("wchar:")
-}
-
 fuzz_target!(|data: &[u8]| {
-    static LOGGER: Once = Once::new();
-    LOGGER.call_once(|| {
-        let _ = log::set_logger(&CountingLogger);
-        log::set_max_level(log::LevelFilter::Trace);
-    });
+    count_logs();
     let gm = guest::shared();
     let mem = gm.mem();
     let mut r = Reader::new(data);
@@ -126,34 +76,10 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let logs_before = log_records();
-    let (dev_end, peer) = socket_pair();
-    let net =
-        Net::with_backend("fuzz".into(), Box::new(Sock(dev_end)), Some([2, 0, 0, 0, 0, 1])).expect("Net::with_backend");
-    let stats = net.stats_handle();
-    let irq = Arc::new(CountingIrq::default());
-    let mut t = MmioTransport::new(Box::new(net), mem.clone(), irq).expect("transport");
     let (rxr, txr) = (rings(RX_RINGS, rx_size), rings(TX_RINGS, tx_size));
-    assert!(virtio::negotiate(&mut t, wanted), "FEATURES_OK refused");
-    virtio::setup_queue(&mut t, RX_QUEUE as u32, &rxr, true);
-    virtio::setup_queue(&mut t, TX_QUEUE as u32, &txr, true);
-    virtio::driver_ok(&mut t);
+    let (mut t, stats, mut host) = net_on_mmio(gm, wanted, &rxr, &txr);
     assert!(t.is_activated(), "device did not start on a valid setup");
-
     let mut drv = NetDriver::new(gm, rxr, txr);
-    let mut host = Host::new(peer);
-    let check_counts = |host: &mut Host| {
-        host.drain();
-        let s = stats.snapshot();
-        assert_eq!(
-            (host.frames, host.bytes),
-            (s.tx_frames, s.tx_bytes),
-            "frames/bytes received by the backend vs. counted as sent"
-        );
-    };
-    let kick = |t: &mut MmioTransport, q: usize| {
-        virtio::w32(t, reg::QUEUE_NOTIFY, q as u32);
-        t.handle_queue_event(q);
-    };
     let mut s = Reader::new(setup);
     for _ in 0..MAX_SETUP_OPS {
         if s.is_empty() {
@@ -165,7 +91,7 @@ fuzz_target!(|data: &[u8]| {
             NetStep::None => {}
         }
     }
-    check_counts(&mut host);
+    check_sent(&mut host, &stats);
 
     let stop = AtomicBool::new(false);
     let refills: Vec<(GuestAddress, GuestAddress, u16)> = [(flags & 1 != 0, txr), (flags & 2 != 0, rxr)]
@@ -201,7 +127,7 @@ fuzz_target!(|data: &[u8]| {
                 io <= MAX_PASS_BYTES + MAX_TX_FRAME as u64 + PROC_IO_SLACK,
                 "one notification of queue {q} moved {io} bytes"
             );
-            check_counts(&mut host);
+            check_sent(&mut host, &stats);
             assert!(t.is_activated(), "device stopped");
         }
         stop.store(true, Ordering::Release);
@@ -212,7 +138,7 @@ fuzz_target!(|data: &[u8]| {
         t.handle_queue_event(TX_QUEUE);
         t.handle_queue_event(RX_QUEUE);
     }
-    check_counts(&mut host);
+    check_sent(&mut host, &stats);
 
     virtio::w32(&mut t, reg::STATUS, 0);
     assert_eq!(virtio::r32(&mut t, reg::STATUS), 0);

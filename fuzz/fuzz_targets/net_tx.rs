@@ -18,14 +18,11 @@
 //! choosing may be refused.
 #![no_main]
 
-use std::sync::Arc;
-
-use ember_devices::interrupt::CountingIrq;
 use ember_devices::virtio::mmio::MmioTransport;
-use ember_devices::virtio::net::{Net, RX_QUEUE, TX_QUEUE};
+use ember_devices::virtio::net::{RX_QUEUE, TX_QUEUE};
 use ember_fuzz::guest;
 use ember_fuzz::input::Reader;
-use ember_fuzz::net::{rings, socket_pair, Host, NetDriver, NetStep, Sock, RX_RINGS, TX_RINGS};
+use ember_fuzz::net::{check_sent, kick, net_on_mmio, rings, Host, NetDriver, NetStep, RX_RINGS, TX_RINGS};
 use ember_fuzz::virtio::{self, addr, reg};
 use libfuzzer_sys::fuzz_target;
 
@@ -33,7 +30,6 @@ const MAX_OPS: usize = 512;
 
 fuzz_target!(|data: &[u8]| {
     let gm = guest::shared();
-    let mem = gm.mem();
     let mut r = Reader::new(data);
 
     let wanted = r.u64();
@@ -50,32 +46,13 @@ fuzz_target!(|data: &[u8]| {
     let rx_addrs = ring_addrs(layout & 1 != 0, RX_RINGS);
     let tx_addrs = ring_addrs(layout & 2 != 0, TX_RINGS);
 
-    let (dev_end, peer) = socket_pair();
-    let net =
-        Net::with_backend("fuzz".into(), Box::new(Sock(dev_end)), Some([2, 0, 0, 0, 0, 1])).expect("Net::with_backend");
-    let stats = net.stats_handle();
-    let irq = Arc::new(CountingIrq::default());
-    let mut t = MmioTransport::new(Box::new(net), mem.clone(), irq).expect("transport");
-
     let (rxr, txr) = (rings(rx_addrs, rx_size), rings(tx_addrs, tx_size));
-    assert!(virtio::negotiate(&mut t, wanted), "FEATURES_OK refused");
-    virtio::setup_queue(&mut t, RX_QUEUE as u32, &rxr, true);
-    virtio::setup_queue(&mut t, TX_QUEUE as u32, &txr, true);
-    virtio::driver_ok(&mut t);
+    let (mut t, stats, mut host) = net_on_mmio(gm, wanted, &rxr, &txr);
     assert!(t.is_activated() || layout & 3 != 0, "device did not start on a valid setup");
-
     let mut drv = NetDriver::new(gm, rxr, txr);
-    let mut host = Host::new(peer);
     let kick_tx = |t: &mut MmioTransport, host: &mut Host| {
-        virtio::w32(t, reg::QUEUE_NOTIFY, TX_QUEUE as u32);
-        t.handle_queue_event(TX_QUEUE);
-        host.drain();
-        let s = stats.snapshot();
-        assert_eq!(
-            (host.frames, host.bytes),
-            (s.tx_frames, s.tx_bytes),
-            "frames/bytes received by the backend vs. counted as sent"
-        );
+        kick(t, TX_QUEUE);
+        check_sent(host, &stats);
     };
 
     for _ in 0..MAX_OPS {
@@ -84,10 +61,7 @@ fuzz_target!(|data: &[u8]| {
         }
         match drv.op(&mut r, &host) {
             NetStep::KickTx => kick_tx(&mut t, &mut host),
-            NetStep::KickRx => {
-                virtio::w32(&mut t, reg::QUEUE_NOTIFY, RX_QUEUE as u32);
-                t.handle_queue_event(RX_QUEUE);
-            }
+            NetStep::KickRx => kick(&mut t, RX_QUEUE),
             NetStep::None => {}
         }
     }

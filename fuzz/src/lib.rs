@@ -13,6 +13,7 @@
 //! * [`pci`]: bus 0 with a virtio-pci function wired as a VMM would, and
 //!   the virtio-pci driver steps.
 //! * [`p9`]: the `p9_server` target's request encoding.
+//! * [`race`]: the per-notification measures of the concurrent targets.
 //! * [`seeds`]: the seed corpus, written by `examples/gen_seeds.rs`.
 //!
 //! Nothing here links libFuzzer; only the targets in `fuzz_targets/` do.
@@ -23,5 +24,6 @@ pub mod input;
 pub mod net;
 pub mod p9;
 pub mod pci;
+pub mod race;
 pub mod seeds;
 pub mod virtio;

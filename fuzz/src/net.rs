@@ -26,13 +26,16 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 
-use ember_devices::virtio::net::{NetBackend, MAX_TX_FRAME};
+use ember_devices::interrupt::CountingIrq;
+use ember_devices::virtio::mmio::MmioTransport;
+use ember_devices::virtio::net::{Net, NetBackend, NetCounters, MAX_TX_FRAME, RX_QUEUE, TX_QUEUE};
 use ember_devices::virtio::IoVecs;
 
 use crate::guest::GuardedMemory;
 use crate::input::Reader;
-use crate::virtio::{addr, seg_len, Driver, Rings};
+use crate::virtio::{self, addr, reg, seg_len, Driver, Rings};
 
 /// The virtio-net header the device and the backend exchange.
 pub const VNET_HDR_LEN: usize = 12;
@@ -148,6 +151,47 @@ impl Host {
         frame[1] = gso_type;
         self.inject(&frame);
     }
+}
+
+/// A virtio-net device on a socket pair behind the virtio-mmio transport,
+/// driven through the set-up a Linux driver does: features (`wanted`
+/// among the offered ones), both queues on `rx` and `tx`, `DRIVER_OK`.
+/// Returns the transport, the device's counters and the host's end.
+pub fn net_on_mmio(
+    mem: &GuardedMemory,
+    wanted: u64,
+    rx: &Rings,
+    tx: &Rings,
+) -> (MmioTransport, Arc<NetCounters>, Host) {
+    let (dev_end, peer) = socket_pair();
+    let net =
+        Net::with_backend("fuzz".into(), Box::new(Sock(dev_end)), Some([2, 0, 0, 0, 0, 1])).expect("Net::with_backend");
+    let stats = net.stats_handle();
+    let irq = Arc::new(CountingIrq::default());
+    let mut t = MmioTransport::new(Box::new(net), mem.mem().clone(), irq).expect("transport");
+    assert!(virtio::negotiate(&mut t, wanted), "FEATURES_OK refused");
+    virtio::setup_queue(&mut t, RX_QUEUE as u32, rx, true);
+    virtio::setup_queue(&mut t, TX_QUEUE as u32, tx, true);
+    virtio::driver_ok(&mut t);
+    (t, stats, Host::new(peer))
+}
+
+/// Notifies queue `q` (a `QueueNotify` write, then the queue's event).
+pub fn kick(t: &mut MmioTransport, q: usize) {
+    virtio::w32(t, reg::QUEUE_NOTIFY, q as u32);
+    t.handle_queue_event(q);
+}
+
+/// Reads what the device sent and checks that the backend received
+/// exactly the frames and bytes the device counted as sent.
+pub fn check_sent(host: &mut Host, stats: &NetCounters) {
+    host.drain();
+    let s = stats.snapshot();
+    assert_eq!(
+        (host.frames, host.bytes),
+        (s.tx_frames, s.tx_bytes),
+        "frames/bytes received by the backend vs. counted as sent"
+    );
 }
 
 /// Rings at `r` (descriptor table, available ring, used ring) of `size`.
