@@ -357,7 +357,10 @@ mod tests {
         unsafe { libc::geteuid() == 0 }
     }
 
-    /// A persistent TAP created with `ip`, deleted on drop.
+    /// A persistent TAP created with `ip`, owned by root (uid 0), deleted
+    /// on drop. The owner matters: a TAP without one may be attached by
+    /// anyone who can open `/dev/net/tun`, which udev makes 0666 on many
+    /// hosts; one with an owner only by it or by `CAP_NET_ADMIN`.
     struct TestTap(String);
 
     impl TestTap {
@@ -365,7 +368,7 @@ mod tests {
             static N: AtomicUsize = AtomicUsize::new(0);
             let name = format!("emt{}x{}", std::process::id() % 100_000, N.fetch_add(1, Ordering::SeqCst));
             let ok = Command::new("ip")
-                .args(["tuntap", "add", "dev", &name, "mode", "tap"])
+                .args(["tuntap", "add", "dev", &name, "mode", "tap", "user", "0"])
                 .status()
                 .is_ok_and(|s| s.success());
             ok.then_some(TestTap(name))
