@@ -120,19 +120,15 @@ impl StepRun {
 
 /// A console line without `\r` and the kernel's `[    1.234567] ` prefix.
 pub fn strip_timestamp(line: &str) -> String {
-    strip_timestamp_str(line).to_string()
-}
-
-fn strip_timestamp_str(line: &str) -> &str {
     let l = line.trim_end_matches('\r');
     if let Some(rest) = l.strip_prefix('[') {
         if let Some(i) = rest.find("] ") {
             if rest[..i].trim().chars().all(|c| c.is_ascii_digit() || c == '.') {
-                return &rest[i + 2..];
+                return rest[i + 2..].to_string();
             }
         }
     }
-    l
+    l.to_string()
 }
 
 /// Where a kernel time stamp (`[` spaces, digits and a dot, `] `) starts
