@@ -197,9 +197,9 @@ impl DeviceManager {
         Ok(())
     }
 
-    /// The disks, the NICs, then the shared directories, each behind its virtio transport in the next free place, and the
-    /// PCI root (made by the first device on PCI, or here for its host
-    /// bridge alone).
+    /// The disks, the NICs, then the shared directories, each behind its
+    /// virtio transport in the next free place, and the PCI root (made by
+    /// the first device on PCI, or here for its host bridge alone).
     pub(crate) fn add_virtio_devices(
         &mut self,
         vm: &Arc<VmFd>,

@@ -263,8 +263,9 @@ pub fn parse_share(s: &str) -> Result<ShareSpec, ParseError> {
     Ok(ShareSpec { path: PathBuf::from(host), tag, guest_path, read_only, transport })
 }
 
-/// Parses `--share` of `ember run`: `HOST_DIR[:TAG][,ro|,rw][,transport=pci|mmio]` (the guest
-/// mounts it itself, by its tag).
+/// Parses `--share` of `ember run`:
+/// `HOST_DIR[:TAG][,ro|,rw][,transport=pci|mmio]` (the guest mounts it
+/// itself, by its tag).
 pub fn parse_run_share(s: &str) -> Result<ShareSpec, ParseError> {
     let spec = parse_share(s)?;
     if spec.guest_path.is_some() {
