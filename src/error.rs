@@ -46,6 +46,9 @@ pub enum Error {
     /// Guest memory could not be created.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// A snapshot could not be restored.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
     /// The kernel or initrd could not be loaded.
     #[error(transparent)]
     Boot(#[from] BootError),

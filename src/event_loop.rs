@@ -106,7 +106,13 @@ impl EventLoop {
             match self.control.request() {
                 RunRequest::Run => {}
                 RunRequest::Pause => {
-                    if self.control.park() == RunRequest::Stop {
+                    // Errands are the vCPUs' (snapshots): park again
+                    // until resumed or stopped.
+                    let mut r = RunRequest::Pause;
+                    while r == RunRequest::Pause {
+                        r = self.control.park(self.control.errands());
+                    }
+                    if r == RunRequest::Stop {
                         break;
                     }
                 }

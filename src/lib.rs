@@ -53,6 +53,7 @@ mod event_loop;
 mod boot;
 // 4
 mod machine;
+pub mod snapshot;
 // 5
 pub mod error;
 // 6

@@ -1,9 +1,13 @@
 //! Guest RAM: where it lies in the guest-physical space ([`RamLayout`]),
 //! how it is backed, and its registration with KVM ([`GuestRam`]).
 
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap};
 
 use crate::layout::{FIRST_ADDR_PAST_32BITS, MMIO32_START};
 
@@ -30,6 +34,30 @@ pub enum MemoryError {
         /// KVM's error.
         source: kvm_ioctls::Error,
     },
+    /// A memory file could not be mapped or read.
+    #[error("cannot map guest memory from the memory file ({size} bytes at file offset {offset}): {source}")]
+    MapFile {
+        /// Bytes of the region.
+        size: u64,
+        /// Where the region starts in the file.
+        offset: u64,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// How guest RAM restored from a memory file is backed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MemoryBacking {
+    /// Mapped from the file copy-on-write (`MAP_PRIVATE`): a page is read
+    /// from the file (through the page cache, shared by every VM restored
+    /// from it) when the guest first touches it; what the guest writes
+    /// stays in this process. The file must not change while the VM runs.
+    #[default]
+    Lazy,
+    /// Read into anonymous memory before the VM starts: the file is no
+    /// longer needed once the VM is built.
+    Copy,
 }
 
 /// Where `size` bytes of guest RAM lie: from 0 up to the 32-bit MMIO hole,
@@ -91,6 +119,9 @@ impl RamLayout {
 pub struct GuestRam {
     layout: RamLayout,
     mem: GuestMemoryMmap,
+    /// Mapped from a file (a restored snapshot's, lazily): a page the guest
+    /// never touched is the file's, not zero. Its (device, inode).
+    backing_file: Option<(u64, u64)>,
 }
 
 impl GuestRam {
@@ -101,7 +132,66 @@ impl GuestRam {
     pub fn create(layout: RamLayout) -> Result<Self, MemoryError> {
         let mem = GuestMemoryMmap::from_ranges(&layout.ranges())
             .map_err(|source| MemoryError::Mmap { size: layout.size(), source })?;
-        Ok(GuestRam { layout, mem })
+        Ok(GuestRam { layout, mem, backing_file: None })
+    }
+
+    /// Guest RAM for `layout` with the contents of `file`, which holds the
+    /// regions one after the other (as a snapshot's memory file does) and
+    /// must be exactly `layout.size()` bytes long (the caller checks).
+    pub(crate) fn from_file(layout: RamLayout, file: &File, backing: MemoryBacking) -> Result<Self, MemoryError> {
+        if backing == MemoryBacking::Copy {
+            let ram = GuestRam::create(layout)?;
+            let mut offset = 0u64;
+            for region in ram.mem.iter() {
+                let len = region.len() as usize;
+                // SAFETY: the region is a live read/write mapping of `len`
+                // bytes owned by `ram`, which no vCPU runs on yet, and no
+                // other reference to it exists.
+                let host = unsafe { std::slice::from_raw_parts_mut(region.as_ptr(), len) };
+                file.read_exact_at(host, offset).map_err(|source| MemoryError::MapFile {
+                    size: len as u64,
+                    offset,
+                    source,
+                })?;
+                offset += len as u64;
+            }
+            return Ok(ram);
+        }
+        let mut regions = Vec::new();
+        let mut offset = 0u64;
+        for (addr, len) in layout.ranges() {
+            let map_err = |source| MemoryError::MapFile { size: len as u64, offset, source };
+            let clone = file.try_clone().map_err(map_err)?;
+            let region = MmapRegionBuilder::new(len)
+                .with_file_offset(FileOffset::new(clone, offset))
+                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+                .build()
+                .map_err(|e| map_err(std::io::Error::other(e.to_string())))?;
+            let region = GuestRegionMmap::new(region, addr)
+                .ok_or_else(|| map_err(std::io::Error::other(format!("region at {:#x} overflows", addr.0))))?;
+            regions.push(region);
+            offset += len as u64;
+        }
+        let mem = GuestMemoryMmap::from_regions(regions).map_err(|e| MemoryError::MapFile {
+            size: layout.size(),
+            offset: 0,
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        use std::os::unix::fs::MetadataExt;
+        let id = file.metadata().map(|m| (m.dev(), m.ino())).map_err(|source| MemoryError::MapFile {
+            size: layout.size(),
+            offset: 0,
+            source,
+        })?;
+        Ok(GuestRam { layout, mem, backing_file: Some(id) })
+    }
+
+    /// The (device, inode) of the file RAM is mapped from, if it is: a
+    /// page the guest never wrote then holds the file's bytes, not zeros,
+    /// and the file must not change while the VM lives.
+    pub(crate) fn backing_file(&self) -> Option<(u64, u64)> {
+        self.backing_file
     }
 
     /// Gives every region to the VM as a KVM memory slot (0, 1, …).

@@ -11,7 +11,7 @@
 //! event loop in `epoll_wait`) is the caller's part: `pause` calls the
 //! `kick` it is given until every member has parked.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -76,6 +76,10 @@ pub(crate) struct RunControl {
     cv: Condvar,
     /// One pause or resume at a time.
     transition: Mutex<()>,
+    /// Counts errands sent to the parked members ([`RunControl::send_errand`]):
+    /// a parked member wakes when it changes, does its part, and parks
+    /// again.
+    errands: AtomicU64,
 }
 
 impl RunControl {
@@ -86,6 +90,38 @@ impl RunControl {
             state: Mutex::new(State { members, parked: 0 }),
             cv: Condvar::new(),
             transition: Mutex::new(()),
+            errands: AtomicU64::new(0),
+        }
+    }
+
+    /// A control for `members` threads, asking them to park at once (a VM
+    /// that starts paused).
+    pub(crate) fn paused(members: usize) -> Self {
+        let c = RunControl::new(members);
+        c.set(RunRequest::Pause);
+        c
+    }
+
+    /// How many errands have been sent: a member that saw a different
+    /// count last has one to do.
+    pub(crate) fn errands(&self) -> u64 {
+        self.errands.load(Ordering::SeqCst)
+    }
+
+    /// Wakes every parked member for an errand (they see
+    /// [`RunControl::errands`] change, do their part and park again). Only
+    /// while paused: fails with [`PauseError::Ended`] once the VM ends, and
+    /// is refused (`false`) when the VM is not paused.
+    pub(crate) fn send_errand(&self) -> Result<bool, PauseError> {
+        let s = lock(&self.state);
+        match self.request() {
+            RunRequest::Stop => Err(PauseError::Ended),
+            RunRequest::Pause if s.parked == s.members => {
+                self.errands.fetch_add(1, Ordering::SeqCst);
+                self.cv.notify_all();
+                Ok(true)
+            }
+            _ => Ok(false),
         }
     }
 
@@ -99,12 +135,13 @@ impl RunControl {
     }
 
     /// Called by a member that saw [`RunRequest::Pause`]: blocks until the
-    /// request is no longer `Pause`, and returns the new one.
-    pub(crate) fn park(&self) -> RunRequest {
+    /// request is no longer `Pause` or an errand arrives (the errand count
+    /// differs from `seen`), and returns the request.
+    pub(crate) fn park(&self, seen: u64) -> RunRequest {
         let mut s = lock(&self.state);
         s.parked += 1;
         self.cv.notify_all();
-        while self.request() == RunRequest::Pause {
+        while self.request() == RunRequest::Pause && self.errands() == seen {
             s = wait(&self.cv, s);
         }
         s.parked -= 1;
@@ -201,7 +238,7 @@ mod tests {
                             std::thread::yield_now();
                         }
                         RunRequest::Pause => {
-                            if c.park() == RunRequest::Stop {
+                            if c.park(c.errands()) == RunRequest::Stop {
                                 c.leave();
                                 return;
                             }

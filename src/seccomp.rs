@@ -104,6 +104,35 @@ pub(crate) const KVM_IOEVENTFD: u64 = ioc(IOC_WRITE, KVM, 0x79, 64);
 pub(crate) const KVM_SET_GSI_ROUTING: u64 = ioc(IOC_WRITE, KVM, 0x6a, 8);
 /// `TUNSETOFFLOAD` (a driver acknowledged offload features).
 pub(crate) const TUNSETOFFLOAD: u64 = ioc(IOC_WRITE, b'T' as u64, 208, 4);
+const fn size<T>() -> u64 {
+    std::mem::size_of::<T>() as u64
+}
+
+/// The vCPU ioctls that read its state for a snapshot (on the vCPU's own
+/// thread, while parked): `KVM_GET_CPUID2`, `_FPU`, `_XSAVE`, `_XCRS`,
+/// `_MSRS`, `_LAPIC`, `_MP_STATE`, `_VCPU_EVENTS`, `_DEBUGREGS`,
+/// `_TSC_KHZ`. They only read.
+pub(crate) const VCPU_STATE_READS: [u64; 10] = [
+    ioc(IOC_READ | IOC_WRITE, KVM, 0x91, size::<kvm_bindings::kvm_cpuid2>()),
+    ioc(IOC_READ, KVM, 0x8c, size::<kvm_bindings::kvm_fpu>()),
+    ioc(IOC_READ, KVM, 0xa4, size::<kvm_bindings::kvm_xsave>()),
+    ioc(IOC_READ, KVM, 0xa6, size::<kvm_bindings::kvm_xcrs>()),
+    ioc(IOC_READ | IOC_WRITE, KVM, 0x88, size::<kvm_bindings::kvm_msrs>()),
+    ioc(IOC_READ, KVM, 0x8e, size::<kvm_bindings::kvm_lapic_state>()),
+    ioc(IOC_READ, KVM, 0x98, size::<kvm_bindings::kvm_mp_state>()),
+    ioc(IOC_READ, KVM, 0x9f, size::<kvm_bindings::kvm_vcpu_events>()),
+    ioc(IOC_READ, KVM, 0xa1, size::<kvm_bindings::kvm_debugregs>()),
+    ioc(IOC_NONE, KVM, 0xa3, 0),
+];
+
+/// The VM ioctls a snapshot reads the in-kernel devices with:
+/// `KVM_GET_IRQCHIP`, `KVM_GET_PIT2`, `KVM_GET_CLOCK`.
+pub(crate) const VM_STATE_READS: [u64; 3] = [
+    ioc(IOC_READ | IOC_WRITE, KVM, 0x62, size::<kvm_bindings::kvm_irqchip>()),
+    ioc(IOC_READ, KVM, 0x9f, size::<kvm_bindings::kvm_pit_state2>()),
+    ioc(IOC_READ, KVM, 0x7c, size::<kvm_bindings::kvm_clock_data>()),
+];
+
 /// `TCGETS`/`TCSETS*`: restoring the terminal.
 const TERMIOS: [u64; 4] = [0x5401, 0x5402, 0x5403, 0x5404];
 
@@ -206,6 +235,14 @@ const API: &[i64] = &[
     libc::SYS_setresuid,
     libc::SYS_setresgid,
     libc::SYS_setgroups,
+    // Snapshots (`PUT /snapshot/create`): the two files are created,
+    // sized, written and synced; guest RAM's residency is read from
+    // /proc/self/pagemap, opened before the VM started.
+    libc::SYS_openat,
+    libc::SYS_ftruncate,
+    libc::SYS_pwrite64,
+    libc::SYS_pread64,
+    libc::SYS_fsync,
 ];
 
 /// The rules of `kind`; with `pci` (a device is on PCI) the vCPU threads
@@ -252,10 +289,14 @@ fn rules_for(kind: ThreadKind, pci: bool) -> Result<BTreeMap<i64, Vec<SeccompRul
         )?])?],
     );
     let ioctls: Vec<u64> = match kind {
-        ThreadKind::Vcpu if pci => {
-            vec![KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, TUNSETOFFLOAD, KVM_IOEVENTFD, KVM_SET_GSI_ROUTING]
+        ThreadKind::Vcpu => {
+            let mut v = vec![KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, TUNSETOFFLOAD];
+            if pci {
+                v.extend([KVM_IOEVENTFD, KVM_SET_GSI_ROUTING]);
+            }
+            v.extend(VCPU_STATE_READS);
+            v
         }
-        ThreadKind::Vcpu => vec![KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, TUNSETOFFLOAD],
         ThreadKind::Vmm | ThreadKind::Events => {
             for &nr in VMM {
                 rules.insert(nr, vec![]);
@@ -279,8 +320,8 @@ fn rules_for(kind: ThreadKind, pci: bool) -> Result<BTreeMap<i64, Vec<SeccompRul
             // read(2), which every thread had before issue 16 took it off
             // the vCPU threads.
             rules.insert(libc::SYS_read, vec![]);
-            // No ioctl at all (an empty rule list would allow every one).
-            return Ok(rules);
+            // Only the snapshot's reads of the in-kernel devices.
+            VM_STATE_READS.to_vec()
         }
     };
     rules.insert(libc::SYS_ioctl, ioctls.into_iter().map(ioctl_eq).collect::<Result<_, _>>()?);
@@ -451,6 +492,23 @@ mod tests {
         assert_eq!(TUNSETOFFLOAD, 0x4004_54d0);
         assert_eq!(KVM_IOEVENTFD, 0x4040_ae79);
         assert_eq!(KVM_SET_GSI_ROUTING, 0x4008_ae6a);
+        // The values in linux/kvm.h's _IO* macros, as strace prints them.
+        assert_eq!(
+            VCPU_STATE_READS,
+            [
+                0xc008_ae91,
+                0x81a0_ae8c,
+                0x9000_aea4,
+                0x8188_aea6,
+                0xc008_ae88,
+                0x8400_ae8e,
+                0x8004_ae98,
+                0x8040_ae9f,
+                0x8080_aea1,
+                0xaea3
+            ]
+        );
+        assert_eq!(VM_STATE_READS, [0xc208_ae62, 0x8070_ae9f, 0x8030_ae7c]);
     }
 
     #[test]
@@ -685,16 +743,16 @@ mod tests {
     }
 
     #[test]
-    fn the_api_thread_opens_nothing_and_has_no_ioctl() {
+    fn the_api_thread_opens_files_for_snapshots_and_only_reads_vm_state() {
         let a = rules_for(ThreadKind::Api, false).unwrap();
-        for nr in
-            [libc::SYS_openat, libc::SYS_open, libc::SYS_ioctl, libc::SYS_socket, libc::SYS_execve, libc::SYS_clone]
-        {
+        for nr in [libc::SYS_open, libc::SYS_socket, libc::SYS_execve, libc::SYS_clone, libc::SYS_epoll_wait] {
             assert!(!a.contains_key(&nr), "{nr}");
         }
         assert!(a.contains_key(&libc::SYS_accept4) && a.contains_key(&libc::SYS_poll));
-        // Not the VMM's disk and TAP I/O.
-        assert!(!a.contains_key(&libc::SYS_pwrite64) && !a.contains_key(&libc::SYS_epoll_wait));
+        // A snapshot's files.
+        assert!(a.contains_key(&libc::SYS_openat) && a.contains_key(&libc::SYS_pwrite64));
+        // ioctl: exactly the three reads of the in-kernel devices.
+        assert_eq!(a[&libc::SYS_ioctl].len(), VM_STATE_READS.len());
     }
 
     /// A filtered thread that makes a forbidden call under `log` keeps

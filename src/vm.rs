@@ -19,6 +19,8 @@
 //!    map, zero page or PVH start info, MP table, ACPI tables;
 //! 8. [`create_vcpus`], last: the irqchip must exist before them.
 
+mod snapshot;
+
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::{Arc, Mutex};
@@ -46,9 +48,12 @@ use crate::machine;
 use crate::memory::{GuestRam, RamLayout};
 use crate::run_control::{PauseError, RunControl};
 use crate::seccomp::{ThreadFilters, ThreadKind};
+use crate::snapshot::state::Machine;
+use crate::snapshot::{RestoreConfig, SnapshotError, SnapshotFiles, SnapshotInfo};
 use crate::sync::lock;
 use crate::terminal::RawTerminal;
-use crate::vcpu::{self, Vcpu, VcpuRunner};
+use crate::vcpu::{self, SaveContext, StateSlots, Vcpu, VcpuRunner};
+use snapshot::SnapshotSource;
 
 /// Step 2: opens KVM, checks the vCPU count against it, creates the VM and
 /// denies it the PMU's MSRs.
@@ -118,7 +123,12 @@ pub struct Vm {
     devices: DeviceManager,
     exit: Arc<ExitSignal>,
     cmdline: String,
-    entry: Entry,
+    /// The kernel's entry; `None` for a VM restored from a snapshot.
+    entry: Option<Entry>,
+    /// What a snapshot needs to know about KVM.
+    save_ctx: SaveContext,
+    /// The machine's shape, as a snapshot records it.
+    machine: Machine,
 }
 
 impl Vm {
@@ -145,7 +155,61 @@ impl Vm {
         log::info!("kernel command line: {cmdline}");
         log::debug!("entry: {:?}, initrd: {:?}", boot.entry(), boot.initrd);
 
-        Ok(Vm { config, _kvm: kvm, vm_fd, ram, vcpus, devices, exit, cmdline, entry: boot.entry() })
+        let save_ctx = SaveContext::new(&kvm);
+        let machine = snapshot::machine_of(&config, &devices.macs, &cmdline);
+        Ok(Vm {
+            config,
+            _kvm: kvm,
+            vm_fd,
+            ram,
+            vcpus,
+            devices,
+            exit,
+            cmdline,
+            entry: Some(boot.entry()),
+            save_ctx,
+            machine,
+        })
+    }
+
+    /// Builds the VM a snapshot describes, with its memory, vCPUs, in-kernel
+    /// devices and devices as they were: [`Vm::start`] then carries on
+    /// where the snapshot's VM stopped. The same steps as [`Vm::new`], with
+    /// RAM mapped from the memory file instead of a kernel loaded, and the
+    /// saved state put in last (the irqchip, PIT and clock, then each
+    /// vCPU, then the devices).
+    pub fn restore(rc: RestoreConfig) -> Result<Vm, Error> {
+        let host = crate::snapshot::CpuModel::host(cpuid::host_cpuid);
+        let state = crate::snapshot::read_state(&rc.files.state, &host)?;
+        let config = snapshot::config_for_restore(&state, &rc);
+        config.validate()?;
+        let (kvm, vm_fd) = create_vm(&config)?;
+        let vm_fd = Arc::new(vm_fd);
+        let mem_file = crate::snapshot::open_memory_file(&rc.files.memory, config.memory)?;
+        let ram = GuestRam::from_file(RamLayout::new(config.memory), &mem_file, rc.backing)?;
+        ram.register(&vm_fd)?;
+        create_irqchip(&vm_fd)?;
+
+        let exit = Arc::new(ExitSignal::new().map_err(io_err("creating the exit eventfd"))?);
+        let mut devices = DeviceManager::new();
+        devices.add_legacy_devices(&vm_fd, &config, &exit)?;
+        devices.add_virtio_devices(&vm_fd, ram.memory(), ram.layout(), &config)?;
+        if devices.macs.iter().zip(&state.machine.nets).any(|(m, n)| *m != n.mac) {
+            return Err(SnapshotError::Inconsistent("a NIC's MAC differs from the snapshot's".into()).into());
+        }
+        snapshot::restore_kernel_state(&vm_fd, &state)?;
+        let mut vcpus = Vec::with_capacity(state.vcpus.len());
+        for (id, s) in state.vcpus.iter().enumerate() {
+            let v = Vcpu::create_bare(&vm_fd, id as u8)?;
+            v.restore_state(s)?;
+            vcpus.push(v);
+        }
+        devices.restore_states(&state.devices)?;
+        let save_ctx = SaveContext::new(&kvm);
+        let cmdline = state.machine.cmdline.clone();
+        let machine = state.machine;
+        log::info!("restored from {}: {} vCPU(s), {} MiB", rc.files.state.display(), config.vcpus, config.memory >> 20);
+        Ok(Vm { config, _kvm: kvm, vm_fd, ram, vcpus, devices, exit, cmdline, entry: None, save_ctx, machine })
     }
 
     /// The kernel command line exactly as the guest receives it.
@@ -156,7 +220,7 @@ impl Vm {
     /// Whether the kernel is entered through PVH (else the Linux 64-bit
     /// boot protocol).
     pub fn uses_pvh(&self) -> bool {
-        matches!(self.entry, Entry::Pvh(_))
+        matches!(self.entry, Some(Entry::Pvh(_)))
     }
 
     /// The guest's memory (for inspection by embedders and tests).
@@ -171,8 +235,33 @@ impl Vm {
 
     /// Starts the event loop and one thread per vCPU.
     pub fn start(self) -> Result<RunningVm, Error> {
-        let Vm { vm_fd, ram, vcpus, devices, exit, config, .. } = self;
+        self.start_with(false)
+    }
+
+    /// Starts the VM's threads with every one parked at once, before the
+    /// guest runs an instruction: [`VmHandle::resume`] lets it run (e.g. a
+    /// restored VM, to be resumed when its caller is ready).
+    pub fn start_paused(self) -> Result<RunningVm, Error> {
+        self.start_with(true)
+    }
+
+    fn start_with(self, paused: bool) -> Result<RunningVm, Error> {
+        let Vm { vm_fd, ram, vcpus, devices, exit, config, save_ctx, machine, .. } = self;
+        let device_states = devices.state_reader();
         let DeviceManager { pio, mmio, mut subscribers, console_input, net_counters, i8042, .. } = devices;
+        let slots = Arc::new(StateSlots::new(save_ctx, vcpus.len()));
+        // Read while /proc is in reach (before a chroot), for snapshots.
+        let pagemap = ram.backing_file().is_none().then(|| std::fs::File::open("/proc/self/pagemap").ok()).flatten();
+        let snap = Arc::new(SnapshotSource {
+            vm_fd: vm_fd.clone(),
+            mem: ram.memory().clone(),
+            backing_file: ram.backing_file(),
+            pagemap,
+            machine,
+            slots: slots.clone(),
+            devices: device_states,
+            shares: config.shares.len(),
+        });
         let raw_terminal = match (&config.serial, &console_input) {
             (SerialConfig::Stdio, Some(_)) => {
                 RawTerminal::enter(0).map_err(io_err("setting the terminal to raw mode"))?
@@ -197,7 +286,8 @@ impl Vm {
 
         // Every vCPU thread and the event loop read `control`; the event
         // loop is woken for it through `event_wake`.
-        let control = Arc::new(RunControl::new(vcpus.len() + 1));
+        let members = vcpus.len() + 1;
+        let control = Arc::new(if paused { RunControl::paused(members) } else { RunControl::new(members) });
         let event_wake = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
             .map_err(io_err("creating the event loop's wake-up eventfd"))?;
         let event_loop = EventLoop::new(exit.eventfd(), &event_wake, control.clone(), subscribers)?;
@@ -215,7 +305,7 @@ impl Vm {
             })
             .map_err(io_err("spawning the event loop thread"))?;
 
-        let vcpu_threads = spawn_vcpus(vcpus, Arc::new(pio), Arc::new(mmio), &exit, &control, &filters);
+        let vcpu_threads = spawn_vcpus(vcpus, Arc::new(pio), Arc::new(mmio), &exit, &control, &filters, &slots);
         let waker = Arc::new(Waker {
             vcpus: Mutex::new(vcpu_threads.iter().map(|t| t.as_pthread_t()).collect()),
             event_loop: event_wake,
@@ -241,6 +331,7 @@ impl Vm {
             finished: None,
             net_counters,
             i8042,
+            snap,
         })
     }
 
@@ -261,12 +352,13 @@ fn spawn_vcpus(
     exit: &Arc<ExitSignal>,
     control: &Arc<RunControl>,
     filters: &Arc<ThreadFilters>,
+    slots: &Arc<StateSlots>,
 ) -> Vec<JoinHandle<()>> {
     let count = vcpus.len();
     let mut threads = Vec::with_capacity(count);
     for v in vcpus {
         let id = v.id();
-        let runner = VcpuRunner::new(v, pio.clone(), mmio.clone(), exit.clone(), control.clone());
+        let runner = VcpuRunner::new(v, pio.clone(), mmio.clone(), exit.clone(), control.clone(), slots.clone());
         let (filters_t, exit_t, control_t) = (filters.clone(), exit.clone(), control.clone());
         let t = std::thread::Builder::new().name(format!("ember-vcpu{id}")).stack_size(256 << 10).spawn(move || {
             crate::terminal::block_termination_signals();
@@ -333,6 +425,7 @@ pub struct RunningVm {
     finished: Option<VmExit>,
     net_counters: Vec<(String, Arc<NetCounters>)>,
     i8042: Option<Arc<Mutex<I8042>>>,
+    snap: Arc<SnapshotSource>,
 }
 
 /// Stops, pauses or resumes a VM, or presses keys on its keyboard, from
@@ -343,6 +436,7 @@ pub struct VmHandle {
     control: Arc<RunControl>,
     waker: Arc<Waker>,
     i8042: Option<Arc<Mutex<I8042>>>,
+    snap: Arc<SnapshotSource>,
 }
 
 impl VmHandle {
@@ -401,6 +495,22 @@ impl VmHandle {
     pub fn is_paused(&self) -> bool {
         self.control.is_paused()
     }
+
+    /// Writes the paused VM to `files` (docs/snapshot.md): its RAM to the
+    /// memory file, everything else to the state file; both are replaced
+    /// if they exist and synced before this returns. The VM stays paused;
+    /// resume it, stop it, or let it go and [`Vm::restore`] the files in
+    /// another process. Fails if the VM is not paused, has shared
+    /// directories, or a file cannot be written.
+    ///
+    /// With seccomp filters on, call it from a thread whose filter allows
+    /// it: the API thread of `ember serve` (docs/security.md).
+    pub fn snapshot(&self, files: &SnapshotFiles) -> Result<SnapshotInfo, SnapshotError> {
+        if !self.control.is_paused() {
+            return Err(SnapshotError::NotPaused);
+        }
+        self.snap.take(&self.control, files)
+    }
 }
 
 impl RunningVm {
@@ -411,6 +521,7 @@ impl RunningVm {
             control: self.control.clone(),
             waker: self.waker.clone(),
             i8042: self.i8042.clone(),
+            snap: self.snap.clone(),
         }
     }
 

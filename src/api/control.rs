@@ -5,7 +5,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::config::VmConfig;
+use crate::config::{SerialConfig, VmConfig};
+use crate::snapshot::SnapshotFiles;
 
 /// The microVM's state as `GET /` reports it (Firecracker's `InstanceInfo.state`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +97,18 @@ pub trait VmControl: Send {
     fn state(&self) -> VmState;
     /// Applies a logger configuration (before start).
     fn configure_logger(&mut self, settings: &LoggerSettings) -> Result<(), ControlError>;
+    /// Writes the paused VM to `files` (`PUT /snapshot/create`).
+    fn snapshot(&mut self, files: &SnapshotFiles) -> Result<(), ControlError>;
+    /// Builds the VM from the snapshot in `files` and starts it, paused
+    /// unless `resume` (`PUT /snapshot/load`, instead of `InstanceStart`);
+    /// COM1 goes to `serial` when given. Like `start`, nothing is left
+    /// running on an error.
+    fn load_snapshot(
+        &mut self,
+        files: SnapshotFiles,
+        resume: bool,
+        serial: Option<SerialConfig>,
+    ) -> Result<(), ControlError>;
     /// Writes pending metrics (`FlushMetrics`); ember has no metrics sink
     /// yet, so the default does nothing and succeeds, as Firecracker does
     /// without one.
@@ -133,6 +146,10 @@ pub enum FakeCall {
     Logger(LoggerSettings),
     /// `flush_metrics`.
     FlushMetrics,
+    /// `snapshot`, with the state and memory file paths.
+    Snapshot(PathBuf, PathBuf),
+    /// `load_snapshot`, with the state and memory file paths and `resume`.
+    LoadSnapshot(PathBuf, PathBuf, bool),
 }
 
 #[cfg(any(test, feature = "fuzzing"))]
@@ -212,6 +229,29 @@ impl VmControl for FakeVm {
 
     fn flush_metrics(&mut self) -> Result<(), ControlError> {
         self.calls.push(FakeCall::FlushMetrics);
+        Ok(())
+    }
+
+    fn snapshot(&mut self, files: &SnapshotFiles) -> Result<(), ControlError> {
+        if !self.paused {
+            return Err(ControlError::new("the VM is not paused"));
+        }
+        self.calls.push(FakeCall::Snapshot(files.state.clone(), files.memory.clone()));
+        Ok(())
+    }
+
+    fn load_snapshot(
+        &mut self,
+        files: SnapshotFiles,
+        resume: bool,
+        _serial: Option<SerialConfig>,
+    ) -> Result<(), ControlError> {
+        if let Some(m) = self.fail_start.take() {
+            return Err(ControlError(m));
+        }
+        self.calls.push(FakeCall::LoadSnapshot(files.state, files.memory, resume));
+        self.started = true;
+        self.paused = !resume;
         Ok(())
     }
 }

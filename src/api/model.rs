@@ -383,3 +383,77 @@ pub struct Fault<'a> {
     /// What went wrong, naming the value.
     pub fault_message: &'a str,
 }
+
+/// `PUT /snapshot/create` (Firecracker's `SnapshotCreateParams`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotCreateBody {
+    /// Where the state file goes.
+    pub snapshot_path: String,
+    /// Where the memory file goes.
+    pub mem_file_path: String,
+    /// `Full` (default) or `Diff` (ember: only `Full`).
+    #[serde(default)]
+    pub snapshot_type: Option<SnapshotType>,
+}
+
+/// Firecracker's snapshot types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum SnapshotType {
+    /// All of guest memory.
+    Full,
+    /// Only the pages dirtied since the last snapshot.
+    Diff,
+}
+
+/// `mem_backend` of `PUT /snapshot/load`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemBackendBody {
+    /// The memory file (`File`) or a userfaultfd socket (`Uffd`).
+    pub backend_path: String,
+    /// `File` or `Uffd` (ember: only `File`).
+    pub backend_type: MemBackendType,
+}
+
+/// Firecracker's memory backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum MemBackendType {
+    /// Map the memory file.
+    File,
+    /// Pages served by another process through userfaultfd.
+    Uffd,
+}
+
+/// `PUT /snapshot/load` (Firecracker's `SnapshotLoadParams`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotLoadBody {
+    /// The state file.
+    pub snapshot_path: String,
+    /// The memory file (deprecated form; exactly one of this and
+    /// `mem_backend`).
+    #[serde(default)]
+    pub mem_file_path: Option<String>,
+    /// The memory backend.
+    #[serde(default)]
+    pub mem_backend: Option<MemBackendBody>,
+    /// Deprecated form of `track_dirty_pages` (ember: only `false`).
+    #[serde(default)]
+    pub enable_diff_snapshots: bool,
+    /// Dirty page tracking for diff snapshots (ember: only `false`).
+    #[serde(default)]
+    pub track_dirty_pages: bool,
+    /// Resume the VM once loaded (default: it stays paused).
+    #[serde(default)]
+    pub resume_vm: bool,
+    /// Other TAPs for the snapshot's interfaces (ember: none).
+    #[serde(default)]
+    pub network_overrides: Vec<IgnoredAny>,
+    /// Firecracker's vsock override (ember has no vsock: refused).
+    #[serde(default)]
+    pub vsock_override: Option<IgnoredAny>,
+    /// Firecracker's x86 clock override (refused).
+    #[serde(default)]
+    pub clock_realtime: Option<IgnoredAny>,
+}

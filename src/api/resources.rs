@@ -221,6 +221,22 @@ impl Resources {
         }
     }
 
+    /// Whether nothing that describes the machine has been configured
+    /// (machine, boot source, drives, interfaces): `PUT /snapshot/load`
+    /// is only accepted then, as Firecracker's rule is.
+    pub fn is_pristine(&self) -> bool {
+        self.boot.is_none()
+            && self.drives.is_empty()
+            && self.nets.is_empty()
+            && self.machine.vcpus == 1
+            && self.machine.mem_mib == DEFAULT_MEM_SIZE_MIB
+    }
+
+    /// Where COM1 goes, if `PUT /serial` or the ember extension set it.
+    pub fn serial(&self) -> Option<SerialConfig> {
+        self.extras.serial.clone()
+    }
+
     /// `PUT /machine-config`: replaces the machine (absent optional fields
     /// take their defaults); ember's extensions, when given, are applied
     /// over the current ones.

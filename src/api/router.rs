@@ -9,17 +9,18 @@ use crate::api::control::{VmControl, VmState};
 use crate::api::http::{Request, Response};
 use crate::api::model::{
     ActionBody, ActionType, BootSourceBody, DriveBody, InstanceInfo, LoggerBody, MachineConfigBody, MachineConfigPatch,
-    NetworkInterfaceBody, SerialBody, VersionInfo, VmBody, VmStateBody,
+    MemBackendType, NetworkInterfaceBody, SerialBody, SnapshotCreateBody, SnapshotLoadBody, SnapshotType, VersionInfo,
+    VmBody, VmStateBody,
 };
 use crate::api::resources::{check_id, BadRequest, ConfigFile, HostChecks, Resources};
+use crate::snapshot::SnapshotFiles;
 
 /// The instance id when none is given (Firecracker's default).
 pub const DEFAULT_INSTANCE_ID: &str = "anonymous-instance";
 
 /// Firecracker resources ember does not serve (answered 400 with a clear
 /// message rather than as unknown paths).
-const UNSUPPORTED: &[&str] =
-    &["balloon", "cpu-config", "entropy", "hotplug", "metrics", "mmds", "pmem", "snapshot", "vsock"];
+const UNSUPPORTED: &[&str] = &["balloon", "cpu-config", "entropy", "hotplug", "metrics", "mmds", "pmem", "vsock"];
 
 /// The routes: path pattern (a `{}` segment is an id), allowed methods.
 const ROUTES: &[(&str, &str)] = &[
@@ -34,6 +35,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("/actions", "PUT"),
     ("/vm", "PATCH"),
     ("/vm/config", "GET"),
+    ("/snapshot/create", "PUT"),
+    ("/snapshot/load", "PUT"),
 ];
 
 /// Which route a path is, and its id segment.
@@ -65,6 +68,14 @@ fn json_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
         return Err(Response::fault(400, "invalid JSON body: expected a JSON object"));
     }
     serde_json::from_slice(body).map_err(|e| Response::fault(400, &format!("invalid JSON body: {e}")))
+}
+
+/// A snapshot file path from a request: not empty, no NUL.
+fn snapshot_path(field: &str, p: &str) -> Result<std::path::PathBuf, Response> {
+    if p.is_empty() || p.contains('\0') {
+        return Err(Response::fault(400, &format!("{field} {p:?} is not a path")));
+    }
+    Ok(std::path::PathBuf::from(p))
 }
 
 fn bad(e: BadRequest) -> Response {
@@ -174,6 +185,8 @@ impl<V: VmControl> Controller<V> {
             }
             ("PUT", "/actions") => self.action(body),
             ("PATCH", "/vm") => self.vm_state(body),
+            ("PUT", "/snapshot/create") => self.snapshot_create(body),
+            ("PUT", "/snapshot/load") => self.snapshot_load(body),
             ("PUT", _) | ("PATCH", _) => self.pre_boot(method, pattern, id.unwrap_or(""), body),
             _ => Err(Response::fault(500, "unrouted request")),
         };
@@ -241,6 +254,59 @@ impl<V: VmControl> Controller<V> {
                 self.vm.flush_metrics().map_err(|e| Response::fault(400, &format!("FlushMetrics: {e}")))
             }
         }
+    }
+
+    fn snapshot_create(&mut self, body: &[u8]) -> Result<(), Response> {
+        let b = json_body::<SnapshotCreateBody>(body)?;
+        if !self.started {
+            return Err(Response::fault(400, "cannot create a snapshot: the microVM is not started"));
+        }
+        if b.snapshot_type == Some(SnapshotType::Diff) {
+            return Err(Response::fault(400, "snapshot_type Diff is not supported by ember: use Full"));
+        }
+        let state = snapshot_path("snapshot_path", &b.snapshot_path)?;
+        let memory = snapshot_path("mem_file_path", &b.mem_file_path)?;
+        let files = SnapshotFiles { state, memory };
+        self.vm.snapshot(&files).map_err(|e| Response::fault(400, &format!("cannot create the snapshot: {e}")))
+    }
+
+    fn snapshot_load(&mut self, body: &[u8]) -> Result<(), Response> {
+        let b = json_body::<SnapshotLoadBody>(body)?;
+        if self.started {
+            return Err(Response::fault(400, "loading a snapshot is only allowed before the microVM is started"));
+        }
+        if !self.resources.is_pristine() {
+            return Err(Response::fault(
+                400,
+                "loading a snapshot is only allowed before configuring any resource other than the logger and \
+                 the serial console",
+            ));
+        }
+        if b.track_dirty_pages || b.enable_diff_snapshots {
+            return Err(Response::fault(400, "dirty page tracking (diff snapshots) is not supported by ember"));
+        }
+        if !b.network_overrides.is_empty() {
+            return Err(Response::fault(400, "network_overrides are not supported by ember"));
+        }
+        if b.vsock_override.is_some() || b.clock_realtime.is_some() {
+            return Err(Response::fault(400, "vsock_override and clock_realtime are not supported by ember"));
+        }
+        let memory = match (&b.mem_file_path, &b.mem_backend) {
+            (Some(p), None) => snapshot_path("mem_file_path", p)?,
+            (None, Some(m)) if m.backend_type == MemBackendType::File => {
+                snapshot_path("mem_backend.backend_path", &m.backend_path)?
+            }
+            (None, Some(_)) => {
+                return Err(Response::fault(400, "mem_backend.backend_type Uffd is not supported by ember: use File"))
+            }
+            _ => return Err(Response::fault(400, "exactly one of mem_file_path and mem_backend must be given")),
+        };
+        let files = SnapshotFiles { state: snapshot_path("snapshot_path", &b.snapshot_path)?, memory };
+        self.vm
+            .load_snapshot(files, b.resume_vm, self.resources.serial())
+            .map_err(|e| Response::fault(400, &format!("cannot load the snapshot: {e}")))?;
+        self.started = true;
+        Ok(())
     }
 
     fn vm_state(&mut self, body: &[u8]) -> Result<(), Response> {

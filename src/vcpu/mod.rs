@@ -3,6 +3,7 @@
 //! means is decided in [`exits`]).
 
 mod exits;
+mod state;
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::error::{kvm_err, Error};
 use crate::exit::{ExitSignal, VmExit};
 use crate::run_control::{RunControl, RunRequest};
 use exits::{handle_exit, Crash, ExitAction};
+pub(crate) use state::{SaveContext, StateSlots};
 
 const APIC_LVT0: usize = 0x350;
 const APIC_LVT1: usize = 0x360;
@@ -136,6 +138,13 @@ impl Vcpu {
     pub(crate) fn id(&self) -> u8 {
         self.id
     }
+
+    /// Creates vCPU `id` for a restore: only what `restore_state` does not
+    /// overwrite is set here (nothing but the vCPU itself).
+    pub(crate) fn create_bare(vm: &VmFd, id: u8) -> Result<Self, Error> {
+        let fd = vm.create_vcpu(id as u64).map_err(kvm_err(Some(id), "KVM_CREATE_VCPU"))?;
+        Ok(Vcpu { fd, id })
+    }
 }
 
 thread_local! {
@@ -175,6 +184,10 @@ pub(crate) struct VcpuRunner {
     mmio: Arc<Bus>,
     exit: Arc<ExitSignal>,
     control: Arc<RunControl>,
+    /// Where this vCPU hands in its state when a snapshot's errand comes.
+    slots: Arc<StateSlots>,
+    /// The errand count this thread has done up to.
+    errands_seen: u64,
 }
 
 impl VcpuRunner {
@@ -188,8 +201,10 @@ impl VcpuRunner {
         mmio: Arc<Bus>,
         exit: Arc<ExitSignal>,
         control: Arc<RunControl>,
+        slots: Arc<StateSlots>,
     ) -> Self {
-        VcpuRunner { vcpu, pio, mmio, exit, control }
+        let errands_seen = control.errands();
+        VcpuRunner { vcpu, pio, mmio, exit, control, slots, errands_seen }
     }
 
     fn rip(&self) -> u64 {
@@ -247,7 +262,13 @@ impl VcpuRunner {
                 _ if self.exit.is_set() => break,
                 RunRequest::Run => {}
                 RunRequest::Pause => {
-                    self.control.park();
+                    // An errand while parked: hand in this vCPU's state.
+                    let errands = self.control.errands();
+                    if errands != self.errands_seen {
+                        self.errands_seen = errands;
+                        self.slots.hand_in(&self.vcpu);
+                    }
+                    self.control.park(self.errands_seen);
                     continue;
                 }
                 RunRequest::Stop => break,

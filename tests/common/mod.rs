@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::io::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -720,4 +721,61 @@ pub fn assert_counts_consecutive(counts: &[u64]) -> u64 {
         );
     }
     counts.last().copied().unwrap_or(0)
+}
+
+// `ember serve`'s API from the tests: a client, and the server started.
+
+/// One request on its own connection; returns the status and the body.
+pub fn call(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let mut s = UnixStream::connect(sock).unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no head end in {text:?}"));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("status in {head:?}"));
+    (status, body.to_string())
+}
+
+/// `body` parsed as JSON.
+pub fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{body:?} is not JSON: {e}"))
+}
+
+/// `GET /`'s `state`.
+pub fn state(sock: &Path) -> String {
+    let (st, body) = call(sock, "GET", "/", None);
+    assert_eq!(st, 200, "{body}");
+    json(&body)["state"].as_str().unwrap().to_string()
+}
+
+/// Waits for the socket file to appear.
+pub fn wait_socket(sock: &Path, ember: &mut Spawned) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "no socket; stderr: {}", ember.stderr());
+        assert!(ember.child.try_wait().unwrap().is_none(), "ember serve ended: {}", ember.stderr());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The file exists from bind(2); connections are accepted from listen(2).
+    while UnixStream::connect(sock).is_err() {
+        assert!(Instant::now() < deadline, "the socket never accepted a connection");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `ember serve` on `sock` with `extra` flags, once it accepts.
+pub fn serve(sock: &Path, extra: &[&str]) -> Spawned {
+    let mut args = vec!["serve", "--api-sock", sock.to_str().unwrap(), "--id", "api-vm-test"];
+    args.extend_from_slice(extra);
+    let mut e = Spawned::new(ember(), &args);
+    wait_socket(sock, &mut e);
+    e
 }

@@ -13,8 +13,8 @@ use ember::{
 };
 
 use crate::parse::{
-    parse_boot, parse_disk, parse_duration, parse_env, parse_modules, parse_net, parse_run_share, parse_seccomp,
-    parse_serial, parse_share, parse_size, parse_transport, parse_user, ShareSpec,
+    parse_backing, parse_boot, parse_disk, parse_duration, parse_env, parse_modules, parse_net, parse_run_share,
+    parse_seccomp, parse_serial, parse_share, parse_size, parse_transport, parse_user, ShareSpec,
 };
 
 /// ember: a small, fast virtual machine monitor on Linux KVM.
@@ -37,6 +37,55 @@ pub enum Command {
     /// Serve Firecracker's API on a Unix socket: configure, start, pause,
     /// resume and stop one VM through it (docs/api-socket.md).
     Serve(ServeArgs),
+    /// Restore a VM from a snapshot (taken through `ember serve`'s
+    /// PUT /snapshot/create) and run it until it ends, as `ember run`
+    /// (docs/snapshot.md).
+    Restore(RestoreArgs),
+}
+
+/// Flags of `ember restore`.
+#[derive(Args, Debug, Clone)]
+pub struct RestoreArgs {
+    /// The snapshot's state file.
+    #[arg(long, value_name = "PATH")]
+    pub snapshot: PathBuf,
+    /// The snapshot's memory file.
+    #[arg(long, value_name = "PATH")]
+    pub mem_file: PathBuf,
+    /// How guest RAM is backed: lazy (mapped from the memory file, pages
+    /// load when touched) or copy (read in before the VM starts).
+    #[arg(long, value_name = "lazy|copy", default_value = "lazy", value_parser = parse_backing)]
+    pub memory_backing: ember::snapshot::MemoryBacking,
+    /// Where COM1 goes: stdio, file=PATH or none.
+    #[arg(long, value_name = "stdio|file=PATH|none", default_value = "stdio", value_parser = parse_serial)]
+    pub serial: SerialConfig,
+    /// Log level for ember's own messages on stderr.
+    #[arg(long, value_name = "LEVEL", default_value = "warn")]
+    pub log_level: log::LevelFilter,
+    /// seccomp filters on every ember thread: kill, log or off.
+    #[arg(long, value_name = "kill|log|off", default_value = "kill", value_parser = parse_seccomp)]
+    pub seccomp: SeccompMode,
+    /// After opening everything, drop to this uid (and gid).
+    #[arg(long, value_name = "UID[:GID]", value_parser = parse_user)]
+    pub user: Option<(u32, u32)>,
+    /// Before dropping privileges, chroot into this directory. Requires
+    /// --user.
+    #[arg(long, value_name = "DIR", requires = "user")]
+    pub chroot: Option<PathBuf>,
+}
+
+impl RestoreArgs {
+    /// The library's restore configuration for these flags.
+    pub fn to_restore_config(&self) -> ember::snapshot::RestoreConfig {
+        let files = ember::snapshot::SnapshotFiles { state: self.snapshot.clone(), memory: self.mem_file.clone() };
+        let mut rc = ember::snapshot::RestoreConfig::new(files);
+        rc.backing = self.memory_backing;
+        rc.serial = self.serial.clone();
+        rc.seccomp = self.seccomp;
+        rc.jail = self.user.map(|(uid, gid)| Jail { uid, gid, chroot: self.chroot.clone() });
+        rc.drop_code_pages = true;
+        rc
+    }
 }
 
 /// Flags of `ember serve`.

@@ -1,5 +1,6 @@
 //! The `ember` command: `ember run` boots a kernel, `ember smoke`
-//! smoke-tests one, `ember serve` serves Firecracker's API for one. Flags become the library's configuration ([`args`],
+//! smoke-tests one, `ember serve` serves Firecracker's API for one,
+//! `ember restore` carries on a VM from a snapshot. Flags become the library's configuration ([`args`],
 //! [`parse`]); everything else is the library's.
 
 mod args;
@@ -14,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use clap::Parser;
 use ember::{SharedWriter, Smoke, SmokeError, Verdict, Vm, VmExit};
 
-use args::{Cli, Command, RunArgs, SmokeArgs};
+use args::{Cli, Command, RestoreArgs, RunArgs, SmokeArgs};
 
 /// Exit status for a usage error (a bad flag or value).
 const EXIT_USAGE: u8 = 2;
@@ -34,7 +35,20 @@ fn main() -> ExitCode {
         Command::Run(a) => run(a),
         Command::Smoke(a) => smoke(a),
         Command::Serve(a) => serve::serve(a),
+        Command::Restore(a) => restore(a),
     }
+}
+
+/// `ember restore`.
+fn restore(args: RestoreArgs) -> ExitCode {
+    logger::init(args.log_level);
+    ember::restore_terminal_on_fatal_signals();
+    let exit = match Vm::restore(args.to_restore_config()).and_then(|vm| vm.run()) {
+        Ok(x) => x,
+        Err(e) => return fail(&e),
+    };
+    report(&exit);
+    ExitCode::from(exit.status() as u8)
 }
 
 /// Prints an error the way every ember error is printed, and picks the

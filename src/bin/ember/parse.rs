@@ -24,6 +24,9 @@ pub enum ParseError {
     /// A `--boot` value that is not understood.
     #[error("invalid boot protocol '{0}': expected auto, linux64 or pvh")]
     Boot(String),
+    /// A `--memory-backing` value that is not understood.
+    #[error("invalid memory backing '{0}': expected lazy or copy")]
+    Backing(String),
     /// A `--seccomp` value that is not understood.
     #[error("invalid seccomp mode '{0}': expected kill, log or off")]
     Seccomp(String),
@@ -115,6 +118,15 @@ pub fn parse_seccomp(s: &str) -> Result<SeccompMode, ParseError> {
         "log" => Ok(SeccompMode::Log),
         "off" => Ok(SeccompMode::Off),
         _ => Err(ParseError::Seccomp(s.to_string())),
+    }
+}
+
+/// Parses `--memory-backing`: `lazy` or `copy`.
+pub fn parse_backing(s: &str) -> Result<ember::snapshot::MemoryBacking, ParseError> {
+    match s {
+        "lazy" => Ok(ember::snapshot::MemoryBacking::Lazy),
+        "copy" => Ok(ember::snapshot::MemoryBacking::Copy),
+        _ => Err(ParseError::Backing(s.to_string())),
     }
 }
 

@@ -21,7 +21,8 @@ use std::time::Duration;
 use ember::api::{
     parse_config_file, ApiServer, ControlError, Limits, LoggerSettings, ServeOptions, VmControl, VmState,
 };
-use ember::{RunningVm, Vm, VmConfig, VmHandle};
+use ember::snapshot::{RestoreConfig, SnapshotFiles};
+use ember::{RunningVm, SerialConfig, Vm, VmConfig, VmHandle};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::args::ServeArgs;
@@ -33,6 +34,8 @@ enum Job {
     Start(Box<VmConfig>, SyncSender<Result<VmHandle, String>>),
     /// Open this log file (and apply the settings).
     Logger(LoggerSettings, SyncSender<Result<(), String>>),
+    /// Restore this snapshot and start the VM (paused unless the flag).
+    Restore(Box<RestoreConfig>, bool, SyncSender<Result<VmHandle, String>>),
 }
 
 /// The API thread's side of the main thread's job queue.
@@ -108,6 +111,37 @@ impl VmControl for ServedVm {
             Some(h) if h.is_paused() => VmState::Paused,
             Some(_) => VmState::Running,
         }
+    }
+
+    fn snapshot(&mut self, files: &SnapshotFiles) -> Result<(), ControlError> {
+        let info = self.handle()?.snapshot(files).map_err(|e| ControlError::new(e.to_string()))?;
+        log::info!(
+            "snapshot {} + {}: {} bytes of state, {} of {} bytes of memory written, in {:?}",
+            files.state.display(),
+            files.memory.display(),
+            info.state_bytes,
+            info.memory_written,
+            info.memory_bytes,
+            info.took
+        );
+        Ok(())
+    }
+
+    fn load_snapshot(
+        &mut self,
+        files: SnapshotFiles,
+        resume: bool,
+        serial: Option<SerialConfig>,
+    ) -> Result<(), ControlError> {
+        let mut rc = RestoreConfig::new(files);
+        rc.seccomp = self.seccomp;
+        rc.drop_code_pages = true;
+        if let Some(s) = serial {
+            rc.serial = s;
+        }
+        let handle = self.mailbox.ask(|tx| Job::Restore(Box::new(rc), resume, tx))?.map_err(ControlError)?;
+        let _ = self.handle.set(handle);
+        Ok(())
     }
 
     fn configure_logger(&mut self, settings: &LoggerSettings) -> Result<(), ControlError> {
@@ -327,6 +361,18 @@ fn serve_until_started(jobs: &Receiver<Job>, wake: &EventFd, signals: &OwnedFd) 
                 },
                 Job::Logger(settings, reply) => {
                     let _ = reply.send(apply_logger(&settings));
+                }
+                Job::Restore(rc, resume, reply) => {
+                    let vm = Vm::restore(*rc).and_then(|vm| if resume { vm.start() } else { vm.start_paused() });
+                    match vm {
+                        Ok(vm) => {
+                            let _ = reply.send(Ok(vm.handle()));
+                            return Some(vm);
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e.to_string()));
+                        }
+                    }
                 }
             }
         }

@@ -1,0 +1,281 @@
+//! Snapshots (issue 19, docs/snapshot.md): the `count` guest prints an
+//! increasing counter; it is paused, written to a snapshot, stopped, and
+//! restored into a new VM (in this process through the library, and in a
+//! new `ember restore` process), where the count goes on with no gap and
+//! no repeat. Bad snapshot files are refused with a clear error.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use ember::snapshot::{MemoryBacking, RestoreConfig, SnapshotError, SnapshotFiles};
+use ember::{SerialCapture, SerialConfig, Vm, VmConfig, VmExit};
+
+fn count_config(vcpus: u8, console: &SerialCapture) -> VmConfig {
+    let mut config = VmConfig::new(guest("count"));
+    config.memory = 32 << 20;
+    config.vcpus = vcpus;
+    config.cmdline = "spin=20000".into();
+    config.serial = SerialConfig::Capture(console.clone());
+    config
+}
+
+/// Waits until the guest has printed `count n`.
+fn wait_count(console: &SerialCapture, n: u64) {
+    assert!(console.wait_for(&format!("count {n}\r\n"), Duration::from_secs(120)), "console: {:?}", console.text());
+}
+
+/// Boots the count guest, lets it count to 3, pauses it, snapshots it into
+/// `dir` and stops it; returns its console text.
+fn count_snapshot(vcpus: u8, dir: &Path) -> String {
+    let console = SerialCapture::new();
+    let vm = Vm::new(count_config(vcpus, &console)).expect("build").start().expect("start");
+    let handle = vm.handle();
+    wait_count(&console, 3);
+    let files = SnapshotFiles::in_dir(dir);
+    assert!(matches!(handle.snapshot(&files), Err(SnapshotError::NotPaused)), "a running VM was snapshotted");
+    handle.pause().expect("pause");
+    let before = console.text();
+    let info = handle.snapshot(&files).expect("snapshot");
+    assert_eq!(info.memory_bytes, 32 << 20);
+    assert!(info.memory_written > 0 && info.memory_written < info.memory_bytes, "{info:?}");
+    assert_eq!(std::fs::metadata(&files.memory).unwrap().len(), 32 << 20);
+    // Still paused, and nothing was printed while the snapshot was taken.
+    assert!(handle.is_paused());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(console.text(), before);
+    handle.stop();
+    assert_eq!(vm.wait(), VmExit::Stopped);
+    before
+}
+
+fn restore_counting(dir: &Path, backing: MemoryBacking, before: &str) {
+    let console = SerialCapture::new();
+    let mut rc = RestoreConfig::new(SnapshotFiles::in_dir(dir));
+    rc.backing = backing;
+    rc.serial = SerialConfig::Capture(console.clone());
+    let vm = Vm::restore(rc).expect("restore").start().expect("start");
+    let last = assert_counts_consecutive(&counts(before));
+    wait_count(&console, last + 5);
+    vm.handle().stop();
+    assert_eq!(vm.wait(), VmExit::Stopped);
+    // The restored guest's first output continues the line and the count
+    // where the snapshot stopped: no gap, no repeat.
+    let all = format!("{before}{}", console.text());
+    let after = assert_counts_consecutive(&counts(&all));
+    assert!(after >= last + 5, "{all:?}");
+}
+
+#[test]
+fn a_restored_guest_counts_on_without_gap_or_repeat() {
+    if !kvm_available() {
+        return;
+    }
+    for vcpus in [1, 2] {
+        let dir = scratch(&format!("snap-count-{vcpus}"));
+        let before = count_snapshot(vcpus, &dir);
+        restore_counting(&dir, MemoryBacking::Lazy, &before);
+        // The same snapshot twice, and with its memory copied in.
+        restore_counting(&dir, MemoryBacking::Copy, &before);
+    }
+}
+
+#[test]
+fn bad_snapshot_files_are_refused_with_a_clear_error() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = scratch("snap-bad");
+    count_snapshot(1, &dir);
+    let files = SnapshotFiles::in_dir(&dir);
+    let state = std::fs::read(&files.state).unwrap();
+    let restore = |state_bytes: &[u8], mem: Option<u64>| -> String {
+        let d = scratch("snap-bad-variant");
+        let f = SnapshotFiles::in_dir(&d);
+        std::fs::write(&f.state, state_bytes).unwrap();
+        std::fs::copy(&files.memory, &f.memory).unwrap();
+        if let Some(len) = mem {
+            std::fs::OpenOptions::new().write(true).open(&f.memory).unwrap().set_len(len).unwrap();
+        }
+        let mut rc = RestoreConfig::new(f);
+        rc.serial = SerialConfig::None;
+        match Vm::restore(rc) {
+            Ok(_) => panic!("a bad snapshot was restored"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let e = restore(&state[..state.len() / 2], None);
+    assert!(e.contains("truncated"), "{e}");
+    let mut v = state.clone();
+    v[8] = 9;
+    let e = restore(&v, None);
+    assert!(e.contains("format version 9"), "{e}");
+    for at in [30, state.len() / 2, state.len() - 2] {
+        let mut f = state.clone();
+        f[at] ^= 0x10;
+        let e = restore(&f, None);
+        assert!(e.contains("corrupt"), "byte {at}: {e}");
+    }
+    let e = restore(&state, Some(16 << 20));
+    assert!(e.contains("16777216 bytes") && e.contains("33554432"), "{e}");
+    let e = restore(b"not a snapshot at all, surely", None);
+    assert!(e.contains("not an ember state file"), "{e}");
+}
+
+fn wait_stdout_count(ember: &mut Spawned, n: u64) {
+    assert!(
+        ember.wait_for(&format!("count {n}\r\n"), Duration::from_secs(120)),
+        "no count {n}: {}\n{}",
+        ember.stdout(),
+        ember.stderr()
+    );
+}
+
+fn put(sock: &Path, path: &str, body: &str) -> (u16, String) {
+    call(sock, "PUT", path, Some(body))
+}
+
+/// Pauses the VM behind `sock`, writes a snapshot to `dir` through the
+/// API, and returns the console up to the pause.
+fn api_snapshot(sock: &Path, ember: &mut Spawned, dir: &Path) -> String {
+    let files = SnapshotFiles::in_dir(dir);
+    let body =
+        format!(r#"{{"snapshot_path": "{}", "mem_file_path": "{}"}}"#, files.state.display(), files.memory.display());
+    // Not while it runs (Firecracker's rule too).
+    let (st, b) = put(sock, "/snapshot/create", &body);
+    assert_eq!(st, 400, "{b}");
+    assert!(json(&b)["fault_message"].as_str().unwrap().contains("not paused"), "{b}");
+    assert_eq!(call(sock, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).0, 204);
+    std::thread::sleep(Duration::from_millis(300)); // what was in the pipe arrives
+    let frozen = ember.stdout();
+    let diff = body.replace('}', r#", "snapshot_type": "Diff"}"#);
+    let (st, b) = put(sock, "/snapshot/create", &diff);
+    assert_eq!(st, 400, "{b}");
+    assert!(json(&b)["fault_message"].as_str().unwrap().contains("Diff"), "{b}");
+    let (st, b) = put(sock, "/snapshot/create", &body);
+    assert_eq!(st, 204, "{b}\n{}", ember.stderr());
+    assert_eq!(state(sock), "Paused");
+    frozen
+}
+
+/// The count guest across three processes, seccomp on (the default): it is
+/// started through `ember serve`'s API, paused and snapshotted; a second
+/// `ember serve` loads the snapshot (`PUT /snapshot/load`, paused), resumes
+/// it, and snapshots the restored VM again; `ember restore` carries on
+/// from that second snapshot. The count never skips or repeats.
+#[test]
+fn snapshots_through_the_api_and_the_cli_chain_across_processes() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = scratch("snap-api");
+    let (first, second) = (dir.join("one"), dir.join("two"));
+    std::fs::create_dir_all(&first).unwrap();
+    std::fs::create_dir_all(&second).unwrap();
+
+    // 1. Boot through the API and snapshot.
+    let sock = dir.join("a.sock");
+    let mut a = serve(&sock, &["--log-level", "info"]);
+    let boot = format!(r#"{{"kernel_image_path": "{}", "boot_args": "spin=20000"}}"#, guest("count").display());
+    for (p, b) in [
+        ("/boot-source", boot.as_str()),
+        ("/machine-config", r#"{"vcpu_count": 2, "mem_size_mib": 32}"#),
+        ("/actions", r#"{"action_type": "InstanceStart"}"#),
+    ] {
+        let (st, body) = put(&sock, p, b);
+        assert_eq!(st, 204, "{p}: {body}\n{}", a.stderr());
+    }
+    wait_stdout_count(&mut a, 3);
+    let mut console = api_snapshot(&sock, &mut a, &first);
+    drop(a);
+
+    // 2. Load it in a new process, paused; resume; snapshot again.
+    let sock = dir.join("b.sock");
+    let mut b = serve(&sock, &["--log-level", "info"]);
+    let files = SnapshotFiles::in_dir(&first);
+    let load = |extra: &str| {
+        format!(
+            r#"{{"snapshot_path": "{}", "mem_backend": {{"backend_path": "{}", "backend_type": "File"}}{extra}}}"#,
+            files.state.display(),
+            files.memory.display()
+        )
+    };
+    // Refused: a Uffd backend, dirty tracking, both memory fields.
+    for bad in [
+        load("").replace("\"File\"", "\"Uffd\""),
+        load(r#", "track_dirty_pages": true"#),
+        load(&format!(r#", "mem_file_path": "{}""#, files.memory.display())),
+    ] {
+        let (st, body) = put(&sock, "/snapshot/load", &bad);
+        assert_eq!(st, 400, "{bad}: {body}");
+    }
+    assert_eq!(state(&sock), "Not started");
+    let (st, body) = put(&sock, "/snapshot/load", &load(""));
+    assert_eq!(st, 204, "{body}\n{}", b.stderr());
+    assert_eq!(state(&sock), "Paused");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(b.stdout(), "", "the loaded VM ran before it was resumed");
+    let (st, body) = put(&sock, "/snapshot/load", &load(""));
+    assert_eq!(st, 400, "a second load: {body}");
+    assert_eq!(call(&sock, "PATCH", "/vm", Some(r#"{"state": "Resumed"}"#)).0, 204);
+    let last = assert_counts_consecutive(&counts(&console));
+    wait_stdout_count(&mut b, last + 3);
+    // Not over the memory file its RAM is mapped from.
+    assert_eq!(call(&sock, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).0, 204);
+    let own = format!(
+        r#"{{"snapshot_path": "{}", "mem_file_path": "{}"}}"#,
+        second.join("state").display(),
+        files.memory.display()
+    );
+    let (st, body) = put(&sock, "/snapshot/create", &own);
+    assert_eq!(st, 400, "{body}");
+    assert!(json(&body)["fault_message"].as_str().unwrap().contains("restored from"), "{body}");
+    assert_eq!(std::fs::metadata(&files.memory).unwrap().len(), 32 << 20, "the backing file was changed");
+    assert_eq!(call(&sock, "PATCH", "/vm", Some(r#"{"state": "Resumed"}"#)).0, 204);
+    console.push_str(&api_snapshot(&sock, &mut b, &second));
+    drop(b);
+
+    // 3. `ember restore` from the second snapshot.
+    let files = SnapshotFiles::in_dir(&second);
+    let args = ["restore", "--snapshot", files.state.to_str().unwrap(), "--mem-file", files.memory.to_str().unwrap()];
+    let mut c = Spawned::new(ember(), &args);
+    let last = assert_counts_consecutive(&counts(&console));
+    wait_stdout_count(&mut c, last + 3);
+    c.stop();
+    console.push_str(&c.stdout());
+    let end = assert_counts_consecutive(&counts(&console));
+    assert!(end >= last + 3, "{console:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_cli_refuses_missing_and_bad_snapshot_files() {
+    let dir = scratch("snap-cli-bad");
+    let state = dir.join("state");
+    std::fs::write(&state, b"EMBERSNP\x01\0\0\0garbage").unwrap();
+    let mem = dir.join("memory");
+    std::fs::write(&mem, b"").unwrap();
+    let o = run_ember(
+        &["restore", "--snapshot", state.to_str().unwrap(), "--mem-file", mem.to_str().unwrap()],
+        None,
+        Duration::from_secs(30),
+    );
+    assert_eq!(o.code(), 1, "{o:?}");
+    assert!(o.stderr.contains("truncated"), "{}", o.stderr);
+    let o = run_ember(
+        &["restore", "--snapshot", "/nonexistent/state", "--mem-file", "/nonexistent/mem"],
+        None,
+        Duration::from_secs(30),
+    );
+    assert_eq!(o.code(), 1, "{o:?}");
+    assert!(o.stderr.contains("/nonexistent/state"), "{}", o.stderr);
+    let o = run_ember(
+        &["restore", "--snapshot", "s", "--mem-file", "m", "--memory-backing", "eager"],
+        None,
+        Duration::from_secs(30),
+    );
+    assert_eq!(o.code(), 2, "{o:?}");
+    assert!(o.stderr.contains("'eager'"), "{}", o.stderr);
+}
