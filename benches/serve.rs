@@ -17,44 +17,15 @@
 //! EMBER_BENCH_RUNS=100 cargo bench --bench serve
 //! ```
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::Read;
+use std::path::Path;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{call, connect_polled, end, guest, median, ms, spawn, wait_for_output};
+
 const GUEST_MIB: u64 = 128;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn ember() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_ember"))
-}
-
-fn guest(name: &str) -> PathBuf {
-    let out = repo().join("target/guests");
-    let st = Command::new("make")
-        .args(["-s", "-C"])
-        .arg(repo().join("tests/guests"))
-        .arg(format!("O={}", out.display()))
-        .arg(format!("{name}.elf"))
-        .status()
-        .expect("make");
-    assert!(st.success(), "building guest {name}");
-    out.join(format!("{name}.elf"))
-}
-
-fn spawn(args: &[&str]) -> Child {
-    Command::new(ember())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn ember")
-}
 
 /// Waits for the guest's first serial byte; returns the CPU time the
 /// process's threads have run so far (from /proc/PID/task/*/schedstat: a
@@ -73,46 +44,6 @@ fn cpu_time(pid: u32) -> Duration {
         ns += s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     }
     Duration::from_nanos(ns)
-}
-
-fn end(mut child: Child) {
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// One request on a keep-alive connection; the status.
-fn call(s: &mut UnixStream, method: &str, path: &str, body: &str) -> u16 {
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-    s.write_all(req.as_bytes()).unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = s.read(&mut chunk).unwrap();
-        assert!(n > 0, "the server closed the connection");
-        buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; 16];
-        let mut r = httparse::Response::new(&mut headers);
-        if let Ok(httparse::Status::Complete(h)) = r.parse(&buf) {
-            let len = r
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .map_or(0, |h| std::str::from_utf8(h.value).unwrap().parse::<usize>().unwrap());
-            if buf.len() >= h + len {
-                return r.code.unwrap();
-            }
-        }
-    }
-}
-
-fn connect_polled(path: &Path, since: Instant) -> UnixStream {
-    loop {
-        match UnixStream::connect(path) {
-            Ok(s) => return s,
-            Err(_) if since.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_micros(20)),
-            Err(e) => panic!("the API socket never became ready: {e}"),
-        }
-    }
 }
 
 /// The API path's checkpoints from exec: socket ready, configured, started,
@@ -180,26 +111,6 @@ fn rss_beyond_guest(pid: u32) -> (u64, u64) {
         }
     }
     (total - guest, total)
-}
-
-fn wait_for_output(child: &mut Child, needle: &[u8]) {
-    let mut seen = Vec::new();
-    let mut b = [0u8; 256];
-    let out = child.stdout.as_mut().unwrap();
-    while !seen.windows(needle.len()).any(|w| w == needle) {
-        let n = out.read(&mut b).unwrap();
-        assert!(n > 0, "ember exited early");
-        seen.extend_from_slice(&b[..n]);
-    }
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
 
 fn main() {

@@ -143,17 +143,19 @@ impl GuestRam {
             let ram = GuestRam::create(layout)?;
             let mut offset = 0u64;
             for region in ram.mem.iter() {
-                let len = region.len() as usize;
+                let len = region.len();
                 // SAFETY: the region is a live read/write mapping of `len`
                 // bytes owned by `ram`, which no vCPU runs on yet, and no
                 // other reference to it exists.
-                let host = unsafe { std::slice::from_raw_parts_mut(region.as_ptr(), len) };
-                file.read_exact_at(host, offset).map_err(|source| MemoryError::MapFile {
-                    size: len as u64,
-                    offset,
-                    source,
-                })?;
-                offset += len as u64;
+                let host = unsafe { std::slice::from_raw_parts_mut(region.as_ptr(), len as usize) };
+                let err = |source| MemoryError::MapFile { size: len, offset, source };
+                // Only the file's data: its holes are zeros, as the fresh
+                // anonymous pages are (and stay unallocated).
+                for (start, end) in data_runs(file, offset, offset + len).map_err(err)? {
+                    let (a, b) = ((start - offset) as usize, (end - offset) as usize);
+                    file.read_exact_at(&mut host[a..b], start).map_err(err)?;
+                }
+                offset += len;
             }
             return Ok(ram);
         }
@@ -234,6 +236,39 @@ impl GuestRam {
     }
 }
 
+/// The ranges of `file` in `[from, to)` that hold data (`SEEK_DATA` /
+/// `SEEK_HOLE`; a file system without holes reports one run).
+fn data_runs(file: &File, from: u64, to: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let mut runs = Vec::new();
+    let mut at = from;
+    while at < to {
+        // SAFETY: lseek on a descriptor `file` owns; only the offset moves.
+        let data = unsafe { libc::lseek(fd, at as libc::off_t, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break; // no data past `at`
+            }
+            return Err(e);
+        }
+        let data = data as u64;
+        if data >= to {
+            break;
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let end = (hole as u64).min(to);
+        runs.push((data, end));
+        at = end;
+    }
+    Ok(runs)
+}
+
 /// Guest memory of `size` bytes, laid out as a VM's, for unit tests.
 #[cfg(test)]
 pub(crate) fn test_memory(size: u64) -> GuestMemoryMmap {
@@ -261,6 +296,25 @@ mod tests {
         assert_eq!(l.high_size(), 2 << 30);
         assert_eq!(l.end(), 6 << 30);
         assert_eq!(RamLayout::new(128 << 20).end(), 128 << 20);
+    }
+
+    #[test]
+    fn data_runs_skip_holes() {
+        let path = std::env::temp_dir().join(format!("ember-data-runs-{}", std::process::id()));
+        let f = File::options().read(true).write(true).create_new(true).open(&path).unwrap();
+        f.set_len(8 << 20).unwrap();
+        f.write_all_at(b"x", 1 << 20).unwrap();
+        f.write_all_at(b"y", (8 << 20) - 1).unwrap();
+        let runs = data_runs(&f, 0, 8 << 20).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        // Block-sized runs around each byte (exact sizes are the file
+        // system's); everything else is a hole.
+        assert_eq!(runs.len(), 2, "{runs:?}");
+        assert!(runs[0].0 <= 1 << 20 && runs[0].1 > 1 << 20, "{runs:?}");
+        assert_eq!(runs[1].1, 8 << 20);
+        assert!(runs.iter().map(|r| r.1 - r.0).sum::<u64>() < 1 << 20);
+        // Only part of the file.
+        assert_eq!(data_runs(&f, 2 << 20, 4 << 20).unwrap(), vec![]);
     }
 
     #[test]

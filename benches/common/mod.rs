@@ -1,0 +1,125 @@
+//! What the process-level benches share: the `ember` binary and test
+//! guests, spawning, the API socket's client, output waits, figures.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `ember` binary cargo built for this bench.
+pub fn ember() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ember"))
+}
+
+/// Builds test guest `name` (tests/guests) and returns its ELF.
+pub fn guest(name: &str) -> PathBuf {
+    let out = repo().join("target/guests");
+    let st = Command::new("make")
+        .args(["-s", "-C"])
+        .arg(repo().join("tests/guests"))
+        .arg(format!("O={}", out.display()))
+        .arg(format!("{name}.elf"))
+        .status()
+        .expect("make");
+    assert!(st.success(), "building guest {name}");
+    out.join(format!("{name}.elf"))
+}
+
+/// `ember args`, stdout piped, stdin and stderr discarded.
+pub fn spawn(args: &[&str]) -> Child {
+    Command::new(ember())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ember")
+}
+
+/// Kills and reaps `child`.
+pub fn end(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Reads `child`'s stdout until `needle` has appeared.
+pub fn wait_for_output(child: &mut Child, needle: &[u8]) {
+    let mut seen = Vec::new();
+    let mut b = [0u8; 256];
+    let out = child.stdout.as_mut().unwrap();
+    while !seen.windows(needle.len()).any(|w| w == needle) {
+        let n = out.read(&mut b).unwrap();
+        assert!(n > 0, "ember exited early");
+        seen.extend_from_slice(&b[..n]);
+    }
+}
+
+/// The middle value.
+pub fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// `d` in milliseconds, three decimals.
+pub fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
+
+/// One request on a keep-alive connection; the status.
+pub fn call(s: &mut UnixStream, method: &str, path: &str, body: &str) -> u16 {
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    s.write_all(req.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "the server closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut r = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(h)) = r.parse(&buf) {
+            let len = r
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .map_or(0, |h| std::str::from_utf8(h.value).unwrap().parse::<usize>().unwrap());
+            if buf.len() >= h + len {
+                return r.code.unwrap();
+            }
+        }
+    }
+}
+
+/// Connects to the API socket at `path` as soon as it accepts.
+pub fn connect_polled(path: &Path, since: Instant) -> UnixStream {
+    loop {
+        match UnixStream::connect(path) {
+            Ok(s) => return s,
+            Err(_) if since.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_micros(20)),
+            Err(e) => panic!("the API socket never became ready: {e}"),
+        }
+    }
+}
+
+/// /proc/meminfo as (field, KiB) pairs.
+pub fn meminfo() -> Vec<(String, i64)> {
+    let m = std::fs::read_to_string("/proc/meminfo").unwrap();
+    m.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            Some((k.to_string(), v.split_whitespace().next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Field `k` of a [`meminfo`] read (0 if absent).
+pub fn field(m: &[(String, i64)], k: &str) -> i64 {
+    m.iter().find(|(n, _)| n == k).map(|(_, v)| *v).unwrap_or(0)
+}
