@@ -106,6 +106,8 @@ pub mod fuzzing {
     pub use crate::machine::{write_cmdline, write_pvh_info, write_zero_page};
     pub use crate::memory::{GuestRam, RamLayout};
     pub use crate::smoke::{build_initramfs, init_script};
+    /// The snapshot state file's parser.
+    pub use crate::snapshot::fuzzing as snapshot;
     /// The API's HTTP connection, controller and resources, and a fake VM.
     pub mod api {
         pub use crate::api::internals::*;

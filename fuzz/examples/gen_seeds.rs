@@ -34,6 +34,7 @@ fn main() -> std::io::Result<()> {
         ("legacy_pio", seeds::legacy_pio()),
         ("p9_server", seeds::p9_server()),
         ("api_http", seeds::api_http()),
+        ("snapshot_state", seeds::snapshot_state()),
     ];
     for (target, list) in targets {
         let dir = root.join(target);

@@ -1091,3 +1091,15 @@ pub fn api_http() -> Vec<Seed> {
     ));
     out
 }
+
+/// Seeds of `snapshot_state`: state payloads of 1 and 2 vCPUs (framed by
+/// the target, mode 1) and a whole framed file (mode 0).
+pub fn snapshot_state() -> Vec<Seed> {
+    use ember::fuzzing::snapshot;
+    let framed = |p: Vec<u8>| [&[1u8][..], &p].concat();
+    vec![
+        ("payload_1cpu", framed(snapshot::sample_payload(1, 4))),
+        ("payload_2cpu", framed(snapshot::sample_payload(2, 1))),
+        ("file_1cpu", [&[0u8][..], &snapshot::encode(&snapshot::sample_payload(1, 2))].concat()),
+    ]
+}

@@ -596,3 +596,63 @@ fn vm_config_output_is_a_config_file_for_the_same_vm() {
     let direct = c.resources().to_vm_config().unwrap();
     assert_eq!(format!("{again:?}"), format!("{direct:?}"));
 }
+
+const CREATE: &str = r#"{"snapshot_path": "/s/state", "mem_file_path": "/s/mem"}"#;
+const LOAD: &str =
+    r#"{"snapshot_path": "/s/state", "mem_backend": {"backend_path": "/s/mem", "backend_type": "File"}}"#;
+
+#[test]
+fn snapshot_create_needs_a_started_paused_vm_and_a_full_snapshot() {
+    let mut c = configured();
+    refused(&mut c, "PUT", "/snapshot/create", CREATE, "not started");
+    start(&mut c);
+    refused(&mut c, "PUT", "/snapshot/create", CREATE, "not paused");
+    ok(&mut c, "PATCH", "/vm", r#"{"state": "Paused"}"#);
+    refused(&mut c, "PUT", "/snapshot/create", &CREATE.replace('}', r#", "snapshot_type": "Diff"}"#), "Diff");
+    refused(&mut c, "PUT", "/snapshot/create", r#"{"snapshot_path": "", "mem_file_path": "/m"}"#, "snapshot_path");
+    refused(&mut c, "PUT", "/snapshot/create", r#"{"snapshot_path": "/s"}"#, "mem_file_path");
+    refused(&mut c, "PUT", "/snapshot/create", &CREATE.replace('}', r#", "version": "1.0.0"}"#), "version");
+    ok(&mut c, "PUT", "/snapshot/create", &CREATE.replace('}', r#", "snapshot_type": "Full"}"#));
+    assert_eq!(c.vm().calls.last(), Some(&FakeCall::Snapshot("/s/state".into(), "/s/mem".into())));
+    let (s, _) = call(&mut c, "GET", "/snapshot/create", None);
+    assert_eq!(s, 405);
+}
+
+#[test]
+fn snapshot_load_is_for_a_fresh_instance_and_one_memory_backend() {
+    // Refused once the machine is configured (Firecracker's rule).
+    let mut c = configured();
+    refused(&mut c, "PUT", "/snapshot/load", LOAD, "before configuring");
+    let mut c = ctl();
+    // The logger and the serial console may be set first.
+    ok(&mut c, "PUT", "/logger", r#"{"level": "Info"}"#);
+    ok(&mut c, "PUT", "/serial", r#"{"serial_out_path": "/tmp/console.log"}"#);
+    for (body, needle) in [
+        (LOAD.replace("File", "Uffd"), "Uffd"),
+        (LOAD.replace("}}", r#"}, "mem_file_path": "/s/mem"}"#), "exactly one"),
+        (r#"{"snapshot_path": "/s/state"}"#.to_string(), "exactly one"),
+        (LOAD.replace("}}", r#"}, "track_dirty_pages": true}"#), "dirty"),
+        (LOAD.replace("}}", r#"}, "enable_diff_snapshots": true}"#), "dirty"),
+        (LOAD.replace("}}", r#"}, "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap9"}]}"#), "network"),
+        (LOAD.replace("}}", r#"}, "clock_realtime": true}"#), "clock_realtime"),
+        (LOAD.replace("}}", r#"}, "resume": true}"#), "unknown field"),
+    ] {
+        refused(&mut c, "PUT", "/snapshot/load", &body, needle);
+    }
+    assert_eq!(c.state().as_str(), "Not started");
+    ok(&mut c, "PUT", "/snapshot/load", LOAD);
+    assert_eq!(c.vm().calls.last(), Some(&FakeCall::LoadSnapshot("/s/state".into(), "/s/mem".into(), false)));
+    assert_eq!(c.state().as_str(), "Paused");
+    // Started now: no second load, no InstanceStart, no pre-boot resource.
+    refused(&mut c, "PUT", "/snapshot/load", LOAD, "before the microVM is started");
+    refused(&mut c, "PUT", "/actions", r#"{"action_type": "InstanceStart"}"#, "already started");
+    refused(&mut c, "PUT", "/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 64}"#, "after starting");
+    ok(&mut c, "PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    assert_eq!(c.state().as_str(), "Running");
+
+    // The deprecated mem_file_path form, resumed at once.
+    let mut c = ctl();
+    ok(&mut c, "PUT", "/snapshot/load", r#"{"snapshot_path": "/a", "mem_file_path": "/b", "resume_vm": true}"#);
+    assert_eq!(c.vm().calls.last(), Some(&FakeCall::LoadSnapshot("/a".into(), "/b".into(), true)));
+    assert_eq!(c.state().as_str(), "Running");
+}

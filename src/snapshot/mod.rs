@@ -303,3 +303,73 @@ pub(crate) fn open_memory_file(path: &Path, expected: u64) -> Result<File, Snaps
     }
     Ok(f)
 }
+
+/// The state file's parser for the fuzz target (`fuzz/`), through the
+/// `fuzzing` feature. Not part of the supported API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// A state file around `payload` (a valid header and checksum).
+    pub fn encode(payload: &[u8]) -> Vec<u8> {
+        file::encode(payload)
+    }
+
+    /// Parses and checks a whole state file as a restore does, the CPU
+    /// model aside (the state's own is taken as the host's); on success,
+    /// the state as JSON again.
+    pub fn parse(bytes: &[u8]) -> Result<Vec<u8>, String> {
+        let payload = file::decode(bytes).map_err(|e| e.to_string())?;
+        let state: VmState = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+        state.check().map_err(|e| e.to_string())?;
+        serde_json::to_vec(&state).map_err(|e| e.to_string())
+    }
+
+    /// A payload that parses: `vcpus` vCPUs of default registers with
+    /// `msrs` MSRs each, one disk and one NIC.
+    pub fn sample_payload(vcpus: u8, msrs: usize) -> Vec<u8> {
+        use kvm_bindings::*;
+        let vcpu = || VcpuState {
+            cpuid: vec![kvm_cpuid_entry2 { function: 1, eax: 0x00a2_0f12, ..Default::default() }],
+            regs: kvm_regs { rip: 0x10_0000, rflags: 2, ..Default::default() },
+            sregs: kvm_sregs::default(),
+            fpu: state::fpu_bytes(&kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() }),
+            xsave: Some(kvm_xsave::default()),
+            xcrs: Some(kvm_xcrs::default()),
+            msrs: (0..msrs as u32).map(|i| kvm_msr_entry { index: 0x10 + i, data: 7, ..Default::default() }).collect(),
+            lapic: kvm_lapic_state::default(),
+            mp_state: kvm_mp_state::default(),
+            events: kvm_vcpu_events::default(),
+            debug_regs: kvm_debugregs::default(),
+            tsc_khz: Some(2_000_000),
+        };
+        let chip = |chip_id| kvm_irqchip { chip_id, ..Default::default() };
+        let s = VmState {
+            ember_version: "0.1.0".into(),
+            cpu: CpuModel { vendor: "AuthenticAMD".into(), family: 0x19, model: 0x21, stepping: 2 },
+            machine: state::Machine {
+                memory: 32 << 20,
+                vcpus,
+                debug_exit: true,
+                extra_serials: 1,
+                disks: vec![state::SavedDisk {
+                    path: "/tmp/disk.img".into(),
+                    read_only: false,
+                    id: Some("d0".into()),
+                    transport: "mmio".into(),
+                }],
+                nets: vec![state::SavedNet { tap: "tap0".into(), mac: [2, 0, 0, 0, 0, 1], transport: "pci".into() }],
+                cmdline: "console=ttyS0".into(),
+            },
+            vcpus: (0..vcpus).map(|_| vcpu()).collect(),
+            pic_master: chip(KVM_IRQCHIP_PIC_MASTER),
+            pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE),
+            ioapic: chip(KVM_IRQCHIP_IOAPIC),
+            pit: kvm_pit_state2::default(),
+            clock: kvm_clock_data { clock: 123_456_789, ..Default::default() },
+            devices: devices::DeviceStates::default(),
+        };
+        serde_json::to_vec(&s).expect("a state serializes")
+    }
+}
