@@ -47,6 +47,7 @@ fn steps() -> Vec<Step> {
         Step::new("debian_virtio_pci_disk_and_net", 600, debian_virtio_pci_disk_and_net),
         Step::new("test_kernel_root_share", 900, test_kernel_root_share),
         Step::new("debian_root_share_modules", 900, debian_root_share_modules),
+        Step::new("debian_snapshot_restore", 900, debian_snapshot_restore),
     ]
 }
 
@@ -523,6 +524,60 @@ fn debian_virtio_pci_disk_and_net(r: &StepRun) {
         assert!(o.status.success(), "debugfs dump: {}", String::from_utf8_lossy(&o.stderr));
         assert_eq!(std::fs::metadata(&dump).unwrap().len(), 8 << 20);
         assert_eq!(b.field("LAB-L2", "data_md5"), Some(md5_hex(&dump)), "--cpus {n}: md5 guest vs host\n{}", b.console);
+    }
+}
+
+/// Snapshots (issue 19): the count across three ember processes, the disk,
+/// the network and the clock (tests/lab/steps/debian_snapshot_restore.sh).
+fn debian_snapshot_restore(r: &StepRun) {
+    let log = r.read("api.log");
+    for k in ["boot_status", "machine_status", "drive_status", "net_status", "start_status", "vm1_pause"] {
+        assert_eq!(r.get(k), "204", "{k}\n{log}");
+    }
+    for k in ["vm1_snapshot", "vm2_load", "vm2_pause", "vm2_snapshot"] {
+        assert_eq!(r.get(k), "204", "{k}\n{log}");
+    }
+    let (vm1, vm2, vm3) = (r.l2("vm1"), r.l2("vm2"), r.l2("vm3"));
+    // The first two were killed (SIGKILL) once their snapshot was written;
+    // the last ran the guest to its end (reboot: exit 0).
+    assert_eq!((vm1.status, vm2.status), (137, 137), "{}\n{}", vm1.console, vm2.console);
+    assert_eq!(vm3.status, 0, "ember restore\n{}", vm3.console);
+    assert_eq!(vm3.field("LAB-L2", "error"), None, "{}", vm3.console);
+    assert!(vm3.has_line("LAB-L2 unmounted"), "{}", vm3.console);
+    // One console across the three processes: a line cut by the pause is
+    // finished by the next process.
+    let all = format!("{}{}{}", vm1.console, vm2.console, vm3.console);
+    let lines = checks::console_lines(&all);
+    let mut counts = Vec::new();
+    let mut stamps = Vec::new();
+    for l in lines.iter().filter_map(|l| l.strip_prefix("LAB-COUNT ")) {
+        let mut w = l.split_whitespace();
+        counts.push(w.next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0));
+        stamps.push(w.next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0));
+    }
+    assert_eq!(counts, (1..=30).collect::<Vec<u64>>(), "the count across the restores\n{all}");
+    let (a, b): (u64, u64) = (r.get("vm1_last").parse().unwrap(), r.get("vm2_last").parse().unwrap());
+    assert!((8..16).contains(&a) && (16..30).contains(&b), "snapshots at counts {a} and {b}\n{all}");
+    // Guest time moves on: never back, and no jump (a count takes well
+    // under a minute even under nested TCG).
+    for w in stamps.windows(2) {
+        assert!(w[1] >= w[0] && w[1] - w[0] < 60, "date +%s went {} -> {}\n{all}", w[0], w[1]);
+    }
+    // The NIC works after each restore: every ping (counts 5, 10, …, 30)
+    // was answered.
+    let pings: Vec<String> = lines.iter().filter(|l| l.starts_with("LAB-PING ")).cloned().collect();
+    let want: Vec<String> = (1..=6).map(|i| format!("LAB-PING {} 0", i * 5)).collect();
+    assert_eq!(pings, want, "pings to L1\n{all}");
+    // The disk: the last count, synced, and a clean file system.
+    assert_eq!(r.get("e2fsck_l1"), "0", "e2fsck -fn in L1:\n{}", r.read("e2fsck-l1.txt"));
+    let img = r.path("disk.img");
+    e2fsck_clean(&img);
+    let cat = std::process::Command::new("debugfs").args(["-R", "cat /counter"]).arg(&img).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&cat.stdout).trim(), "30", "the counter on the disk");
+    // The snapshots' memory files are sparse: the guest's touched pages.
+    for k in ["vm1_memory_kib", "vm2_memory_kib"] {
+        let kib: u64 = r.get(k).parse().unwrap();
+        assert!(kib > 1024 && kib < 256 << 10, "{k} = {kib} KiB");
     }
 }
 

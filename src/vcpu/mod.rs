@@ -250,6 +250,22 @@ impl VcpuRunner {
         }
     }
 
+    /// Lets KVM finish the instruction of the last port or MMIO exit (an
+    /// `in`'s value goes to RAX, RIP moves past it) without running the
+    /// guest: `KVM_RUN` with `immediate_exit` set, which KVM's API
+    /// documentation names for this. Until then the vCPU's registers are
+    /// not the guest's state, and a snapshot of them would replay or lose
+    /// the access.
+    fn complete_pending_io(&mut self) {
+        self.vcpu.fd.set_kvm_immediate_exit(1);
+        match self.vcpu.fd.run() {
+            Err(e) if e.errno() == libc::EINTR => {}
+            Err(e) => log::warn!("vCPU {}: completing pending I/O before a snapshot: {e}", self.vcpu.id),
+            Ok(exit) => log::warn!("vCPU {}: KVM_RUN with immediate_exit returned {exit:?}", self.vcpu.id),
+        }
+        self.vcpu.fd.set_kvm_immediate_exit(0);
+    }
+
     /// Runs the vCPU until the VM ends. A pause request parks the thread
     /// here, outside `KVM_RUN` (so the vCPU's state is still, and its
     /// ioctls from other threads do not wait for a guest exit).
@@ -266,6 +282,7 @@ impl VcpuRunner {
                     let errands = self.control.errands();
                     if errands != self.errands_seen {
                         self.errands_seen = errands;
+                        self.complete_pending_io();
                         self.slots.hand_in(&self.vcpu);
                     }
                     self.control.park(self.errands_seen);
