@@ -59,6 +59,22 @@ pub enum RestoreError {
         /// The device's maximum.
         max: u16,
     },
+    /// Ready rings that overlap or lie outside guest memory.
+    #[error(
+        "queue {queue}: saved rings (descriptors {desc:#x}, available {avail:#x}, used {used:#x}) are refused: {why}"
+    )]
+    QueueRings {
+        /// Queue index.
+        queue: usize,
+        /// Descriptor table address.
+        desc: u64,
+        /// Available ring address.
+        avail: u64,
+        /// Used ring address.
+        used: u64,
+        /// What is wrong with them.
+        why: &'static str,
+    },
     /// Driver features the device does not offer.
     #[error("saved driver features {features:#x} include {extra:#x}, which the device does not offer")]
     Features {

@@ -811,7 +811,7 @@ fn snapshot_corrupt_states_are_refused() {
         (|s| s.virtio.device_type = 1, "saved virtio device type 1"),
         (|s| s.virtio.queues.clear(), "saved 0 queues"),
         (|s| s.virtio.queues[0].desc_table = 0x1008, "descriptor table address 0x1008"),
-        (|s| s.virtio.queues[0].used_ring = MEM_SIZE, "not in guest memory"),
+        (|s| s.virtio.queues[0].used_ring = MEM_SIZE, "used 0x1000000) are refused: rings are not in guest memory"),
         (|s| s.virtio.queues[0].used_ring = s.virtio.queues[0].desc_table, "overlaps"),
         (|s| s.virtio.status = S_ACK | S_DRIVER_OK, "device status 0x5"),
         (|s| s.virtio.status |= 0x100, "device status 0x10f"),
@@ -832,4 +832,49 @@ fn snapshot_corrupt_states_are_refused() {
         assert!(!t.is_activated());
         assert_eq!(irq.count(), 0);
     }
+}
+
+/// A started device that does not report its live queues is not saved;
+/// a device that refuses the saved queues fails the restore, and is reset.
+#[test]
+fn snapshot_needs_live_queues_and_a_device_that_starts() {
+    let Setup { mut t, .. } = dummy();
+    negotiate(&mut t, version_1());
+    setup_queue(&mut t, 0, 16, QUEUE_BASE);
+    setup_queue(&mut t, 1, 8, QUEUE_BASE + 0x1000);
+    // Saved just before DRIVER_OK, then made into a started device.
+    let mut saved = t.save_state().unwrap();
+    wr(&mut t, VIRTIO_MMIO_STATUS, DOK);
+    assert!(t.is_activated());
+    let e = t.save_state().unwrap_err();
+    assert_eq!(e, SaveError::QueuesUnavailable { device_type: 42 });
+    saved.virtio.status = DOK;
+    saved.virtio.activated = true;
+
+    let Setup { t: mut t2, state, .. } = dummy();
+    state.lock().unwrap().fail_activation = true;
+    let fresh = t2.save_state().unwrap();
+    let e = t2.restore_state(&saved).unwrap_err().to_string();
+    assert!(e.contains("cannot be activated"), "{e}");
+    assert_eq!(t2.save_state().unwrap(), fresh);
+    assert_eq!(state.lock().unwrap().resets, 1);
+    state.lock().unwrap().fail_activation = false;
+    t2.restore_state(&saved).unwrap();
+    assert!(t2.is_activated());
+    assert_eq!(state.lock().unwrap().activations, 1);
+    assert_eq!(state.lock().unwrap().ready, vec![true, true]);
+}
+
+/// A state goes through JSON unchanged; a field it does not know is refused.
+#[test]
+fn snapshot_state_serde_round_trip() {
+    let dir = TempDir::new("mmio-snap-json");
+    let path = dir.image("disk.img", 64 * 1024);
+    let mem = guest_mem();
+    let mut drv = Driver::new(&mem, 16);
+    let saved = running_blk(&path, &mem, &mut drv).save_state().unwrap();
+    let json = serde_json::to_string(&saved).unwrap();
+    assert_eq!(serde_json::from_str::<MmioTransportState>(&json).unwrap(), saved);
+    let extra = json.replacen("{", "{\"surprise\":1,", 1);
+    assert!(serde_json::from_str::<MmioTransportState>(&extra).is_err());
 }

@@ -189,7 +189,13 @@ impl TransportCore {
                     return Err(bad("queue address mask", qs.addrs_set.into(), "queue ready without all addresses"));
                 }
                 if let Some(why) = ring_layout_error(&q, &self.mem) {
-                    return Err(bad("queue descriptor table address", qs.desc_table, why));
+                    return Err(RestoreError::QueueRings {
+                        queue: i,
+                        desc: qs.desc_table,
+                        avail: qs.avail_ring,
+                        used: qs.used_ring,
+                        why,
+                    });
                 }
             }
             transport_queues.push(q);
