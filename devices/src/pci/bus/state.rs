@@ -53,7 +53,8 @@ impl PciRoot {
     /// the restored BARs and moves the notification eventfds as a guest's
     /// BAR writes would. Restore the bus before the virtio-pci transports
     /// on it: a transport checks its MSI-X state against the control word
-    /// restored here. On an error nothing changed.
+    /// restored here. Each function's lock is taken in turn: call it with
+    /// none of them held. On an error nothing changed.
     pub fn restore_state(&mut self, state: &PciRootState) -> Result<(), RestoreError> {
         let mut expected = Vec::new();
         for (n, slot) in self.slots.iter().enumerate() {
@@ -77,9 +78,10 @@ impl PciRoot {
             return Err(RestoreError::PciFunction { device, why: "is missing from the saved state" });
         }
         for f in &state.functions {
-            let s = self.slots[usize::from(f.device_number)].as_ref();
-            if let Some(cs) = s.and_then(|s| lock(&s.device).config_space().cloned()) {
-                cs.check_bytes(f.device_number, &f.config)?;
+            if let Some(s) = self.slots[usize::from(f.device_number)].as_ref() {
+                if let Some(cs) = lock(&s.device).config_space() {
+                    cs.check_bytes(f.device_number, &f.config)?;
+                }
             }
         }
         for f in &state.functions {
