@@ -14,12 +14,14 @@
 //!   ECAM, BAR placement and decoding) and MSI-X.
 //! * [`virtio`]: the virtio-mmio and virtio-pci transports and the
 //!   virtio-blk and virtio-net devices.
+//! * [`snapshot`]: why a device's state cannot be saved or put back.
 #![deny(missing_docs)]
 
 pub mod bus;
 pub mod interrupt;
 pub mod legacy;
 pub mod pci;
+pub mod snapshot;
 pub mod virtio;
 
 /// The guest memory type every device in this crate works on.

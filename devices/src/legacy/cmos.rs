@@ -8,6 +8,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::bus::BusDevice;
+use crate::snapshot::RestoreError;
 
 const REG_SECONDS: u8 = 0x00;
 const REG_MINUTES: u8 = 0x02;
@@ -87,6 +88,36 @@ impl Cmos {
     }
 }
 
+/// The saved CMOS: the index register and the 128 bytes of storage (the
+/// clock registers are the host's and are not saved).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CmosState {
+    index: u8,
+    ram: Vec<u8>,
+}
+
+impl Cmos {
+    /// The index register and the storage bytes.
+    pub fn save_state(&self) -> CmosState {
+        CmosState { index: self.index, ram: self.ram.to_vec() }
+    }
+
+    /// Puts a saved state back; refuses an index above 0x7f or storage of
+    /// another size than 128 bytes, and then changes nothing.
+    pub fn restore_state(&mut self, state: &CmosState) -> Result<(), RestoreError> {
+        let bad = |field, value: usize, why| RestoreError::Value { device: "cmos", field, value: value as u64, why };
+        if state.index > 0x7f {
+            return Err(bad("index", state.index.into(), "above 0x7f (bit 7 is the NMI mask, not stored)"));
+        }
+        let ram: [u8; 128] =
+            state.ram.as_slice().try_into().map_err(|_| bad("storage length", state.ram.len(), "must be 128 bytes"))?;
+        self.index = state.index;
+        self.ram = ram;
+        Ok(())
+    }
+}
+
 impl BusDevice for Cmos {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0xff);
@@ -161,5 +192,26 @@ mod tests {
         c.write(1, &[]);
         c.read(0, &mut b);
         assert_eq!(b[0], 0);
+    }
+
+    #[test]
+    fn save_restore_round_trip_and_corrupt_states() {
+        let mut c = Cmos::new();
+        c.write(0, &[0x40]);
+        c.write(1, &[0x77]);
+        c.write(0, &[0x41]);
+        let saved = c.save_state();
+        let mut fresh = Cmos::new();
+        fresh.restore_state(&saved).unwrap();
+        assert_eq!(fresh.save_state(), saved);
+        assert_eq!(read(&mut fresh, 0x40), 0x77);
+
+        let mut fresh = Cmos::new();
+        let before = fresh.save_state();
+        let bad = CmosState { index: 0x80, ..saved.clone() };
+        assert!(fresh.restore_state(&bad).unwrap_err().to_string().contains("index 0x80"));
+        let bad = CmosState { ram: vec![0; 129], ..saved };
+        assert!(fresh.restore_state(&bad).unwrap_err().to_string().contains("0x81"));
+        assert_eq!(fresh.save_state(), before);
     }
 }

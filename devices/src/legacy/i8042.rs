@@ -121,7 +121,7 @@ pub enum I8042Error {
 }
 
 /// Where the byte in the output buffer came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum OutputSource {
     /// The controller's answer to a command (or a byte the guest asked it
     /// to place, command 0xd2): keyboard data as far as the status says.
@@ -136,7 +136,8 @@ pub enum OutputSource {
 }
 
 /// Everything the i8042 and its keyboard remember.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct I8042State {
     /// The controller configuration byte.
     pub ctr: u8,
@@ -522,6 +523,10 @@ impl BusDevice for I8042 {
     }
 }
 
+mod state;
+
+pub use state::I8042Snapshot;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -789,5 +794,36 @@ mod tests {
         assert_eq!(b, [0xff]);
         // An empty buffer reads the last byte again.
         assert_eq!(r.data(), KBD_ECHO);
+    }
+
+    #[test]
+    fn save_restore_round_trip_and_corrupt_states() {
+        let mut r = rig();
+        r.cmd(0x20); // read CTR: a byte waits in the output buffer
+        r.put(0xed); // set LEDs: the keyboard waits for its parameter
+        let saved = r.dev.save_state();
+        let mut fresh = rig();
+        let before = fresh.kbd.count();
+        fresh.dev.restore_state(&saved).unwrap();
+        assert_eq!(fresh.dev.save_state(), saved);
+        assert_eq!(fresh.kbd.count(), before + 1, "the waiting byte's interrupt is raised again");
+        assert_eq!(fresh.dev.state(), r.dev.state());
+
+        let fresh = rig();
+        let before = fresh.dev.save_state();
+        let mut bad = saved.clone();
+        bad.state.keyboard_set = 7;
+        let mut d = fresh.dev;
+        assert!(d.restore_state(&bad).unwrap_err().to_string().contains("set 0x7"));
+        let mut bad = saved.clone();
+        bad.state.keyboard_queue = std::iter::repeat_n(0u8, I8042_QUEUE_LEN + 1).collect();
+        assert!(d.restore_state(&bad).unwrap_err().to_string().contains("0x11"));
+        let mut bad = saved.clone();
+        bad.state.pending_command = Some(0xaa);
+        assert!(d.restore_state(&bad).unwrap_err().to_string().contains("0xaa"));
+        let mut bad = saved;
+        bad.state.keyboard_pending = Some(0xf4);
+        assert!(d.restore_state(&bad).unwrap_err().to_string().contains("0xf4"));
+        assert_eq!(d.save_state(), before);
     }
 }

@@ -10,11 +10,11 @@ mod quiet;
 mod serial;
 
 pub use acpi_sleep::AcpiSleep;
-pub use cmos::Cmos;
+pub use cmos::{Cmos, CmosState};
 pub use debug_exit::DebugExit;
-pub use i8042::{I8042Error, I8042State, OutputSource, I8042, I8042_QUEUE_LEN};
+pub use i8042::{I8042Error, I8042Snapshot, I8042State, OutputSource, I8042, I8042_QUEUE_LEN};
 pub use quiet::{QuietPorts, QUIET_PORT_RANGES};
-pub use serial::{SerialDevice, SerialOutput};
+pub use serial::{SerialDevice, SerialOutput, SerialState};
 
 /// Why a device asks the VMM to end the VM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

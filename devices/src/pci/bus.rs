@@ -185,6 +185,12 @@ impl PciDevice for HostBridge {
     fn bars(&self) -> [Option<BarRegion>; BAR_COUNT] {
         [None; BAR_COUNT]
     }
+    fn config_space(&self) -> Option<&ConfigSpace> {
+        Some(&self.config)
+    }
+    fn config_space_mut(&mut self) -> Option<&mut ConfigSpace> {
+        Some(&mut self.config)
+    }
 
     fn read_bar(&mut self, _bar: u8, _offset: u64, data: &mut [u8]) {
         data.fill(0xff);
@@ -676,6 +682,10 @@ impl BusDevice for PciBarWindow {
         }
     }
 }
+
+mod state;
+
+pub use state::{PciConfigIoState, PciFunctionState, PciRootState};
 
 #[cfg(test)]
 mod tests;

@@ -10,6 +10,7 @@
 //! intercept the few registers with side effects.
 
 use super::PciError;
+use crate::snapshot::RestoreError;
 
 /// `Vendor ID` (u16).
 pub const VENDOR_ID: u16 = 0x00;
@@ -354,6 +355,41 @@ impl ConfigSpace {
             if spec.kind == BarKind::Memory64 {
                 self.write(reg + 4, &((addr >> 32) as u32).to_le_bytes());
             }
+        }
+    }
+}
+
+impl ConfigSpace {
+    /// The configuration bytes, for a snapshot ([`CONFIG_SIZE`] of them).
+    pub fn save_bytes(&self) -> Vec<u8> {
+        self.bytes.to_vec()
+    }
+
+    /// Checks saved bytes against this function: [`CONFIG_SIZE`] of them,
+    /// differing only in bits the guest can write. `device` (its device
+    /// number) names the function in the error.
+    pub fn check_bytes(&self, device: u8, saved: &[u8]) -> Result<(), RestoreError> {
+        if saved.len() != CONFIG_SIZE {
+            return Err(RestoreError::Value {
+                device: "pci",
+                field: "configuration space length",
+                value: saved.len() as u64,
+                why: "must be 256 bytes",
+            });
+        }
+        for (offset, ((&s, &cur), &m)) in saved.iter().zip(&self.bytes).zip(&self.wmask).enumerate() {
+            if (s ^ cur) & !m != 0 {
+                return Err(RestoreError::ConfigByte { device, offset, saved: s, actual: cur });
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts back bytes accepted by [`check_bytes`](Self::check_bytes):
+    /// the writable bits are taken, read-only ones kept.
+    pub fn restore_bytes(&mut self, saved: &[u8]) {
+        for ((b, &s), &m) in self.bytes.iter_mut().zip(saved).zip(&self.wmask) {
+            *b = (*b & !m) | (s & m);
         }
     }
 }

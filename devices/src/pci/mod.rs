@@ -110,6 +110,16 @@ pub trait PciDevice: Send {
     /// Writes `data` at `offset` into BAR `bar`.
     fn write_bar(&mut self, bar: u8, offset: u64, data: &[u8]);
 
+    /// The function's configuration space, which a snapshot of the bus
+    /// saves (`None`: nothing to save).
+    fn config_space(&self) -> Option<&ConfigSpace> {
+        None
+    }
+    /// The same, for [`bus::PciRoot::restore_state`] to put the saved
+    /// bytes back.
+    fn config_space_mut(&mut self) -> Option<&mut ConfigSpace> {
+        None
+    }
     /// The notification eventfds and where they live in the BARs.
     fn ioevents(&self) -> Vec<IoEvent<'_>> {
         Vec::new()

@@ -27,9 +27,10 @@ use vmm_sys_util::eventfd::EventFd;
 use super::transport::{
     guest_warn, StatusChange, TransportCore, AVAIL_HI, AVAIL_LO, DESC_HI, DESC_LO, USED_HI, USED_LO,
 };
-use super::{QueueSet, VirtioDevice};
+use super::{QueueSet, VirtioDevice, VirtioState};
 use crate::bus::BusDevice;
 use crate::interrupt::IrqLine;
+use crate::snapshot::{RestoreError, SaveError};
 use crate::GuestMemoryMmap;
 
 #[cfg(test)]
@@ -182,6 +183,46 @@ impl MmioTransport {
             VIRTIO_MMIO_QUEUE_USED_HIGH => c.write_queue_addr(USED_HI, val),
             _ => guest_warn!(c, "write {val:#x} to read-only or unknown register {offset:#x} ignored"),
         }
+    }
+}
+
+/// The saved state of a virtio-mmio transport and its device.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MmioTransportState {
+    virtio: VirtioState,
+    interrupt_status: u32,
+}
+
+impl MmioTransport {
+    /// The transport's and its device's state: registers, negotiation,
+    /// status and the queues (the device's live ones while it runs).
+    /// Fails for a device a snapshot cannot carry (virtio-9p).
+    pub fn save_state(&self) -> Result<MmioTransportState, SaveError> {
+        Ok(MmioTransportState { virtio: self.core.save_state()?, interrupt_status: self.interrupt.status() })
+    }
+
+    /// Puts `state` back into this freshly built transport (same device
+    /// type and backend, never touched by a guest), before the event loop
+    /// and the vCPUs run. A device the driver had started is activated as
+    /// at `DRIVER_OK`, with its queues exactly as saved; a pending
+    /// interrupt is raised again. On an error the transport is left as
+    /// built.
+    pub fn restore_state(&mut self, state: &MmioTransportState) -> Result<(), RestoreError> {
+        let known = VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG;
+        if state.interrupt_status & !known != 0 {
+            return Err(RestoreError::Value {
+                device: "virtio-mmio",
+                field: "interrupt status",
+                value: state.interrupt_status.into(),
+                why: "unknown bits",
+            });
+        }
+        self.core.restore_state(&state.virtio)?;
+        if let Err(e) = self.interrupt.restore(state.interrupt_status) {
+            error!("virtio-mmio: cannot raise the interrupt: {e}");
+        }
+        Ok(())
     }
 }
 

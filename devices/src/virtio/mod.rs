@@ -24,7 +24,9 @@
 use std::io;
 use std::os::unix::io::RawFd;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
+
+use crate::snapshot::SaveError;
 
 use crate::GuestMemoryMmap;
 
@@ -46,6 +48,7 @@ pub use iovec::{IoVecs, MAX_IOVECS};
 pub(crate) use pass::PassBudget;
 pub use pass::{MAX_PASS_BYTES, MAX_PASS_CHAINS, MAX_PASS_TIME};
 pub use queue_set::QueueSet;
+pub use transport::{QueueSnapshot, VirtioState};
 
 /// Why a device refused to start when the driver set `DRIVER_OK`.
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +175,21 @@ pub trait VirtioDevice: Send {
     /// else is ready and then comes back to finish the work.
     fn take_unfinished(&mut self) -> QueueSet {
         QueueSet::EMPTY
+    }
+
+    /// Whether a snapshot can carry the device: an error for a device
+    /// holding host state it cannot (virtio-9p's open files).
+    fn check_saveable(&self) -> Result<(), SaveError> {
+        Ok(())
+    }
+
+    /// The live state of the queues the device runs (given at
+    /// [`activate`](VirtioDevice::activate)), in queue order: ring
+    /// addresses, size, ready, event index and the next available and used
+    /// indices as the device has moved them. Empty while not active (or
+    /// for a device that cannot tell; an active one is then not saved).
+    fn active_queue_states(&self) -> Vec<QueueState> {
+        Vec::new()
     }
 }
 

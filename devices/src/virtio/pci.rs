@@ -624,6 +624,12 @@ impl PciDevice for VirtioPciTransport {
     fn bars(&self) -> [Option<BarRegion>; BAR_COUNT] {
         self.config.bars()
     }
+    fn config_space(&self) -> Option<&ConfigSpace> {
+        Some(&self.config)
+    }
+    fn config_space_mut(&mut self) -> Option<&mut ConfigSpace> {
+        Some(&mut self.config)
+    }
 
     fn read_bar(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
         if bar != VIRTIO_BAR || offset.checked_add(data.len() as u64).is_none_or(|e| e > VIRTIO_BAR_SIZE) {
@@ -660,6 +666,10 @@ impl MutEventSubscriber for VirtioPciTransport {
         self.core.init_events(ops);
     }
 }
+
+mod state;
+
+pub use state::PciTransportState;
 
 #[cfg(test)]
 mod tests;

@@ -30,6 +30,10 @@ use vmm_sys_util::eventfd::EventFd;
 use super::{LogBudget, QueueSet, VirtioDevice};
 use crate::GuestMemoryMmap;
 
+mod state;
+
+pub use state::{QueueSnapshot, VirtioState};
+
 /// Features the transport adds to every device.
 pub(crate) const TRANSPORT_FEATURES: u64 =
     (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX) | (1 << VIRTIO_RING_F_INDIRECT_DESC);
@@ -78,6 +82,30 @@ pub(crate) enum StatusChange {
     /// configuration generation moved. The transport sends a configuration
     /// change notification.
     NeedsReset,
+}
+
+/// Why the rings of `q` (at its size) cannot be used, or `None`.
+///
+/// The used ring is written by the device: it must not overlap the
+/// descriptor table or the available ring, or the device's own writes
+/// would rewrite what the driver published (a fuzzer found a layout that
+/// made the device's queue loop spin forever). Memory is checked here
+/// rather than with virtio-queue's `is_valid`, which logs every refusal
+/// itself, outside the transport's budget.
+fn ring_layout_error(q: &Queue, mem: &GuestMemoryMmap) -> Option<&'static str> {
+    let size = u64::from(q.size());
+    let desc = (q.desc_table(), 16 * size);
+    let avail = (q.avail_ring(), 6 + 2 * size);
+    let used = (q.used_ring(), 6 + 8 * size);
+    let overlaps = |a: (u64, u64), b: (u64, u64)| a.0 < b.0.saturating_add(b.1) && b.0 < a.0.saturating_add(a.1);
+    if overlaps(used, desc) || overlaps(used, avail) {
+        return Some("the used ring overlaps the descriptor table or available ring");
+    }
+    let in_memory = |(addr, len): (u64, u64)| mem.check_range(GuestAddress(addr), len as usize);
+    if !(in_memory(desc) && in_memory(avail) && in_memory(used)) {
+        return Some("rings are not in guest memory");
+    }
+    None
 }
 
 /// The transport-independent state of one virtio device.
@@ -367,28 +395,11 @@ impl TransportCore {
             guest_warn!(self, "queue {i}: made ready before all ring addresses were set; refused");
             return;
         }
+        if let Some(why) = ring_layout_error(&self.queues[i], &self.mem) {
+            guest_warn!(self, "queue {i}: {why}; refused");
+            return;
+        }
         let q = &mut self.queues[i];
-        // The used ring is written by the device: it must not overlap the
-        // descriptor table or the available ring, or the device's own
-        // writes would rewrite what the driver published (a fuzzer found a
-        // layout that made the device's queue loop spin forever).
-        let size = u64::from(q.size());
-        let desc = (q.desc_table(), 16 * size);
-        let avail = (q.avail_ring(), 6 + 2 * size);
-        let used = (q.used_ring(), 6 + 8 * size);
-        let overlaps = |a: (u64, u64), b: (u64, u64)| a.0 < b.0.saturating_add(b.1) && b.0 < a.0.saturating_add(a.1);
-        if overlaps(used, desc) || overlaps(used, avail) {
-            guest_warn!(self, "queue {i}: the used ring overlaps the descriptor table or available ring; refused");
-            return;
-        }
-        // Checked here rather than with virtio-queue's `is_valid`, which
-        // logs every refusal itself, outside the transport's budget (one
-        // line per register write).
-        let in_memory = |(addr, len): (u64, u64)| self.mem.check_range(GuestAddress(addr), len as usize);
-        if !(in_memory(desc) && in_memory(avail) && in_memory(used)) {
-            guest_warn!(self, "queue {i}: rings are not in guest memory; refused");
-            return;
-        }
         q.set_ready(true);
     }
 

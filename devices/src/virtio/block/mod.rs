@@ -48,7 +48,7 @@ use std::path::{Path, PathBuf};
 use log::warn;
 use virtio_bindings::bindings::virtio_blk::*;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 
 use super::host_view::HostView;
 use super::{ActivateError, LogBudget, QueueSet, VirtioDevice};
@@ -382,6 +382,13 @@ impl VirtioDevice for Block {
 
     fn take_unfinished(&mut self) -> QueueSet {
         QueueSet::of_if(0, std::mem::take(&mut self.handler.unfinished))
+    }
+
+    /// Requests are served synchronously inside
+    /// [`process_queue`](VirtioDevice::process_queue): once the VM is
+    /// paused no request is in flight, so the queue is the whole state.
+    fn active_queue_states(&self) -> Vec<QueueState> {
+        self.active.iter().map(|a| a.queue.state()).collect()
     }
 
     fn reset(&mut self) {

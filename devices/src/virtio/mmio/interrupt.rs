@@ -55,6 +55,16 @@ impl MmioInterrupt {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
 
+    /// Puts a saved `InterruptStatus` back and raises the line if a bit is
+    /// set, as the signal that set it did.
+    pub(crate) fn restore(&self, status: u32) -> io::Result<()> {
+        self.status.store(status, Ordering::SeqCst);
+        if status != 0 {
+            self.irq.trigger()?;
+        }
+        Ok(())
+    }
+
     /// Clears every pending bit (device reset).
     pub(crate) fn clear(&self) {
         self.status.store(0, Ordering::SeqCst);

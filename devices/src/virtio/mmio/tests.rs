@@ -684,3 +684,197 @@ fn refused_queue_ready_and_failed_activation_log_within_budget() {
     assert_eq!(rd(&mut t, VIRTIO_MMIO_STATUS) & S_FAILED, S_FAILED);
     assert!(lines <= 66, "{lines} log records for 16,000 FAILED writes");
 }
+
+// ---- snapshot ----
+
+/// A blk transport on `path`, raising `irq`.
+fn blk_transport(path: &std::path::Path, mem: &GuestMemoryMmap, irq: Arc<CountingIrq>) -> MmioTransport {
+    let blk = Block::new(&BlockConfig { path: path.to_path_buf(), readonly: false, id: None }).unwrap();
+    MmioTransport::new(Box::new(blk), mem.clone(), irq).unwrap()
+}
+
+/// Posts a one-sector read of sector `sector` and serves it.
+fn blk_read(t: &mut MmioTransport, mem: &GuestMemoryMmap, drv: &mut Driver, sector: u64) {
+    let (hdr, buf, status) = (DATA_BASE, DATA_BASE + 0x1000, DATA_BASE + 0x100);
+    let mut h = [0u8; 16];
+    h[..4].copy_from_slice(&VIRTIO_BLK_T_IN.to_le_bytes());
+    h[8..].copy_from_slice(&sector.to_le_bytes());
+    mem.write_slice(&h, GuestAddress(hdr)).unwrap();
+    drv.add(&[r(hdr, 16), w(buf, 512), w(status, 1)]);
+    t.queue_events()[0].write(1).unwrap();
+    t.handle_queue_event(0);
+    assert_eq!(mem.read_obj::<u8>(GuestAddress(status)).unwrap(), VIRTIO_BLK_S_OK as u8);
+    let mut got = vec![0u8; 512];
+    mem.read_slice(&mut got, GuestAddress(buf)).unwrap();
+    assert_eq!(got, (sector * 512..sector * 512 + 512).map(pattern).collect::<Vec<_>>());
+}
+
+/// A blk device the driver started (event index on), with two requests
+/// served and the interrupt not acknowledged.
+fn running_blk(path: &std::path::Path, mem: &GuestMemoryMmap, drv: &mut Driver) -> MmioTransport {
+    let mut t = blk_transport(path, mem, Arc::new(CountingIrq::default()));
+    negotiate(&mut t, version_1() | (1 << VIRTIO_RING_F_EVENT_IDX));
+    wr(&mut t, VIRTIO_MMIO_QUEUE_SEL, 0);
+    wr(&mut t, VIRTIO_MMIO_QUEUE_NUM, 16);
+    set_queue_addrs(&mut t, drv.desc_addr(), drv.avail_addr(), drv.used_addr());
+    wr(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
+    wr(&mut t, VIRTIO_MMIO_STATUS, DOK);
+    assert!(t.is_activated());
+    drv.set_used_event(0);
+    for sector in [1, 2] {
+        blk_read(&mut t, mem, drv, sector);
+    }
+    assert_eq!(drv.used_idx(), 2);
+    t
+}
+
+/// A driver's blk device is saved, restored into a fresh transport on the
+/// same memory and image, and continues: the used index goes on from where
+/// it stood, no request is served twice and none is skipped.
+#[test]
+fn snapshot_blk_continues_after_restore() {
+    let dir = TempDir::new("mmio-snap");
+    let path = dir.image("disk.img", 64 * 1024);
+    let mem = guest_mem();
+    let mut drv = Driver::new(&mem, 16);
+    let t = running_blk(&path, &mem, &mut drv);
+    let saved = t.save_state().unwrap();
+    assert_eq!(saved.interrupt_status, 1);
+    assert_eq!(saved.virtio.queues[0].next_avail, 2, "the device's live queue, not the transport's copy");
+    assert_eq!(saved.virtio.queues[0].next_used, 2);
+    drop(t);
+
+    let irq = Arc::new(CountingIrq::default());
+    let mut t = blk_transport(&path, &mem, irq.clone());
+    t.restore_state(&saved).unwrap();
+    assert!(t.is_activated());
+    assert_eq!(t.save_state().unwrap(), saved);
+    assert_eq!(irq.count(), 1, "the pending interrupt is raised again");
+    assert_eq!(rd(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS), 1);
+    assert_eq!(rd(&mut t, VIRTIO_MMIO_STATUS), DOK);
+    // The restored queue is signalled once; nothing new is available, so
+    // nothing is served again.
+    assert_eq!(t.queue_events()[0].read().unwrap(), 1);
+    t.queue_events()[0].write(1).unwrap();
+    t.handle_queue_event(0);
+    assert_eq!(drv.used_idx(), 2);
+    blk_read(&mut t, &mem, &mut drv, 3);
+    assert_eq!(drv.used_idx(), 3);
+    assert_eq!(drv.used(2), (6, 513), "the third chain, served once");
+    assert_eq!(drv.used(0), (0, 513));
+    assert_eq!(drv.used(1), (3, 513));
+}
+
+/// A transport the driver never touched, and one in the middle of setup,
+/// save and restore to equal states.
+#[test]
+fn snapshot_round_trips_before_driver_ok() {
+    let Setup { t, .. } = dummy();
+    let fresh = t.save_state().unwrap();
+    let Setup { mut t, .. } = dummy();
+    t.restore_state(&fresh).unwrap();
+    assert_eq!(t.save_state().unwrap(), fresh);
+
+    let Setup { mut t, state, .. } = dummy();
+    negotiate(&mut t, version_1() | DEVICE_FEATURE);
+    setup_queue(&mut t, 1, 8, QUEUE_BASE);
+    wr(&mut t, VIRTIO_MMIO_QUEUE_SEL, 0);
+    wr(&mut t, VIRTIO_MMIO_QUEUE_NUM, 4);
+    wr(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW, 0x8000);
+    let saved = t.save_state().unwrap();
+    let Setup { t: mut t2, state: state2, .. } = dummy();
+    t2.restore_state(&saved).unwrap();
+    assert_eq!(t2.save_state().unwrap(), saved);
+    assert_eq!(state2.lock().unwrap().acked, state.lock().unwrap().acked, "features acknowledged to the device");
+    assert_eq!(rd(&mut t2, VIRTIO_MMIO_QUEUE_NUM), 4);
+    // The driver finishes the setup as it would have.
+    set_queue_addrs(&mut t2, 0x8000, 0x8100, 0x8200);
+    wr(&mut t2, VIRTIO_MMIO_QUEUE_READY, 1);
+    wr(&mut t2, VIRTIO_MMIO_STATUS, DOK);
+    assert!(t2.is_activated());
+}
+
+/// Corrupt states are refused with the bad value named, and the
+/// transport is left as built.
+#[test]
+fn snapshot_corrupt_states_are_refused() {
+    let dir = TempDir::new("mmio-snap-bad");
+    let path = dir.image("disk.img", 64 * 1024);
+    let mem = guest_mem();
+    let mut drv = Driver::new(&mem, 16);
+    let saved = running_blk(&path, &mem, &mut drv).save_state().unwrap();
+    type Corrupt = fn(&mut MmioTransportState);
+    let cases: &[(Corrupt, &str)] = &[
+        (|s| s.virtio.queues[0].size = 3, "size 3 is not a power of two in 1..=256"),
+        (|s| s.virtio.queues[0].size = 512, "size 512"),
+        (|s| s.virtio.driver_features |= 1 << 40, "include 0x10000000000"),
+        (|s| s.virtio.device_type = 1, "saved virtio device type 1"),
+        (|s| s.virtio.queues.clear(), "saved 0 queues"),
+        (|s| s.virtio.queues[0].desc_table = 0x1008, "descriptor table address 0x1008"),
+        (|s| s.virtio.queues[0].used_ring = MEM_SIZE, "used 0x1000000) are refused: rings are not in guest memory"),
+        (|s| s.virtio.queues[0].used_ring = s.virtio.queues[0].desc_table, "overlaps"),
+        (|s| s.virtio.status = S_ACK | S_DRIVER_OK, "device status 0x5"),
+        (|s| s.virtio.status |= 0x100, "device status 0x10f"),
+        (|s| s.virtio.activated = false, "activated 0x0"),
+        (|s| s.virtio.queues[0].event_idx = false, "event_idx 0x0"),
+        (|s| s.virtio.queues[0].addrs_set = 0x0f, "address mask 0xf"),
+        (|s| s.interrupt_status = 4, "interrupt status 0x4"),
+    ];
+    for (corrupt, what) in cases {
+        let mut bad = saved.clone();
+        corrupt(&mut bad);
+        let irq = Arc::new(CountingIrq::default());
+        let mut t = blk_transport(&path, &mem, irq.clone());
+        let fresh = t.save_state().unwrap();
+        let e = t.restore_state(&bad).unwrap_err().to_string();
+        assert!(e.contains(what), "{what:?} not in {e:?}");
+        assert_eq!(t.save_state().unwrap(), fresh, "left as built after {e}");
+        assert!(!t.is_activated());
+        assert_eq!(irq.count(), 0);
+    }
+}
+
+/// A started device that does not report its live queues is not saved;
+/// a device that refuses the saved queues fails the restore, and is reset.
+#[test]
+fn snapshot_needs_live_queues_and_a_device_that_starts() {
+    let Setup { mut t, .. } = dummy();
+    negotiate(&mut t, version_1());
+    setup_queue(&mut t, 0, 16, QUEUE_BASE);
+    setup_queue(&mut t, 1, 8, QUEUE_BASE + 0x1000);
+    // Saved just before DRIVER_OK, then made into a started device.
+    let mut saved = t.save_state().unwrap();
+    wr(&mut t, VIRTIO_MMIO_STATUS, DOK);
+    assert!(t.is_activated());
+    let e = t.save_state().unwrap_err();
+    assert_eq!(e, SaveError::QueuesUnavailable { device_type: 42 });
+    saved.virtio.status = DOK;
+    saved.virtio.activated = true;
+
+    let Setup { t: mut t2, state, .. } = dummy();
+    state.lock().unwrap().fail_activation = true;
+    let fresh = t2.save_state().unwrap();
+    let e = t2.restore_state(&saved).unwrap_err().to_string();
+    assert!(e.contains("cannot be activated"), "{e}");
+    assert_eq!(t2.save_state().unwrap(), fresh);
+    assert_eq!(state.lock().unwrap().resets, 1);
+    state.lock().unwrap().fail_activation = false;
+    t2.restore_state(&saved).unwrap();
+    assert!(t2.is_activated());
+    assert_eq!(state.lock().unwrap().activations, 1);
+    assert_eq!(state.lock().unwrap().ready, vec![true, true]);
+}
+
+/// A state goes through JSON unchanged; a field it does not know is refused.
+#[test]
+fn snapshot_state_serde_round_trip() {
+    let dir = TempDir::new("mmio-snap-json");
+    let path = dir.image("disk.img", 64 * 1024);
+    let mem = guest_mem();
+    let mut drv = Driver::new(&mem, 16);
+    let saved = running_blk(&path, &mem, &mut drv).save_state().unwrap();
+    let json = serde_json::to_string(&saved).unwrap();
+    assert_eq!(serde_json::from_str::<MmioTransportState>(&json).unwrap(), saved);
+    let extra = json.replacen("{", "{\"surprise\":1,", 1);
+    assert!(serde_json::from_str::<MmioTransportState>(&extra).is_err());
+}

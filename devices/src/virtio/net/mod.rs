@@ -61,7 +61,7 @@ use std::sync::Arc;
 use log::{error, warn};
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::*;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestAddress;
 
 use super::host_view::HostView;
@@ -481,6 +481,15 @@ impl VirtioDevice for Net {
                 error!("virtio-net ({}): cannot clear receive offloads: {e}", io.name);
             }
         }
+    }
+
+    /// A frame read from the TAP and not yet delivered (the receive
+    /// queue had no room) is not part of the queues and is lost across a
+    /// snapshot, as if the link had dropped it. A restored device is
+    /// activated like a new one: its TAP is polled once the event loop
+    /// registers it, as after `DRIVER_OK`.
+    fn active_queue_states(&self) -> Vec<QueueState> {
+        self.active.iter().flat_map(|a| [a.rx.state(), a.tx.state()]).collect()
     }
 
     fn backend_fds(&self) -> Vec<RawFd> {

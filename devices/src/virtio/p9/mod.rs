@@ -30,13 +30,14 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use log::{error, warn};
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueState, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::chain::ChainWalker;
 use super::host_view::HostView;
 use super::iovec::IoVecBuf;
 use super::{ActivateError, IoVecs, LogBudget, QueueSet, VirtioDevice};
+use crate::snapshot::SaveError;
 use crate::GuestMemoryMmap;
 
 mod host;
@@ -392,6 +393,17 @@ impl VirtioDevice for Share {
             return QueueSet::EMPTY;
         }
         self.serve()
+    }
+
+    fn check_saveable(&self) -> Result<(), SaveError> {
+        Err(SaveError::Unsupported {
+            device: "virtio-9p",
+            why: "the guest's open files (fids) are file descriptors of this host process",
+        })
+    }
+
+    fn active_queue_states(&self) -> Vec<QueueState> {
+        self.active.iter().map(|a| a.queue.state()).collect()
     }
 
     fn reset(&mut self) {

@@ -1024,3 +1024,25 @@ fn host_device_nodes_and_open_flag_tricks_reach_nothing() {
     assert!(data.is_empty() || data == file_bytes(), "only the rw pass may truncate");
     f.outside_untouched();
 }
+
+/// A share cannot be saved: its open files are this process's file
+/// descriptors. Its live queue is still reported, like every device's.
+#[test]
+fn snapshot_save_is_refused() {
+    let dir = TempDir::new("p9-snap");
+    let mem = guest_mem();
+    let drv = Driver::new(&mem, 16);
+    let mut dev = share_device(dir.path(), false);
+    let e = dev.check_saveable().unwrap_err();
+    assert!(matches!(e, crate::snapshot::SaveError::Unsupported { device: "virtio-9p", .. }), "{e}");
+    assert!(dev.active_queue_states().is_empty());
+    activate(&mut dev, &mem, &drv);
+    assert_eq!(dev.active_queue_states(), vec![drv.queue().state()]);
+    let t = crate::virtio::mmio::MmioTransport::new(
+        Box::new(share_device(dir.path(), false)),
+        mem.clone(),
+        Arc::new(crate::interrupt::CountingIrq::default()),
+    )
+    .unwrap();
+    assert!(t.save_state().unwrap_err().to_string().contains("virtio-9p cannot be saved"));
+}
