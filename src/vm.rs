@@ -252,7 +252,7 @@ impl Vm {
         let slots = Arc::new(StateSlots::new(save_ctx, vcpus.len()));
         // Read while /proc is in reach (before a chroot), for snapshots.
         let pagemap = ram.backing_file().is_none().then(|| std::fs::File::open("/proc/self/pagemap").ok()).flatten();
-        let snap = Arc::new(SnapshotSource {
+        let snap = Arc::new(Mutex::new(Some(Arc::new(SnapshotSource {
             vm_fd: vm_fd.clone(),
             mem: ram.memory().clone(),
             backing_file: ram.backing_file(),
@@ -261,7 +261,7 @@ impl Vm {
             slots: slots.clone(),
             devices: device_states,
             shares: config.shares.len(),
-        });
+        }))));
         let raw_terminal = match (&config.serial, &console_input) {
             (SerialConfig::Stdio, Some(_)) => {
                 RawTerminal::enter(0).map_err(io_err("setting the terminal to raw mode"))?
@@ -425,8 +425,13 @@ pub struct RunningVm {
     finished: Option<VmExit>,
     net_counters: Vec<(String, Arc<NetCounters>)>,
     i8042: Option<Arc<Mutex<I8042>>>,
-    snap: Arc<SnapshotSource>,
+    /// What a snapshot reads; emptied when the VM ends, so that a handle
+    /// kept after does not keep its memory, devices and files.
+    snap: SharedSnapshotSource,
 }
+
+/// The VM's [`SnapshotSource`] while it lives.
+type SharedSnapshotSource = Arc<Mutex<Option<Arc<SnapshotSource>>>>;
 
 /// Stops, pauses or resumes a VM, or presses keys on its keyboard, from
 /// any thread.
@@ -436,7 +441,7 @@ pub struct VmHandle {
     control: Arc<RunControl>,
     waker: Arc<Waker>,
     i8042: Option<Arc<Mutex<I8042>>>,
-    snap: Arc<SnapshotSource>,
+    snap: SharedSnapshotSource,
 }
 
 impl VmHandle {
@@ -506,10 +511,13 @@ impl VmHandle {
     /// With seccomp filters on, call it from a thread whose filter allows
     /// it: the API thread of `ember serve` (docs/security.md).
     pub fn snapshot(&self, files: &SnapshotFiles) -> Result<SnapshotInfo, SnapshotError> {
+        let Some(source) = lock(&self.snap).clone() else {
+            return Err(SnapshotError::Unsupported("the VM has ended".into()));
+        };
         if !self.control.is_paused() {
             return Err(SnapshotError::NotPaused);
         }
-        self.snap.take(&self.control, files)
+        source.take(&self.control, files)
     }
 }
 
@@ -575,6 +583,7 @@ impl RunningVm {
             let _ = t.join();
         }
         self.raw_terminal.take();
+        lock(&self.snap).take();
         for (name, c) in &self.net_counters {
             log::info!("{name}: {:?}", c.snapshot());
         }

@@ -354,7 +354,8 @@ fn a_disk_keeps_working_across_a_restore() {
         let console = SerialCapture::new();
         let mut config = VmConfig::new(guest("blk_soak"));
         config.memory = 64 << 20;
-        config.cmdline = format!("irq=1 report=8{}", if transport == ember::VirtioTransport::Pci { " transport=pci" } else { "" });
+        config.cmdline =
+            format!("irq=1 report=8{}", if transport == ember::VirtioTransport::Pci { " transport=pci" } else { "" });
         config.serial = SerialConfig::Capture(console.clone());
         let mut disk = ember::DiskConfig::new(&img);
         disk.transport = transport;
@@ -461,6 +462,13 @@ fn a_nic_keeps_working_across_a_restore() {
             .map(String::from),
         );
         let mut b = Spawned::new("ip", &args.iter().map(String::as_str).collect::<Vec<_>>());
+        // Once the restored VM is built, its TAP is open (a frame sent to
+        // a TAP nobody holds is dropped by the kernel).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !b.stderr().contains("restored from") {
+            assert!(std::time::Instant::now() < deadline, "{}", b.stderr());
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let ping = ns.exec(&["ping", "-c", "5", "-i", "0.2", "-W", "10", "10.0.3.2"]);
         let ping_out = String::from_utf8_lossy(&ping.stdout).into_owned();
         assert!(ping_out.contains("5 received"), "{transport}: after the restore: {ping_out}\n{}", b.stderr());

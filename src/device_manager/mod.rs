@@ -24,6 +24,7 @@ use ember_devices::virtio::block::{Block, BlockConfig};
 use ember_devices::virtio::mmio::{MmioTransport, MMIO_SIZE};
 use ember_devices::virtio::net::{format_mac, Net, NetCounters, NetStats};
 use ember_devices::virtio::p9::Share;
+use ember_devices::virtio::pci::VirtioPciTransport;
 use ember_devices::virtio::VirtioDevice;
 use kvm_ioctls::{IoEventAddress, VmFd};
 use pci::{PciBus, PciPlacement};
@@ -40,6 +41,9 @@ use crate::exit::ExitSignal;
 use crate::layout;
 use crate::machine::acpi::{self, MmioDevice, PciRoot};
 use crate::memory::RamLayout;
+use crate::snapshot::devices::{DeviceStates, SavedVirtio};
+use crate::snapshot::SnapshotError;
+use crate::sync::lock;
 
 /// Where a virtio device is attached, and so how the guest finds it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,6 +113,27 @@ pub(crate) struct DeviceManager {
     pub(crate) extra_uarts: Vec<(u64, u32)>,
     /// Each NIC's MAC, in guest order (a snapshot records them).
     pub(crate) macs: Vec<[u8; 6]>,
+    /// The devices whose state a snapshot saves, beside the i8042 and the
+    /// PCI root kept above.
+    saveable: Saveable,
+}
+
+/// A virtio transport, as a snapshot reaches it.
+#[derive(Clone)]
+enum VirtioHandle {
+    Mmio(Arc<Mutex<MmioTransport>>),
+    Pci(Arc<Mutex<VirtioPciTransport>>),
+}
+
+/// The devices with state a snapshot saves (the i8042 and the PCI root are
+/// kept in [`DeviceManager`] for other reasons too).
+#[derive(Clone, Default)]
+struct Saveable {
+    com1: Option<Arc<Mutex<SerialDevice>>>,
+    extra_uarts: Vec<Arc<Mutex<SerialDevice>>>,
+    cmos: Option<Arc<Mutex<Cmos>>>,
+    /// In guest order, as [`DeviceManager::virtio`].
+    virtio: Vec<VirtioHandle>,
 }
 
 impl DeviceManager {
@@ -126,6 +151,7 @@ impl DeviceManager {
             pci: None,
             extra_uarts: Vec::new(),
             macs: Vec::new(),
+            saveable: Saveable::default(),
         }
     }
 
@@ -153,6 +179,7 @@ impl DeviceManager {
             input_ready.as_ref().map(|e| e.try_clone()).transpose().map_err(io_err("duplicating an eventfd"))?,
         )));
         self.pio.insert(layout::COM1_PORT, layout::COM1_PORT_LEN, serial.clone())?;
+        self.saveable.com1 = Some(serial.clone());
         self.console_input = input_ready.map(|evt| {
             // SAFETY: isatty only inspects fd 0.
             let tty = unsafe { libc::isatty(0) } == 1;
@@ -165,7 +192,9 @@ impl DeviceManager {
         let i8042 = Arc::new(Mutex::new(I8042::new(exit_line.clone(), kbd_irq, aux_irq)));
         self.pio.insert(layout::I8042_PORT, layout::I8042_PORT_LEN, i8042.clone())?;
         self.i8042 = Some(i8042);
-        self.pio.insert(layout::CMOS_PORT, layout::CMOS_PORT_LEN, Arc::new(Mutex::new(Cmos::new())))?;
+        let cmos = Arc::new(Mutex::new(Cmos::new()));
+        self.pio.insert(layout::CMOS_PORT, layout::CMOS_PORT_LEN, cmos.clone())?;
+        self.saveable.cmos = Some(cmos);
         let sleep = Arc::new(Mutex::new(AcpiSleep::new(exit_line.clone(), acpi::S5_SLEEP_TYPE)));
         self.pio.insert(layout::ACPI_SLEEP_CONTROL_PORT, 2, sleep)?;
         if config.debug_exit {
@@ -195,8 +224,9 @@ impl DeviceManager {
         let irq_evt = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(io_err("creating an eventfd"))?;
         vm.register_irqfd(&irq_evt, irq).map_err(kvm_err(None, "KVM_IRQFD (UART)"))?;
         let (out, _stdin) = console::serial_output(output)?;
-        let uart = SerialDevice::new(Arc::new(irq_evt) as Arc<dyn IrqLine>, out, None);
-        self.pio.insert(port, layout::COM1_PORT_LEN, Arc::new(Mutex::new(uart)))?;
+        let uart = Arc::new(Mutex::new(SerialDevice::new(Arc::new(irq_evt) as Arc<dyn IrqLine>, out, None)));
+        self.pio.insert(port, layout::COM1_PORT_LEN, uart.clone())?;
+        self.saveable.extra_uarts.push(uart);
         Ok(())
     }
 
@@ -267,6 +297,7 @@ impl DeviceManager {
                 self.pci_root = Some(pci.info());
                 let pci = self.pci.insert(pci);
                 let (t, placement) = pci.add_virtio(mem, device, index)?;
+                self.saveable.virtio.push(VirtioHandle::Pci(t.clone()));
                 self.subscribers.push(t);
                 Transport::Pci(placement)
             }
@@ -299,6 +330,7 @@ impl DeviceManager {
         }
         let transport = Arc::new(Mutex::new(transport));
         self.mmio.insert(base, MMIO_SIZE, transport.clone())?;
+        self.saveable.virtio.push(VirtioHandle::Mmio(transport.clone()));
         self.subscribers.push(transport);
         Ok(Transport::Mmio { base, irq })
     }
@@ -338,20 +370,75 @@ impl DeviceManager {
     }
 
     /// A reader of every device's state, for snapshots of the running VM
-    /// (called only while it is paused).
-    pub(crate) fn state_reader(
-        &self,
-    ) -> Box<dyn Fn() -> Result<crate::snapshot::devices::DeviceStates, crate::snapshot::SnapshotError> + Send + Sync>
-    {
-        Box::new(|| Ok(crate::snapshot::devices::DeviceStates::default()))
+    /// (called only while it is paused, so no device is busy).
+    pub(crate) fn state_reader(&self) -> Box<dyn Fn() -> Result<DeviceStates, SnapshotError> + Send + Sync> {
+        let saveable = self.saveable.clone();
+        let i8042 = self.i8042.clone();
+        let pci = self.pci.as_ref().map(|p| (p.root(), p.config_io()));
+        Box::new(move || {
+            let unsupported = |e: ember_devices::snapshot::SaveError| SnapshotError::Unsupported(e.to_string());
+            let missing = |what: &str| SnapshotError::Unsupported(format!("the VM has no {what}"));
+            let (root, config_io) = pci.as_ref().ok_or_else(|| missing("PCI root"))?;
+            let mut virtio = Vec::with_capacity(saveable.virtio.len());
+            for v in &saveable.virtio {
+                virtio.push(match v {
+                    VirtioHandle::Mmio(t) => SavedVirtio::Mmio(lock(t).save_state().map_err(unsupported)?),
+                    VirtioHandle::Pci(t) => SavedVirtio::Pci(lock(t).save_state().map_err(unsupported)?),
+                });
+            }
+            Ok(DeviceStates {
+                com1: lock(saveable.com1.as_ref().ok_or_else(|| missing("COM1"))?).save_state(),
+                extra_uarts: saveable.extra_uarts.iter().map(|u| lock(u).save_state()).collect(),
+                i8042: lock(i8042.as_ref().ok_or_else(|| missing("i8042"))?).save_state(),
+                cmos: lock(saveable.cmos.as_ref().ok_or_else(|| missing("CMOS"))?).save_state(),
+                pci_root: lock(root).save_state(),
+                pci_config_io: lock(config_io).save_state(),
+                virtio,
+            })
+        })
     }
 
-    /// Puts each device's saved state back (a restore, before the VM
-    /// starts).
-    pub(crate) fn restore_states(
-        &mut self,
-        _states: &crate::snapshot::devices::DeviceStates,
-    ) -> Result<(), crate::snapshot::SnapshotError> {
+    /// Puts each device's saved state back (a restore: after the irqchip,
+    /// before the vCPUs run): the legacy devices, the PCI root (which
+    /// restores each function's configuration space, moving BARs as a
+    /// guest's writes do), then each virtio transport, which activates a
+    /// device its driver had started.
+    pub(crate) fn restore_states(&mut self, states: &DeviceStates) -> Result<(), SnapshotError> {
+        let dev = |device: String| {
+            move |e: ember_devices::snapshot::RestoreError| SnapshotError::Device { device, message: e.to_string() }
+        };
+        let missing = |what: &str| SnapshotError::Inconsistent(format!("the restored VM has no {what}"));
+        let s = &self.saveable;
+        lock(s.com1.as_ref().ok_or_else(|| missing("COM1"))?)
+            .restore_state(&states.com1)
+            .map_err(dev("COM1".into()))?;
+        if s.extra_uarts.len() != states.extra_uarts.len() {
+            return Err(missing("extra UARTs the snapshot has"));
+        }
+        for (i, (u, st)) in s.extra_uarts.iter().zip(&states.extra_uarts).enumerate() {
+            lock(u).restore_state(st).map_err(dev(format!("COM{}", i + 2)))?;
+        }
+        let i8042 = self.i8042.as_ref().ok_or_else(|| missing("i8042"))?;
+        lock(i8042).restore_state(&states.i8042).map_err(dev("i8042".into()))?;
+        lock(s.cmos.as_ref().ok_or_else(|| missing("CMOS"))?)
+            .restore_state(&states.cmos)
+            .map_err(dev("CMOS".into()))?;
+        let pci = self.pci.as_ref().ok_or_else(|| missing("PCI root"))?;
+        lock(&pci.config_io()).restore_state(&states.pci_config_io).map_err(dev("PCI configuration ports".into()))?;
+        // No device lock may be held here: the root locks each function.
+        let root = pci.root();
+        lock(&root).restore_state(&states.pci_root).map_err(dev("PCI bus 0".into()))?;
+        if s.virtio.len() != states.virtio.len() {
+            return Err(missing("virtio devices the snapshot has"));
+        }
+        for (i, (h, st)) in s.virtio.iter().zip(&states.virtio).enumerate() {
+            let name = format!("virtio device {i} ({})", st.transport());
+            match (h, st) {
+                (VirtioHandle::Mmio(t), SavedVirtio::Mmio(st)) => lock(t).restore_state(st).map_err(dev(name))?,
+                (VirtioHandle::Pci(t), SavedVirtio::Pci(st)) => lock(t).restore_state(st).map_err(dev(name))?,
+                _ => return Err(SnapshotError::Inconsistent(format!("{name} is on the other transport here"))),
+            }
+        }
         Ok(())
     }
 

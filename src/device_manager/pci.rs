@@ -71,6 +71,8 @@ pub(crate) struct PciPlacement {
 pub(crate) struct PciBus {
     vm: Arc<VmFd>,
     root: Arc<Mutex<PciRoot>>,
+    /// The legacy configuration ports (their latched address is state).
+    config_io: Arc<Mutex<PciConfigIo>>,
     routing: Arc<GsiRouting>,
     info: PciRootInfo,
 }
@@ -87,17 +89,24 @@ impl PciBus {
         let root = PciRoot::new(windows, Arc::new(KvmIoEvents(vm.clone())))?;
         let bar_windows = root.bar_windows();
         let root = Arc::new(Mutex::new(root));
-        pio.insert(
-            layout::PCI_CONFIG_PORT,
-            layout::PCI_CONFIG_PORT_LEN,
-            Arc::new(Mutex::new(PciConfigIo::new(root.clone()))),
-        )?;
+        let config_io = Arc::new(Mutex::new(PciConfigIo::new(root.clone())));
+        pio.insert(layout::PCI_CONFIG_PORT, layout::PCI_CONFIG_PORT_LEN, config_io.clone())?;
         mmio.insert(info.ecam_base, info.ecam_size, Arc::new(Mutex::new(PciConfigMmio::new(root.clone()))))?;
         for (base, len, window) in bar_windows {
             mmio.insert(base, len, window)?;
         }
         let routing = Arc::new(GsiRouting::new(vm.clone()));
-        Ok(PciBus { vm, root, routing, info })
+        Ok(PciBus { vm, root, config_io, routing, info })
+    }
+
+    /// The root (bus 0's functions), for snapshots.
+    pub(crate) fn root(&self) -> Arc<Mutex<PciRoot>> {
+        self.root.clone()
+    }
+
+    /// The legacy configuration ports, for snapshots.
+    pub(crate) fn config_io(&self) -> Arc<Mutex<PciConfigIo>> {
+        self.config_io.clone()
     }
 
     /// Where the root's configuration space and windows are.

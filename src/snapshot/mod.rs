@@ -326,8 +326,40 @@ pub mod fuzzing {
         serde_json::to_vec(&state).map_err(|e| e.to_string())
     }
 
+    /// The states of freshly built legacy devices and an empty PCI root
+    /// (no virtio device).
+    fn fresh_devices() -> devices::DeviceStates {
+        use ember_devices::legacy::{Cmos, ExitLine, GuestExitRequest, SerialDevice, I8042};
+        use ember_devices::pci::bus::{MmioWindow, PciConfigIo, PciRoot, PciWindows, RecordingIoEvents};
+        use std::sync::{Arc, Mutex};
+        use vmm_sys_util::eventfd::EventFd;
+        struct NoExit;
+        impl ExitLine for NoExit {
+            fn request_exit(&self, _: GuestExitRequest) {}
+        }
+        let line = || Arc::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"));
+        let uart = || SerialDevice::new(line(), Box::new(std::io::sink()), None).save_state();
+        let windows = PciWindows {
+            mmio32: MmioWindow { base: 0xc000_0000, len: 256 << 20 },
+            mmio64: MmioWindow { base: 1 << 32, len: 1 << 32 },
+        };
+        let root =
+            Arc::new(Mutex::new(PciRoot::new(windows, Arc::new(RecordingIoEvents::default())).expect("a PCI root")));
+        let io = PciConfigIo::new(root.clone());
+        let pci_root = root.lock().expect("fresh lock").save_state();
+        devices::DeviceStates {
+            com1: uart(),
+            extra_uarts: vec![uart()],
+            i8042: I8042::new(Arc::new(NoExit), line(), line()).save_state(),
+            cmos: Cmos::new().save_state(),
+            pci_root,
+            pci_config_io: io.save_state(),
+            virtio: Vec::new(),
+        }
+    }
+
     /// A payload that parses: `vcpus` vCPUs of default registers with
-    /// `msrs` MSRs each, one disk and one NIC.
+    /// `msrs` MSRs each, fresh legacy devices and PCI root, one extra UART.
     pub fn sample_payload(vcpus: u8, msrs: usize) -> Vec<u8> {
         use kvm_bindings::*;
         let vcpu = || VcpuState {
@@ -353,13 +385,8 @@ pub mod fuzzing {
                 vcpus,
                 debug_exit: true,
                 extra_serials: 1,
-                disks: vec![state::SavedDisk {
-                    path: "/tmp/disk.img".into(),
-                    read_only: false,
-                    id: Some("d0".into()),
-                    transport: "mmio".into(),
-                }],
-                nets: vec![state::SavedNet { tap: "tap0".into(), mac: [2, 0, 0, 0, 0, 1], transport: "pci".into() }],
+                disks: Vec::new(),
+                nets: Vec::new(),
                 cmdline: "console=ttyS0".into(),
             },
             vcpus: (0..vcpus).map(|_| vcpu()).collect(),
@@ -368,7 +395,7 @@ pub mod fuzzing {
             ioapic: chip(KVM_IRQCHIP_IOAPIC),
             pit: kvm_pit_state2::default(),
             clock: kvm_clock_data { clock: 123_456_789, ..Default::default() },
-            devices: devices::DeviceStates::default(),
+            devices: fresh_devices(),
         };
         serde_json::to_vec(&s).expect("a state serializes")
     }
