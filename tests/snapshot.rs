@@ -333,7 +333,7 @@ fn soak_word(seed: u64, k: u64) -> u64 {
 
 /// The last `SOAK iters=N` a console shows.
 fn soak_iters(text: &str) -> u64 {
-    text.lines().filter_map(|l| l.trim().strip_prefix("SOAK iters=")?.parse().ok()).last().unwrap_or(0)
+    text.lines().rev().find_map(|l| l.trim().strip_prefix("SOAK iters=")?.parse().ok()).unwrap_or(0)
 }
 
 /// virtio-blk across a restore, on each transport: the blk_soak guest
