@@ -120,8 +120,17 @@ pub struct GuestRam {
     layout: RamLayout,
     mem: GuestMemoryMmap,
     /// Mapped from a file (a restored snapshot's, lazily): a page the guest
-    /// never touched is the file's, not zero. Its (device, inode).
-    backing_file: Option<(u64, u64)>,
+    /// never wrote is the file's, not zero.
+    backing_file: Option<BackingFile>,
+}
+
+/// The file guest RAM is mapped from, copy-on-write.
+#[derive(Clone, Debug)]
+pub(crate) struct BackingFile {
+    /// The file (RAM's regions one after the other).
+    pub(crate) file: std::sync::Arc<File>,
+    /// Its (device, inode): it must not be written while mapped.
+    pub(crate) id: (u64, u64),
 }
 
 impl GuestRam {
@@ -181,19 +190,17 @@ impl GuestRam {
             source: std::io::Error::other(e.to_string()),
         })?;
         use std::os::unix::fs::MetadataExt;
-        let id = file.metadata().map(|m| (m.dev(), m.ino())).map_err(|source| MemoryError::MapFile {
-            size: layout.size(),
-            offset: 0,
-            source,
-        })?;
-        Ok(GuestRam { layout, mem, backing_file: Some(id) })
+        let err = |source| MemoryError::MapFile { size: layout.size(), offset: 0, source };
+        let id = file.metadata().map(|m| (m.dev(), m.ino())).map_err(err)?;
+        let file = std::sync::Arc::new(file.try_clone().map_err(err)?);
+        Ok(GuestRam { layout, mem, backing_file: Some(BackingFile { file, id }) })
     }
 
-    /// The (device, inode) of the file RAM is mapped from, if it is: a
-    /// page the guest never wrote then holds the file's bytes, not zeros,
-    /// and the file must not change while the VM lives.
-    pub(crate) fn backing_file(&self) -> Option<(u64, u64)> {
-        self.backing_file
+    /// The file RAM is mapped from, if it is: a page the guest never wrote
+    /// then holds the file's bytes, not zeros, and the file must not
+    /// change while the VM lives.
+    pub(crate) fn backing_file(&self) -> Option<&BackingFile> {
+        self.backing_file.as_ref()
     }
 
     /// Gives every region to the VM as a KVM memory slot (0, 1, …).
@@ -238,7 +245,7 @@ impl GuestRam {
 
 /// The ranges of `file` in `[from, to)` that hold data (`SEEK_DATA` /
 /// `SEEK_HOLE`; a file system without holes reports one run).
-fn data_runs(file: &File, from: u64, to: u64) -> std::io::Result<Vec<(u64, u64)>> {
+pub(crate) fn data_runs(file: &File, from: u64, to: u64) -> std::io::Result<Vec<(u64, u64)>> {
     use std::os::fd::AsRawFd;
     let fd = file.as_raw_fd();
     let mut runs = Vec::new();

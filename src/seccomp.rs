@@ -237,12 +237,16 @@ const API: &[i64] = &[
     libc::SYS_setgroups,
     // Snapshots (`PUT /snapshot/create`): the two files are created,
     // sized, written and synced; guest RAM's residency is read from
-    // /proc/self/pagemap, opened before the VM started.
+    // /proc/self/pagemap, opened before the VM started; a restored VM's
+    // old memory file is copied where the guest did not write (its data
+    // found with lseek's SEEK_DATA/SEEK_HOLE).
     libc::SYS_openat,
     libc::SYS_ftruncate,
     libc::SYS_pwrite64,
     libc::SYS_pread64,
     libc::SYS_fsync,
+    libc::SYS_lseek,
+    libc::SYS_copy_file_range,
 ];
 
 /// The rules of `kind`; with `pci` (a device is on PCI) the vCPU threads

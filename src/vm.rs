@@ -251,11 +251,11 @@ impl Vm {
         let DeviceManager { pio, mmio, mut subscribers, console_input, net_counters, i8042, .. } = devices;
         let slots = Arc::new(StateSlots::new(save_ctx, vcpus.len()));
         // Read while /proc is in reach (before a chroot), for snapshots.
-        let pagemap = ram.backing_file().is_none().then(|| std::fs::File::open("/proc/self/pagemap").ok()).flatten();
+        let pagemap = std::fs::File::open("/proc/self/pagemap").ok();
         let snap = Arc::new(Mutex::new(Some(Arc::new(SnapshotSource {
             vm_fd: vm_fd.clone(),
             mem: ram.memory().clone(),
-            backing_file: ram.backing_file(),
+            backing_file: ram.backing_file().cloned(),
             pagemap,
             machine,
             slots: slots.clone(),

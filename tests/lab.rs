@@ -574,7 +574,8 @@ fn debian_snapshot_restore(r: &StepRun) {
     e2fsck_clean(&img);
     let cat = std::process::Command::new("debugfs").args(["-R", "cat /counter"]).arg(&img).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&cat.stdout).trim(), "30", "the counter on the disk");
-    // The snapshots' memory files are sparse: the guest's touched pages.
+    // The snapshots' memory files are sparse: the guest's touched pages
+    // (the second: the first's data plus what the guest wrote since).
     for k in ["vm1_memory_kib", "vm2_memory_kib"] {
         let kib: u64 = r.get(k).parse().unwrap();
         assert!(kib > 1024 && kib < 256 << 10, "{k} = {kib} KiB");

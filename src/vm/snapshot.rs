@@ -14,6 +14,7 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::config::{DiskConfig, NetConfig, SerialConfig, VirtioTransport, VmConfig};
 use crate::cpuid;
+use crate::memory::BackingFile;
 use crate::run_control::{PauseError, RunControl};
 use crate::snapshot::devices::DeviceStates;
 use crate::snapshot::state::{Machine, SavedDisk, SavedNet};
@@ -134,10 +135,11 @@ pub(crate) fn config_for_restore(state: &VmState, rc: &RestoreConfig) -> VmConfi
 pub(crate) struct SnapshotSource {
     pub(crate) vm_fd: Arc<VmFd>,
     pub(crate) mem: GuestMemoryMmap,
-    /// The file RAM is mapped from, (device, inode), if it is (a restored
-    /// VM's): the snapshot must not overwrite it. Without one RAM is
-    /// anonymous, and untouched pages are zero and left as holes.
-    pub(crate) backing_file: Option<(u64, u64)>,
+    /// The file RAM is mapped from, if it is (a restored VM's): the
+    /// snapshot must not overwrite it, and copies what the guest did not
+    /// write from it. Without one RAM is anonymous, and untouched pages
+    /// are zero and left as holes.
+    pub(crate) backing_file: Option<BackingFile>,
     /// `/proc/self/pagemap`, opened while `/proc` was in reach.
     pub(crate) pagemap: Option<File>,
     pub(crate) machine: Machine,
@@ -159,8 +161,10 @@ impl SnapshotSource {
             )));
         }
         let id = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
-        let backing =
-            self.backing_file.and_then(|b| [&files.memory, &files.state].into_iter().find(|p| id(p) == Some(b)));
+        let backing = self
+            .backing_file
+            .as_ref()
+            .and_then(|b| [&files.memory, &files.state].into_iter().find(|p| id(p) == Some(b.id)));
         if let Some(path) = backing {
             return Err(SnapshotError::Unsupported(format!(
                 "{} is the memory file this VM was restored from and its RAM is mapped from: write the snapshot \
@@ -208,8 +212,8 @@ impl SnapshotSource {
             devices,
         };
         let mem_file = snapshot::create_memory_file(&files.memory)?;
-        let sparse = self.backing_file.is_none();
-        let written = memory_file::write(&self.mem, &mem_file, sparse, self.pagemap.as_ref())?;
+        let backing = self.backing_file.as_ref().map(|b| b.file.as_ref());
+        let written = memory_file::write(&self.mem, &mem_file, backing, self.pagemap.as_ref())?;
         let state_bytes = snapshot::write_state(&files.state, &state)?;
         Ok(SnapshotInfo { state_bytes, memory_bytes: written.len, memory_written: written.data, took: start.elapsed() })
     }
