@@ -13,6 +13,9 @@
 //! framed again, is accepted and serializes to the same bytes (nothing is
 //! lost or invented on the way); the accepted file with any one byte
 //! flipped (bytes 1–4 of the input choose which, and the bit) is refused.
+//! An accepted state's legacy devices (UARTs, i8042, CMOS) and PCI root
+//! are then restored into freshly built ones, the device crate's checks of
+//! hostile states: refused or accepted, never a panic.
 #![no_main]
 
 use ember::fuzzing::snapshot;
@@ -33,4 +36,5 @@ fuzz_target!(|data: &[u8]| {
     let at = pick % flipped.len();
     flipped[at] ^= 1 << (pick % 8);
     assert!(snapshot::parse(&flipped).is_err(), "byte {at} flipped went unnoticed");
+    let _ = snapshot::restore_fresh(&file);
 });

@@ -326,34 +326,77 @@ pub mod fuzzing {
         serde_json::to_vec(&state).map_err(|e| e.to_string())
     }
 
+    /// Parses a whole state file as [`parse`] does and, if it is
+    /// accepted, puts its legacy devices' and PCI root's states into
+    /// freshly built ones (a restore's device step, without KVM); the
+    /// error of the first refused, if one is.
+    pub fn restore_fresh(bytes: &[u8]) -> Result<(), String> {
+        let payload = file::decode(bytes).map_err(|e| e.to_string())?;
+        let state: VmState = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+        state.check().map_err(|e| e.to_string())?;
+        let d = &state.devices;
+        let mut fresh = Fresh::new();
+        let e = |e: ember_devices::snapshot::RestoreError| e.to_string();
+        fresh.com1.restore_state(&d.com1).map_err(e)?;
+        for u in &d.extra_uarts {
+            Fresh::new().com1.restore_state(u).map_err(e)?;
+        }
+        fresh.i8042.restore_state(&d.i8042).map_err(e)?;
+        fresh.cmos.restore_state(&d.cmos).map_err(e)?;
+        fresh.io.restore_state(&d.pci_config_io).map_err(e)?;
+        fresh.root.lock().expect("fresh lock").restore_state(&d.pci_root).map_err(e)?;
+        Ok(())
+    }
+
+    /// Freshly built legacy devices and an empty PCI root.
+    struct Fresh {
+        com1: ember_devices::legacy::SerialDevice,
+        i8042: ember_devices::legacy::I8042,
+        cmos: ember_devices::legacy::Cmos,
+        root: std::sync::Arc<std::sync::Mutex<ember_devices::pci::bus::PciRoot>>,
+        io: ember_devices::pci::bus::PciConfigIo,
+    }
+
+    impl Fresh {
+        fn new() -> Self {
+            use ember_devices::legacy::{Cmos, ExitLine, GuestExitRequest, SerialDevice, I8042};
+            use ember_devices::pci::bus::{MmioWindow, PciConfigIo, PciRoot, PciWindows, RecordingIoEvents};
+            use std::sync::{Arc, Mutex};
+            use vmm_sys_util::eventfd::EventFd;
+            struct NoExit;
+            impl ExitLine for NoExit {
+                fn request_exit(&self, _: GuestExitRequest) {}
+            }
+            let line = || Arc::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"));
+            let windows = PciWindows {
+                mmio32: MmioWindow { base: 0xc000_0000, len: 256 << 20 },
+                mmio64: MmioWindow { base: 1 << 32, len: 1 << 32 },
+            };
+            let root = Arc::new(Mutex::new(
+                PciRoot::new(windows, Arc::new(RecordingIoEvents::default())).expect("a PCI root"),
+            ));
+            Fresh {
+                com1: SerialDevice::new(line(), Box::new(std::io::sink()), None),
+                i8042: I8042::new(Arc::new(NoExit), line(), line()),
+                cmos: Cmos::new(),
+                io: PciConfigIo::new(root.clone()),
+                root,
+            }
+        }
+    }
+
     /// The states of freshly built legacy devices and an empty PCI root
     /// (no virtio device).
     fn fresh_devices() -> devices::DeviceStates {
-        use ember_devices::legacy::{Cmos, ExitLine, GuestExitRequest, SerialDevice, I8042};
-        use ember_devices::pci::bus::{MmioWindow, PciConfigIo, PciRoot, PciWindows, RecordingIoEvents};
-        use std::sync::{Arc, Mutex};
-        use vmm_sys_util::eventfd::EventFd;
-        struct NoExit;
-        impl ExitLine for NoExit {
-            fn request_exit(&self, _: GuestExitRequest) {}
-        }
-        let line = || Arc::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"));
-        let uart = || SerialDevice::new(line(), Box::new(std::io::sink()), None).save_state();
-        let windows = PciWindows {
-            mmio32: MmioWindow { base: 0xc000_0000, len: 256 << 20 },
-            mmio64: MmioWindow { base: 1 << 32, len: 1 << 32 },
-        };
-        let root =
-            Arc::new(Mutex::new(PciRoot::new(windows, Arc::new(RecordingIoEvents::default())).expect("a PCI root")));
-        let io = PciConfigIo::new(root.clone());
-        let pci_root = root.lock().expect("fresh lock").save_state();
+        let f = Fresh::new();
+        let pci_root = f.root.lock().expect("fresh lock").save_state();
         devices::DeviceStates {
-            com1: uart(),
-            extra_uarts: vec![uart()],
-            i8042: I8042::new(Arc::new(NoExit), line(), line()).save_state(),
-            cmos: Cmos::new().save_state(),
+            com1: f.com1.save_state(),
+            extra_uarts: vec![Fresh::new().com1.save_state()],
+            i8042: f.i8042.save_state(),
+            cmos: f.cmos.save_state(),
             pci_root,
-            pci_config_io: io.save_state(),
+            pci_config_io: f.io.save_state(),
             virtio: Vec::new(),
         }
     }
