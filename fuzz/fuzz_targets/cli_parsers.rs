@@ -214,6 +214,12 @@ fuzz_target!(|data: &[u8]| {
             // Parsing must not panic; the flags are used as they are.
             let _ = (serve.api_sock, serve.config_file, serve.shutdown_timeout);
         }
+        Ok(Cli { command: Command::Restore(restore) }) => {
+            // The files are the snapshot's; the rest is host-side.
+            let rc = restore.to_restore_config();
+            assert_eq!((rc.files.state, rc.files.memory), (restore.snapshot.clone(), restore.mem_file.clone()));
+            assert_eq!(rc.jail.is_some(), restore.user.is_some());
+        }
         Err(e) => {
             let _ = e.to_string();
         }
