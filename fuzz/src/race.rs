@@ -91,6 +91,9 @@ struct Vcpu {
     job: Mutex<Option<Step>>,
     /// Signalled when a race starts.
     start: Condvar,
+    /// Set by the hostile thread once it has made the first step of the
+    /// race under way.
+    running: AtomicBool,
     /// Set by the serving side to end the race under way.
     stop: AtomicBool,
     /// Races finished by the hostile thread (it has stopped writing).
@@ -120,6 +123,8 @@ fn vcpu() -> &'static Vcpu {
                             job = v.start.wait(job).unwrap();
                         }
                     };
+                    step();
+                    v.running.store(true, Ordering::Release);
                     while !v.stop.load(Ordering::Acquire) {
                         step();
                         std::hint::spin_loop();
@@ -134,6 +139,7 @@ fn vcpu() -> &'static Vcpu {
             tid: tid_rx.recv().unwrap(),
             job: Mutex::new(None),
             start: Condvar::new(),
+            running: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             done: Mutex::new(0),
             finished: Condvar::new(),
@@ -166,14 +172,20 @@ fn keep_apart(v: &Vcpu) {
 
 /// Runs `serve` on this thread while the hostile vCPU thread repeats `step`
 /// without pause; returns once `serve` has returned and the hostile thread
-/// has stopped (as a scoped thread's join would).
+/// has stopped (as a scoped thread's join would). `serve` starts once the
+/// hostile thread has made its first step, so every notification is raced
+/// (a thread spawned per input often started only after the last one).
 pub fn race<R>(step: Step, serve: impl FnOnce() -> R) -> R {
     let v = vcpu();
     keep_apart(v);
     let before = *v.done.lock().unwrap();
     v.stop.store(false, Ordering::Release);
+    v.running.store(false, Ordering::Release);
     *v.job.lock().unwrap() = Some(step);
     v.start.notify_one();
+    while !v.running.load(Ordering::Acquire) {
+        std::thread::yield_now();
+    }
     let out = serve();
     v.stop.store(true, Ordering::Release);
     let mut done = v.done.lock().unwrap();
