@@ -26,7 +26,6 @@
 //! no panic, the image size never changes, the device stays active.
 #![no_main]
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use ember_devices::interrupt::CountingIrq;
@@ -34,8 +33,8 @@ use ember_devices::virtio::block::{Block, BlockConfig, MAX_REQUEST_BYTES};
 use ember_devices::virtio::mmio::MmioTransport;
 use ember_devices::virtio::MAX_PASS_BYTES;
 use ember_fuzz::input::Reader;
-use ember_fuzz::race::{count_logs, log_records, thread_cpu, thread_io, MAX_KICK_CPU, PROC_IO_SLACK};
-use ember_fuzz::virtio::{self, addr, reg, Driver, Rings, Step};
+use ember_fuzz::race::{count_logs, log_records, race, thread_cpu, thread_io, Step, MAX_KICK_CPU, PROC_IO_SLACK};
+use ember_fuzz::virtio::{self, addr, reg, Driver, Rings};
 use ember_fuzz::{guest, image};
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{Bytes, GuestAddress};
@@ -81,27 +80,24 @@ fuzz_target!(|data: &[u8]| {
         t.handle_queue_event(0);
     };
     while !s.is_empty() {
-        if drv.action(&mut s) == Step::Kick {
+        if drv.action(&mut s) == virtio::Step::Kick {
             kick(&mut t);
         }
     }
 
-    let stop = AtomicBool::new(false);
     let refill = flags & 1 != 0;
     let (avail_idx, used_idx) = (GuestAddress(rings.avail + 2), GuestAddress(rings.used + 2));
-    std::thread::scope(|scope| {
-        let vcpu = scope.spawn(|| {
-            while !stop.load(Ordering::Acquire) {
-                for (at, bytes) in &writes {
-                    gm.write(*at, bytes);
-                }
-                if refill {
-                    let used: u16 = mem.read_obj(used_idx).unwrap_or(0);
-                    let _ = mem.write_obj(used.wrapping_add(rings.size), avail_idx);
-                }
-                std::hint::spin_loop();
-            }
-        });
+    let hostile: Step = Box::new(move || {
+        for (at, bytes) in &writes {
+            gm.write(*at, bytes);
+        }
+        if refill {
+            let mem = gm.mem();
+            let used: u16 = mem.read_obj(used_idx).unwrap_or(0);
+            let _ = mem.write_obj(used.wrapping_add(rings.size), avail_idx);
+        }
+    });
+    race(hostile, || {
         for _ in 0..kicks {
             let (cpu0, io0) = (thread_cpu(), thread_io());
             kick(&mut t);
@@ -111,8 +107,6 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(img.size(), image::IMAGE_SIZE, "image size changed");
             assert!(t.is_activated(), "device stopped");
         }
-        stop.store(true, Ordering::Release);
-        vcpu.join().expect("hostile vCPU thread");
     });
     // Continuations the budget left: served as the event loop would.
     for _ in 0..64 {

@@ -35,14 +35,12 @@
 //! backend within the sizes a TAP takes, the device active until reset.
 #![no_main]
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use ember_devices::virtio::net::{MAX_TX_FRAME, RX_QUEUE, TX_QUEUE};
 use ember_devices::virtio::MAX_PASS_BYTES;
 use ember_fuzz::guest;
 use ember_fuzz::input::Reader;
 use ember_fuzz::net::{check_sent, kick, net_on_mmio, rings, NetDriver, NetStep, RX_RINGS, TX_RINGS};
-use ember_fuzz::race::{count_logs, log_records, thread_cpu, thread_io, MAX_KICK_CPU, PROC_IO_SLACK};
+use ember_fuzz::race::{count_logs, log_records, race, thread_cpu, thread_io, Step, MAX_KICK_CPU, PROC_IO_SLACK};
 use ember_fuzz::virtio::{self, addr, reg};
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{Bytes, GuestAddress};
@@ -57,7 +55,6 @@ const MAX_SETUP_OPS: usize = 256;
 fuzz_target!(|data: &[u8]| {
     count_logs();
     let gm = guest::shared();
-    let mem = gm.mem();
     let mut r = Reader::new(data);
 
     let wanted = r.u64();
@@ -93,25 +90,22 @@ fuzz_target!(|data: &[u8]| {
     }
     check_sent(&mut host, &stats);
 
-    let stop = AtomicBool::new(false);
     let refills: Vec<(GuestAddress, GuestAddress, u16)> = [(flags & 1 != 0, txr), (flags & 2 != 0, rxr)]
         .into_iter()
         .filter(|(on, _)| *on)
         .map(|(_, q)| (GuestAddress(q.avail + 2), GuestAddress(q.used + 2), q.size))
         .collect();
-    std::thread::scope(|scope| {
-        let vcpu = scope.spawn(|| {
-            while !stop.load(Ordering::Acquire) {
-                for (at, bytes) in &writes {
-                    gm.write(*at, bytes);
-                }
-                for &(avail_idx, used_idx, size) in &refills {
-                    let used: u16 = mem.read_obj(used_idx).unwrap_or(0);
-                    let _ = mem.write_obj(used.wrapping_add(size), avail_idx);
-                }
-                std::hint::spin_loop();
-            }
-        });
+    let hostile: Step = Box::new(move || {
+        for (at, bytes) in &writes {
+            gm.write(*at, bytes);
+        }
+        let mem = gm.mem();
+        for &(avail_idx, used_idx, size) in &refills {
+            let used: u16 = mem.read_obj(used_idx).unwrap_or(0);
+            let _ = mem.write_obj(used.wrapping_add(size), avail_idx);
+        }
+    });
+    race(hostile, || {
         for i in 0..kicks {
             let q = if which >> i & 1 != 0 { RX_QUEUE } else { TX_QUEUE };
             if q == RX_QUEUE {
@@ -130,8 +124,6 @@ fuzz_target!(|data: &[u8]| {
             check_sent(&mut host, &stats);
             assert!(t.is_activated(), "device stopped");
         }
-        stop.store(true, Ordering::Release);
-        vcpu.join().expect("hostile vCPU thread");
     });
     // Continuations the budget left: served as the event loop would.
     for _ in 0..64 {

@@ -4,10 +4,11 @@
 //! Input: see `ember_fuzz::p9` (a config byte, then requests built from a
 //! description or taken raw).
 //!
-//! The scratch directory (per process, rebuilt before every input) is
-//! `base/share/` (served) holding a file, a subdirectory with a file, and
-//! symbolic links pointing out (absolute to the canary, relative to it,
-//! to the outside directory, to `/`), and `base/outside/canary`.
+//! The scratch directory (per process; every input starts on a pristine
+//! share: the previous one if it is verifiably unchanged, else one rebuilt)
+//! is `base/share/` (served) holding a file, a subdirectory with a file,
+//! and symbolic links pointing out (absolute to the canary, relative to
+//! it, to the outside directory, to `/`), and `base/outside/canary`.
 //! Invariants: no panic; every reply fits the room given, its size field
 //! is its length, its tag is the request's, its type is `Rlerror` or the
 //! request's type + 1; the fid count stays within the bound; after every
@@ -17,7 +18,7 @@
 
 use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use ember_devices::virtio::p9::wire::msg;
 use ember_devices::virtio::p9::{Server, MAX_MSIZE};
@@ -39,8 +40,55 @@ fn base() -> &'static Path {
     })
 }
 
+/// The share's entries (paths from its root; "" is the root itself).
+const ENTRIES: [&str; 8] = ["", "file", "sub", "sub/inner", "abs", "rel", "dirlink", "slash"];
+
+/// What a share entry's `lstat` says, less the access time (reads move
+/// it; a fresh share's is "now" anyway).
+#[derive(Debug, PartialEq, Eq)]
+struct Meta {
+    ino: u64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    nlink: u64,
+    size: u64,
+    blocks: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+fn meta(path: &Path) -> Option<Meta> {
+    let m = std::fs::symlink_metadata(path).ok()?;
+    Some(Meta {
+        ino: m.ino(),
+        mode: m.mode(),
+        uid: m.uid(),
+        gid: m.gid(),
+        nlink: m.nlink(),
+        size: m.size(),
+        blocks: m.blocks(),
+        mtime: (m.mtime(), m.mtime_nsec()),
+        ctime: (m.ctime(), m.ctime_nsec()),
+    })
+}
+
+fn file_content() -> Vec<u8> {
+    b"0123456789abcdef".repeat(64)
+}
+
+/// The link targets of the share: (entry, target).
+fn links(base: &Path) -> [(&'static str, PathBuf); 4] {
+    [
+        ("abs", base.join("outside/canary")),
+        ("rel", PathBuf::from("../outside/canary")),
+        ("dirlink", base.join("outside")),
+        ("slash", PathBuf::from("/")),
+    ]
+}
+
 /// Lays out a fresh share.
-fn fresh_share(base: &Path) -> PathBuf {
+fn build_share(base: &Path) -> PathBuf {
     let share = base.join("share");
     if share.exists() && std::fs::remove_dir_all(&share).is_err() {
         // Not root, and the input chmod'ed a directory: make it removable.
@@ -48,12 +96,52 @@ fn fresh_share(base: &Path) -> PathBuf {
         std::fs::remove_dir_all(&share).unwrap();
     }
     std::fs::create_dir_all(share.join("sub")).unwrap();
-    std::fs::write(share.join("file"), b"0123456789abcdef".repeat(64)).unwrap();
+    std::fs::write(share.join("file"), file_content()).unwrap();
     std::fs::write(share.join("sub/inner"), b"inner\n").unwrap();
-    symlink(base.join("outside/canary"), share.join("abs")).unwrap();
-    symlink("../outside/canary", share.join("rel")).unwrap();
-    symlink(base.join("outside"), share.join("dirlink")).unwrap();
-    symlink("/", share.join("slash")).unwrap();
+    for (name, target) in links(base) {
+        symlink(target, share.join(name)).unwrap();
+    }
+    share
+}
+
+fn names(dir: &Path) -> Option<Vec<std::ffi::OsString>> {
+    let mut v = std::fs::read_dir(dir).ok()?.map(|e| e.map(|e| e.file_name())).collect::<Result<Vec<_>, _>>().ok()?;
+    v.sort();
+    Some(v)
+}
+
+/// Whether the share is still exactly as `build_share` laid it out, with
+/// the metadata recorded then: the same inodes with the same type, mode,
+/// owner, link count, size, blocks, modification and change times; no
+/// other entry in the share or in `sub`; the files' content and the links'
+/// targets. (Nothing the server can do leaves all of that unchanged: it
+/// sets no extended attributes, and a change of content, entries or
+/// metadata shows in the content, the listings or the `lstat` fields even
+/// within one tick of the coarse file-system clock.)
+fn pristine(base: &Path, share: &Path, recorded: &[Meta]) -> bool {
+    ENTRIES.iter().zip(recorded).all(|(e, want)| meta(&share.join(e)).as_ref() == Some(want))
+        && names(share).is_some_and(|n| n == ["abs", "dirlink", "file", "rel", "slash", "sub"])
+        && names(&share.join("sub")).is_some_and(|n| n == ["inner"])
+        && std::fs::read(share.join("file")).is_ok_and(|c| c == file_content())
+        && std::fs::read(share.join("sub/inner")).is_ok_and(|c| c == b"inner\n")
+        && links(base).iter().all(|(name, target)| std::fs::read_link(share.join(name)).is_ok_and(|t| &t == target))
+}
+
+/// A share as `build_share` lays it out: the one the previous input left if
+/// it is still pristine (most inputs change nothing, and tearing the share
+/// down and laying it out again was most of the target's time), else a
+/// freshly built one.
+fn fresh_share(base: &Path) -> PathBuf {
+    static RECORDED: Mutex<Option<(PathBuf, Vec<Meta>)>> = Mutex::new(None);
+    let mut recorded = RECORDED.lock().unwrap();
+    if let Some((share, metas)) = recorded.as_ref() {
+        if pristine(base, share, metas) {
+            return share.clone();
+        }
+    }
+    let share = build_share(base);
+    let metas = ENTRIES.iter().map(|e| meta(&share.join(e)).expect("lstat of a fresh share entry")).collect();
+    *recorded = Some((share.clone(), metas));
     share
 }
 
@@ -79,7 +167,15 @@ fuzz_target!(|data: &[u8]| {
     let mut srv = Server::new(&share, readonly).expect("server");
     srv.set_max_fids(MAX_FIDS);
     let mut req = Vec::new();
-    let mut reply = vec![0u8; MAX_MSIZE as usize];
+    // All zero, as a fresh buffer would be: the previous input's replies
+    // are wiped at the end (the room it used), without allocating and
+    // faulting in 512 KiB per input.
+    static REPLY: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+    let mut reply = REPLY.lock().unwrap();
+    if reply.is_empty() {
+        reply.resize(MAX_MSIZE as usize, 0);
+    }
+    let mut dirty = 0;
     for i in 0..MAX_REQUESTS {
         if r.is_empty() {
             break;
@@ -92,6 +188,7 @@ fuzz_target!(|data: &[u8]| {
             2 => srv.msize() as usize,
             _ => 11,
         };
+        dirty = dirty.max(room);
         let n = srv.handle(&req, &mut reply[..room]);
         assert!(n <= room, "reply of {n} bytes in {room}");
         if n > 0 {
@@ -111,6 +208,8 @@ fuzz_target!(|data: &[u8]| {
         assert!(srv.fid_count() <= MAX_FIDS);
     }
     drop(srv);
+    reply[..dirty].fill(0);
+    drop(reply);
     assert!(share.is_dir(), "the share's root is gone");
     check_outside(base);
 });
