@@ -24,13 +24,16 @@
 //! trip of `GET /` and `PUT /machine-config` on a keep-alive connection,
 //! and the 16-client throughput. No VM is involved (phase 1 of issue 18).
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ember::api::{ApiServer, Limits};
+
+mod common;
+use common::{median, round_trip};
 use ember::fuzzing::api::{spawn_controller, Controller, FakeVm, HostChecks};
 use ember::SeccompMode;
 
@@ -99,41 +102,12 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn us(d: Duration) -> String {
     format!("{:.1} µs", d.as_secs_f64() * 1e6)
 }
 
 fn sock_path(i: usize) -> PathBuf {
     std::env::temp_dir().join(format!("ember-api-bench-{}-{i}.sock", std::process::id()))
-}
-
-/// Sends one request on a keep-alive connection and reads its response.
-fn round_trip(s: &mut UnixStream, req: &[u8], buf: &mut Vec<u8>) -> u16 {
-    s.write_all(req).unwrap();
-    buf.clear();
-    let mut chunk = [0u8; 2048];
-    loop {
-        let n = s.read(&mut chunk).unwrap();
-        assert!(n > 0, "server closed the connection");
-        buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; 16];
-        let mut r = httparse::Response::new(&mut headers);
-        if let Ok(httparse::Status::Complete(h)) = r.parse(buf) {
-            let len = r
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .map_or(0, |h| std::str::from_utf8(h.value).unwrap().parse::<usize>().unwrap());
-            if buf.len() >= h + len {
-                return r.code.unwrap();
-            }
-        }
-    }
 }
 
 fn main() {

@@ -28,22 +28,8 @@ use std::time::{Duration, Instant};
 
 const GUEST_MIB: u64 = 128;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn guest(name: &str) -> PathBuf {
-    let out = repo().join("target/guests");
-    let st = Command::new("make")
-        .args(["-s", "-C"])
-        .arg(repo().join("tests/guests"))
-        .arg(format!("O={}", out.display()))
-        .arg(format!("{name}.elf"))
-        .status()
-        .expect("make");
-    assert!(st.success(), "building guest {name}");
-    out.join(format!("{name}.elf"))
-}
+mod common;
+use common::{field, guest, meminfo, repo};
 
 /// A VMM under test: how to start it on a guest.
 struct Vmm {
@@ -216,21 +202,6 @@ fn idle_rss(vmm: &Vmm, g: &Path) -> (u64, u64) {
     let _ = child.kill();
     let _ = child.wait();
     r
-}
-
-/// /proc/meminfo as (field, KiB) pairs.
-fn meminfo() -> Vec<(String, i64)> {
-    let m = std::fs::read_to_string("/proc/meminfo").unwrap();
-    m.lines()
-        .filter_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            Some((k.to_string(), v.split_whitespace().next()?.parse().ok()?))
-        })
-        .collect()
-}
-
-fn field(m: &[(String, i64)], k: &str) -> i64 {
-    m.iter().find(|(n, _)| n == k).map(|(_, v)| *v).unwrap_or(0)
 }
 
 /// Host memory per idle VM with `count` of them running: the drop of

@@ -113,6 +113,36 @@ fn create_vcpus(kvm: &Kvm, vm: &VmFd, count: u8, entry: Entry) -> Result<Vec<Vcp
     Ok(vcpus)
 }
 
+/// Steps 2 to 5, which a new VM and a restored one share: KVM and the VM,
+/// guest RAM (`ram` makes it) registered before the irqchip, the exit
+/// signal, and the devices.
+struct Machinery {
+    kvm: Kvm,
+    vm_fd: Arc<VmFd>,
+    ram: GuestRam,
+    exit: Arc<ExitSignal>,
+    devices: DeviceManager,
+}
+
+impl Machinery {
+    fn build(
+        config: &VmConfig,
+        ram: impl FnOnce() -> Result<GuestRam, crate::memory::MemoryError>,
+    ) -> Result<Machinery, Error> {
+        let (kvm, vm_fd) = create_vm(config)?;
+        let vm_fd = Arc::new(vm_fd);
+        // Before the irqchip: see the module documentation.
+        let ram = ram()?;
+        ram.register(&vm_fd)?;
+        create_irqchip(&vm_fd)?;
+        let exit = Arc::new(ExitSignal::new().map_err(io_err("creating the exit eventfd"))?);
+        let mut devices = DeviceManager::new();
+        devices.add_legacy_devices(&vm_fd, config, &exit)?;
+        devices.add_virtio_devices(&vm_fd, ram.memory(), ram.layout(), config)?;
+        Ok(Machinery { kvm, vm_fd, ram, exit, devices })
+    }
+}
+
 /// A VM that has been built and not yet started.
 pub struct Vm {
     config: VmConfig,
@@ -136,17 +166,8 @@ impl Vm {
     /// documentation), in the order that is cheapest on KVM.
     pub fn new(config: VmConfig) -> Result<Vm, Error> {
         config.validate()?;
-        let (kvm, vm_fd) = create_vm(&config)?;
-        let vm_fd = Arc::new(vm_fd);
-        // Before the irqchip: see the module documentation.
-        let ram = GuestRam::create(RamLayout::new(config.memory))?;
-        ram.register(&vm_fd)?;
-        create_irqchip(&vm_fd)?;
-
-        let exit = Arc::new(ExitSignal::new().map_err(io_err("creating the exit eventfd"))?);
-        let mut devices = DeviceManager::new();
-        devices.add_legacy_devices(&vm_fd, &config, &exit)?;
-        devices.add_virtio_devices(&vm_fd, ram.memory(), ram.layout(), &config)?;
+        let Machinery { kvm, vm_fd, ram, exit, devices } =
+            Machinery::build(&config, || GuestRam::create(RamLayout::new(config.memory)))?;
 
         let boot = boot::load(&ram, &config)?;
         let cmdline = devices.kernel_cmdline(&config.cmdline, config.virtio_mmio_cmdline);
@@ -183,17 +204,9 @@ impl Vm {
         let state = crate::snapshot::read_state(&rc.files.state, &host)?;
         let config = snapshot::config_for_restore(&state, &rc);
         config.validate()?;
-        let (kvm, vm_fd) = create_vm(&config)?;
-        let vm_fd = Arc::new(vm_fd);
         let mem_file = crate::snapshot::open_memory_file(&rc.files.memory, config.memory)?;
-        let ram = GuestRam::from_file(RamLayout::new(config.memory), &mem_file, rc.backing)?;
-        ram.register(&vm_fd)?;
-        create_irqchip(&vm_fd)?;
-
-        let exit = Arc::new(ExitSignal::new().map_err(io_err("creating the exit eventfd"))?);
-        let mut devices = DeviceManager::new();
-        devices.add_legacy_devices(&vm_fd, &config, &exit)?;
-        devices.add_virtio_devices(&vm_fd, ram.memory(), ram.layout(), &config)?;
+        let Machinery { kvm, vm_fd, ram, exit, mut devices } =
+            Machinery::build(&config, || GuestRam::from_file(RamLayout::new(config.memory), &mem_file, rc.backing))?;
         if devices.macs.iter().zip(&state.machine.nets).any(|(m, n)| *m != n.mac) {
             return Err(SnapshotError::Inconsistent("a NIC's MAC differs from the snapshot's".into()).into());
         }

@@ -13,15 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn wait_count(ember: &mut Spawned, n: u64) {
-    assert!(
-        ember.wait_for(&format!("count {n}\r\n"), Duration::from_secs(120)),
-        "no count {n}: {}\n{}",
-        ember.stdout(),
-        ember.stderr()
-    );
-}
-
 /// Pre-boot resources, each with a good body: after start every one is
 /// refused with 400 and a fault_message.
 fn pre_boot_requests(kernel: &str, disk: &str) -> Vec<(&'static str, &'static str, String)> {
@@ -91,7 +82,7 @@ fn configure_start_pause_resume_refuse_and_stop_a_guest_through_the_api() {
     assert_eq!(state(&sock), "Running");
     let (st, body) = call(&sock, "GET", "/machine-config", None);
     assert_eq!((st, json(&body)["vcpu_count"].as_u64()), (200, Some(2)), "{body}");
-    wait_count(&mut ember, 3);
+    wait_stdout_count(&mut ember, 3);
 
     for round in 0..2 {
         let (st, body) = call(&sock, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#));
@@ -105,7 +96,7 @@ fn configure_start_pause_resume_refuse_and_stop_a_guest_through_the_api() {
         assert_eq!(st, 204, "resume: {body}");
         assert_eq!(state(&sock), "Running");
         let last = assert_counts_consecutive(&counts(&frozen));
-        wait_count(&mut ember, last + 3);
+        wait_stdout_count(&mut ember, last + 3);
     }
     let (st, body) = call(&sock, "PATCH", "/vm", Some(r#"{"state": "Frozen"}"#));
     assert_eq!(st, 400, "{body}");
@@ -123,7 +114,7 @@ fn configure_start_pause_resume_refuse_and_stop_a_guest_through_the_api() {
     assert!(json(&body)["fault_message"].is_string());
     assert_eq!(state(&sock), "Running");
     let seen = counts(&ember.stdout()).len() as u64;
-    wait_count(&mut ember, seen + 2);
+    wait_stdout_count(&mut ember, seen + 2);
 
     // SIGTERM: Ctrl+Alt+Del, which this guest ignores (it has no keyboard
     // driver), so the VM is stopped after --shutdown-timeout (2 s); ember
@@ -173,7 +164,7 @@ fn a_config_file_starts_the_vm_and_the_api_serves_it_running() {
         ],
     );
     assert_eq!(state(&sock), "Running");
-    wait_count(&mut ember, 2);
+    wait_stdout_count(&mut ember, 2);
     let (st, body) = call(&sock, "GET", "/vm/config", None);
     assert_eq!(st, 200, "{body}");
     let v = json(&body);

@@ -124,15 +124,6 @@ fn bad_snapshot_files_are_refused_with_a_clear_error() {
     assert!(e.contains("not an ember state file"), "{e}");
 }
 
-fn wait_stdout_count(ember: &mut Spawned, n: u64) {
-    assert!(
-        ember.wait_for(&format!("count {n}\r\n"), Duration::from_secs(120)),
-        "no count {n}: {}\n{}",
-        ember.stdout(),
-        ember.stderr()
-    );
-}
-
 fn put(sock: &Path, path: &str, body: &str) -> (u16, String) {
     call(sock, "PUT", path, Some(body))
 }

@@ -75,16 +75,22 @@ pub fn ms(d: Duration) -> String {
 /// One request on a keep-alive connection; the status.
 pub fn call(s: &mut UnixStream, method: &str, path: &str, body: &str) -> u16 {
     let req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-    s.write_all(req.as_bytes()).unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
+    round_trip(s, req.as_bytes(), &mut Vec::new())
+}
+
+/// Sends the raw request `req` on a keep-alive connection and reads its
+/// whole response into `buf`; the status.
+pub fn round_trip(s: &mut UnixStream, req: &[u8], buf: &mut Vec<u8>) -> u16 {
+    s.write_all(req).unwrap();
+    buf.clear();
+    let mut chunk = [0u8; 2048];
     loop {
         let n = s.read(&mut chunk).unwrap();
         assert!(n > 0, "the server closed the connection");
         buf.extend_from_slice(&chunk[..n]);
         let mut headers = [httparse::EMPTY_HEADER; 16];
         let mut r = httparse::Response::new(&mut headers);
-        if let Ok(httparse::Status::Complete(h)) = r.parse(&buf) {
+        if let Ok(httparse::Status::Complete(h)) = r.parse(buf) {
             let len = r
                 .headers
                 .iter()

@@ -218,7 +218,7 @@ fuzz_target!(|data: &[u8]| {
             // The files are the snapshot's; the rest is host-side.
             let rc = restore.to_restore_config();
             assert_eq!((rc.files.state, rc.files.memory), (restore.snapshot.clone(), restore.mem_file.clone()));
-            assert_eq!(rc.jail.is_some(), restore.user.is_some());
+            assert_eq!(rc.jail.is_some(), restore.hardening.user.is_some());
         }
         Err(e) => {
             let _ = e.to_string();

@@ -749,6 +749,16 @@ pub fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{body:?} is not JSON: {e}"))
 }
 
+/// Waits until `ember`'s stdout shows the count guest's `count n` line.
+pub fn wait_stdout_count(ember: &mut Spawned, n: u64) {
+    assert!(
+        ember.wait_for(&format!("count {n}\r\n"), Duration::from_secs(120)),
+        "no count {n}: {}\n{}",
+        ember.stdout(),
+        ember.stderr()
+    );
+}
+
 /// `GET /`'s `state`.
 pub fn state(sock: &Path) -> String {
     let (st, body) = call(sock, "GET", "/", None);

@@ -86,6 +86,48 @@ lab_l2() {
   return "$rc"
 }
 
+# lab_modules MODULE...: Debian's modules MODULE... and their
+# dependencies (as kmod resolves them in L1, each once, in load order) for
+# an initramfs: writes insmod.list (their paths in the guest, one a line)
+# and lab-modules.sh (a prelude the guest's init sources: /proc, /sys,
+# fail(), the modules loaded, wait_for_disk_and_nic), and sets
+# LAB_MODULE_FILES to the lab_initramfs arguments that put them there
+# (HOST_PATH=/lib/modules/NAME.ko, insmod.list, /lib/lab-modules.sh).
+# Prints the count as `modules=N`.
+lab_modules() {
+  local m path rel mods=()
+  while read -r _ path; do
+    mods+=("$path")
+  done < <(for m in "$@"; do
+    modprobe -d "$LAB_MODULES" -S "$LAB_KERNEL_RELEASE" --show-depends "$m"
+  done | awk '$1 == "insmod" && !seen[$2]++')
+  lab_kv modules "${#mods[@]}"
+  cat >lab-modules.sh <<'PRELUDE'
+# Sourced by a guest init first: /proc and /sys, fail() (a LAB-L2 error
+# line and a reboot), the modules of /lib/modules/insmod.list loaded in
+# order, and wait_for_disk_and_nic (vda and eth0, 10 s at most).
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+fail() { echo "LAB-L2 error=$*"; reboot -f; }
+while read -r m; do
+  insmod "$m" 2>/tmp/insmod.err || echo "LAB-L2 insmod_failed=$(basename "$m") $(cat /tmp/insmod.err)"
+done </lib/modules/insmod.list
+wait_for_disk_and_nic() {
+  i=0
+  while [ ! -e /sys/block/vda ] || [ ! -e /sys/class/net/eth0 ]; do
+    i=$((i + 1)); [ $i -lt 100 ] || fail "no vda or eth0 after 10 s"; sleep 0.1
+  done
+}
+PRELUDE
+  LAB_MODULE_FILES=(insmod.list=/lib/modules/insmod.list lab-modules.sh=/lib/lab-modules.sh)
+  : >insmod.list
+  for path in "${mods[@]}"; do
+    rel=/lib/modules/$(basename "$path")
+    LAB_MODULE_FILES+=("$path=$rel")
+    echo "$rel" >>insmod.list
+  done
+}
+
 # lab_tap NAME HOST_CIDR: a TAP device in L1 with the host side's address,
 # up (L1 is the lab's own machine: no namespace needed).
 lab_tap() {

@@ -62,16 +62,9 @@ pub struct RestoreArgs {
     /// Log level for ember's own messages on stderr.
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
     pub log_level: log::LevelFilter,
-    /// seccomp filters on every ember thread: kill, log or off.
-    #[arg(long, value_name = "kill|log|off", default_value = "kill", value_parser = parse_seccomp)]
-    pub seccomp: SeccompMode,
-    /// After opening everything, drop to this uid (and gid).
-    #[arg(long, value_name = "UID[:GID]", value_parser = parse_user)]
-    pub user: Option<(u32, u32)>,
-    /// Before dropping privileges, chroot into this directory. Requires
-    /// --user.
-    #[arg(long, value_name = "DIR", requires = "user")]
-    pub chroot: Option<PathBuf>,
+    /// seccomp and the privilege drop.
+    #[command(flatten)]
+    pub hardening: Hardening,
 }
 
 impl RestoreArgs {
@@ -81,8 +74,8 @@ impl RestoreArgs {
         let mut rc = ember::snapshot::RestoreConfig::new(files);
         rc.backing = self.memory_backing;
         rc.serial = self.serial.clone();
-        rc.seccomp = self.seccomp;
-        rc.jail = self.user.map(|(uid, gid)| Jail { uid, gid, chroot: self.chroot.clone() });
+        rc.seccomp = self.hardening.seccomp;
+        rc.jail = self.hardening.jail();
         rc.drop_code_pages = true;
         rc
     }
@@ -333,6 +326,14 @@ pub struct RunArgs {
     /// debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
     pub log_level: log::LevelFilter,
+    /// seccomp and the privilege drop.
+    #[command(flatten)]
+    pub hardening: Hardening,
+}
+
+/// The hardening flags of `ember run` and `ember restore`.
+#[derive(Args, Debug, Clone)]
+pub struct Hardening {
     /// seccomp filters on every ember thread: kill (a call outside the
     /// allow-list kills ember with SIGSYS), log (the kernel logs it), off.
     #[arg(long, value_name = "kill|log|off", default_value = "kill", value_parser = parse_seccomp)]
@@ -347,13 +348,20 @@ pub struct RunArgs {
     pub chroot: Option<PathBuf>,
 }
 
+impl Hardening {
+    /// The privilege drop these flags ask for.
+    pub fn jail(&self) -> Option<Jail> {
+        self.user.map(|(uid, gid)| Jail { uid, gid, chroot: self.chroot.clone() })
+    }
+}
+
 impl RunArgs {
     /// Applies the flags a config file cannot express (seccomp, the jail,
     /// --no-virtio-mmio-cmdline) to a configuration read from one.
     pub fn apply_host_flags(&self, config: &mut VmConfig) {
-        config.seccomp = self.seccomp;
+        config.seccomp = self.hardening.seccomp;
         config.virtio_mmio_cmdline = !self.no_virtio_mmio_cmdline;
-        config.jail = self.user.map(|(uid, gid)| Jail { uid, gid, chroot: self.chroot.clone() });
+        config.jail = self.hardening.jail();
         config.drop_code_pages = true;
     }
 
@@ -374,8 +382,8 @@ impl RunArgs {
             nets: self.net.clone(),
             virtio_mmio_cmdline: !self.no_virtio_mmio_cmdline,
             shares: self.share.iter().enumerate().map(|(i, s)| s.to_config(i)).collect(),
-            seccomp: self.seccomp,
-            jail: self.user.map(|(uid, gid)| Jail { uid, gid, chroot: self.chroot.clone() }),
+            seccomp: self.hardening.seccomp,
+            jail: self.hardening.jail(),
             drop_code_pages: true,
         }
     }

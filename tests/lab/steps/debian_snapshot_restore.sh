@@ -12,31 +12,11 @@
 # 0). tests/lab.rs checks the count across the three processes (no gap, no
 # repeat), the disk's counter and e2fsck, the pings, and the guest's clock.
 . "$LAB_REPO/tests/lab/lib.sh"
-mods=()
-while read -r _ path; do
-  mods+=("$path")
-done < <(for m in virtio_pci virtio_blk virtio_net ext4; do
-  modprobe -d "$LAB_MODULES" -S "$LAB_KERNEL_RELEASE" --show-depends "$m"
-done | awk '$1 == "insmod" && !seen[$2]++')
-extra=()
-: >insmod.list
-for p in "${mods[@]}"; do
-  rel=/lib/modules/$(basename "$p")
-  extra+=("$p=$rel")
-  echo "$rel" >>insmod.list
-done
+lab_modules virtio_pci virtio_blk virtio_net ext4
 cat >init <<'INIT'
 #!/bin/sh
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-fail() { echo "LAB-L2 error=$*"; reboot -f; }
-while read -r m; do
-  insmod "$m" 2>/tmp/insmod.err || echo "LAB-L2 insmod_failed=$(basename "$m") $(cat /tmp/insmod.err)"
-done </lib/modules/insmod.list
-i=0
-while [ ! -e /sys/block/vda ] || [ ! -e /sys/class/net/eth0 ]; do
-  i=$((i + 1)); [ $i -lt 100 ] || fail "no vda or eth0 after 10 s"; sleep 0.1
-done
+. /lib/lab-modules.sh
+wait_for_disk_and_nic
 mount -t ext4 /dev/vda /mnt || fail mount
 ip link set lo up
 ip link set eth0 up
@@ -58,7 +38,7 @@ umount /mnt || fail umount
 echo "LAB-L2 unmounted"
 reboot -f
 INIT
-lab_initramfs initramfs.cpio init insmod.list=/lib/modules/insmod.list "${extra[@]}"
+lab_initramfs initramfs.cpio init "${LAB_MODULE_FILES[@]}"
 lab_tap tap1 10.0.11.1/24
 mkfs.ext4 -q -F disk.img 64M
 

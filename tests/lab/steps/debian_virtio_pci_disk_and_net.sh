@@ -12,32 +12,11 @@
 # on an image of its own; e2fsck -fn runs on both in L1 and again on the
 # host (tests/lab.rs).
 . "$LAB_REPO/tests/lab/lib.sh"
-mods=()
-while read -r _ path; do
-  mods+=("$path")
-done < <(for m in virtio_pci virtio_blk virtio_net ext4; do
-  modprobe -d "$LAB_MODULES" -S "$LAB_KERNEL_RELEASE" --show-depends "$m"
-done | awk '$1 == "insmod" && !seen[$2]++')
-lab_kv modules "${#mods[@]}"
-extra=()
-: >insmod.list
-for p in "${mods[@]}"; do
-  rel=/lib/modules/$(basename "$p")
-  extra+=("$p=$rel")
-  echo "$rel" >>insmod.list
-done
+lab_modules virtio_pci virtio_blk virtio_net ext4
 cat >init <<'INIT'
 #!/bin/sh
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-fail() { echo "LAB-L2 error=$*"; reboot -f; }
-while read -r m; do
-  insmod "$m" 2>/tmp/insmod.err || echo "LAB-L2 insmod_failed=$(basename "$m") $(cat /tmp/insmod.err)"
-done </lib/modules/insmod.list
-i=0
-while [ ! -e /sys/block/vda ] || [ ! -e /sys/class/net/eth0 ]; do
-  i=$((i + 1)); [ $i -lt 100 ] || fail "no vda or eth0 after 10 s"; sleep 0.1
-done
+. /lib/lab-modules.sh
+wait_for_disk_and_nic
 for d in /sys/bus/pci/devices/*; do
   drv=$(readlink "$d/driver" 2>/dev/null)
   echo "LAB-PCI ${d##*/} $(cat "$d/vendor"):$(cat "$d/device") class=$(cat "$d/class") driver=${drv##*/} bar0=$(head -n1 "$d/resource" | cut -d' ' -f1-2)"
@@ -67,7 +46,7 @@ grep virtio /proc/interrupts | while read -r irq rest; do
 done
 reboot -f
 INIT
-lab_initramfs initramfs.cpio init insmod.list=/lib/modules/insmod.list "${extra[@]}"
+lab_initramfs initramfs.cpio init "${LAB_MODULE_FILES[@]}"
 lab_tap tap0 10.0.10.1/24
 for n in 1 2; do
   mkfs.ext4 -q -F "disk$n.img" 64M

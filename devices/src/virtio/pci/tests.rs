@@ -197,6 +197,18 @@ fn negotiate(t: &mut VirtioPciTransport, features: u64) -> bool {
 }
 
 /// Queue `q`: `size` entries at `base` (64-bit writes), vector `vector`.
+/// Queue `q` of `size` entries on the rings of `drv`, its notification on
+/// MSI-X `vector`, enabled.
+fn driver_queue(t: &mut VirtioPciTransport, q: u16, size: u16, drv: &Driver, vector: u16) {
+    common_w(t, QUEUE_SELECT, u64::from(q), 2);
+    common_w(t, QUEUE_SIZE, u64::from(size), 2);
+    common_w(t, QUEUE_DESC, drv.desc_addr(), 8);
+    common_w(t, QUEUE_DRIVER, drv.avail_addr(), 8);
+    common_w(t, QUEUE_DEVICE, drv.used_addr(), 8);
+    common_w(t, QUEUE_MSIX_VECTOR, u64::from(vector), 2);
+    common_w(t, QUEUE_ENABLE, 1, 2);
+}
+
 fn setup_queue(t: &mut VirtioPciTransport, q: u16, size: u16, base: u64, vector: u16) {
     common_w(t, QUEUE_SELECT, u64::from(q), 2);
     common_w(t, QUEUE_SIZE, u64::from(size), 2);
@@ -745,13 +757,7 @@ fn a_pass_over_budget_continues_in_the_event_loop() {
     let (irqs, wiring) = Irqs::new(VirtioPciTransport::vector_count(&blk));
     let mut t = VirtioPciTransport::new(Box::new(blk), mem.clone(), wiring).unwrap();
     assert!(negotiate(&mut t, version_1()));
-    common_w(&mut t, QUEUE_SELECT, 0, 2);
-    common_w(&mut t, QUEUE_SIZE, 256, 2);
-    common_w(&mut t, QUEUE_DESC, drv.desc_addr(), 8);
-    common_w(&mut t, QUEUE_DRIVER, drv.avail_addr(), 8);
-    common_w(&mut t, QUEUE_DEVICE, drv.used_addr(), 8);
-    common_w(&mut t, QUEUE_MSIX_VECTOR, 1, 2);
-    common_w(&mut t, QUEUE_ENABLE, 1, 2);
+    driver_queue(&mut t, 0, 256, &drv, 1);
     program_vector(&mut t, 0, 0x40, false);
     program_vector(&mut t, 1, 0x41, false);
     set_msix_control(&mut t, MSIX_CONTROL_ENABLE);
@@ -819,17 +825,32 @@ impl NetBackend for SockBackend {
     }
 }
 
-/// A frame from the backend raises the receive queue's vector only (the
-/// device names the queue it fed).
-#[test]
-fn received_frames_raise_the_receive_vector() {
+/// The backend's peer sends a plain header (no offloads) and a 60-byte
+/// frame: 72 bytes for the receive buffer.
+fn peer_sends_frame(peer: &OwnedFd) {
+    let frame: Vec<u8> = (0..12 + 60).map(|i| if i < 12 { 0 } else { i as u8 }).collect();
+    // SAFETY: a readable buffer.
+    let n = unsafe { libc::write(peer.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
+    assert_eq!(n, frame.len() as isize);
+}
+
+/// A connected non-blocking `SOCK_SEQPACKET` pair: a NIC's backend and its
+/// peer.
+fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
     let mut fds = [0; 2];
     // SAFETY: valid out array.
     let rc =
         unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK, 0, fds.as_mut_ptr()) };
     assert_eq!(rc, 0);
     // SAFETY: fresh descriptors owned by nobody else.
-    let (a, peer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+/// A frame from the backend raises the receive queue's vector only (the
+/// device names the queue it fed).
+#[test]
+fn received_frames_raise_the_receive_vector() {
+    let (a, peer) = seqpacket_pair();
     let net = Net::with_backend("pci0".into(), Box::new(SockBackend(a)), Some([2, 0, 0, 0, 0, 9])).unwrap();
     let mem = guest_mem();
     let mut rx = Driver::new(&mem, 16);
@@ -840,13 +861,7 @@ fn received_frames_raise_the_receive_vector() {
     assert_eq!(cfg_read(&mut t, 0x09, 4) & 0xff_ffff, 0x02_00_00);
     assert_eq!(bar_read(&mut t, DEVICE_CFG_OFFSET, 4), 0x0000_0002, "MAC bytes");
     assert!(negotiate(&mut t, version_1()));
-    common_w(&mut t, QUEUE_SELECT, 0, 2);
-    common_w(&mut t, QUEUE_SIZE, 16, 2);
-    common_w(&mut t, QUEUE_DESC, rx.desc_addr(), 8);
-    common_w(&mut t, QUEUE_DRIVER, rx.avail_addr(), 8);
-    common_w(&mut t, QUEUE_DEVICE, rx.used_addr(), 8);
-    common_w(&mut t, QUEUE_MSIX_VECTOR, 0, 2);
-    common_w(&mut t, QUEUE_ENABLE, 1, 2);
+    driver_queue(&mut t, 0, 16, &rx, 0);
     setup_queue(&mut t, 1, 16, 0x8000, 1);
     for v in 0..3 {
         program_vector(&mut t, v, 0x50 + v as u32, false);
@@ -863,10 +878,7 @@ fn received_frames_raise_the_receive_vector() {
     t.lock().unwrap().write_bar(0, NOTIFY_OFFSET, &0u16.to_le_bytes());
     em.run_with_timeout(1000).unwrap();
     // A plain header (no offloads), then a 60-byte frame.
-    let frame: Vec<u8> = (0..12 + 60).map(|i| if i < 12 { 0 } else { i as u8 }).collect();
-    // SAFETY: a readable buffer.
-    let n = unsafe { libc::write(peer.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
-    assert_eq!(n, frame.len() as isize);
+    peer_sends_frame(&peer);
     em.run_with_timeout(1000).unwrap();
     assert_eq!(rx.used_idx(), 1);
     assert_eq!(rx.used(0).1, 72);
@@ -938,13 +950,7 @@ fn blk_device(path: &std::path::Path) -> Box<dyn VirtioDevice> {
 /// vectors 0 and 1 programmed, MSI-X on, then `DRIVER_OK`.
 fn blk_up(t: &mut VirtioPciTransport, drv: &Driver) {
     assert!(negotiate(t, version_1() | 1 << VIRTIO_RING_F_EVENT_IDX));
-    common_w(t, QUEUE_SELECT, 0, 2);
-    common_w(t, QUEUE_SIZE, 16, 2);
-    common_w(t, QUEUE_DESC, drv.desc_addr(), 8);
-    common_w(t, QUEUE_DRIVER, drv.avail_addr(), 8);
-    common_w(t, QUEUE_DEVICE, drv.used_addr(), 8);
-    common_w(t, QUEUE_MSIX_VECTOR, 1, 2);
-    common_w(t, QUEUE_ENABLE, 1, 2);
+    driver_queue(t, 0, 16, drv, 1);
     common_w(t, CONFIG_MSIX_VECTOR, 0, 2);
     program_vector(t, 0, 0x40, false);
     program_vector(t, 1, 0x41, false);
@@ -1037,13 +1043,7 @@ fn snapshot_blk_on_the_bus_continues_after_restore() {
 /// the event loop takes the restored transport.
 #[test]
 fn snapshot_net_continues_after_restore() {
-    let mut fds = [0; 2];
-    // SAFETY: valid out array.
-    let rc =
-        unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK, 0, fds.as_mut_ptr()) };
-    assert_eq!(rc, 0);
-    // SAFETY: fresh descriptors owned by nobody else.
-    let (a, peer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (a, peer) = seqpacket_pair();
     let net_on = |fd: &OwnedFd| -> Box<dyn VirtioDevice> {
         let backend = SockBackend(fd.try_clone().unwrap());
         Box::new(Net::with_backend("snap0".into(), Box::new(backend), Some([2, 0, 0, 0, 0, 7])).unwrap())
@@ -1056,13 +1056,7 @@ fn snapshot_net_continues_after_restore() {
     {
         let mut t = b.t.lock().unwrap();
         assert!(negotiate(&mut t, version_1()));
-        common_w(&mut t, QUEUE_SELECT, 0, 2);
-        common_w(&mut t, QUEUE_SIZE, 16, 2);
-        common_w(&mut t, QUEUE_DESC, rx.desc_addr(), 8);
-        common_w(&mut t, QUEUE_DRIVER, rx.avail_addr(), 8);
-        common_w(&mut t, QUEUE_DEVICE, rx.used_addr(), 8);
-        common_w(&mut t, QUEUE_MSIX_VECTOR, 0, 2);
-        common_w(&mut t, QUEUE_ENABLE, 1, 2);
+        driver_queue(&mut t, 0, 16, &rx, 0);
         setup_queue(&mut t, 1, 16, tx_base, 1);
         for v in 0..3 {
             program_vector(&mut t, v, 0x50 + v as u32, false);
@@ -1114,10 +1108,7 @@ fn snapshot_net_continues_after_restore() {
     assert_eq!(send(&b.t, 2, 0xa2), 3);
     // The backend is polled: a frame from the peer reaches the buffer
     // posted before the snapshot.
-    let frame: Vec<u8> = (0..12 + 60).map(|i| if i < 12 { 0 } else { i as u8 }).collect();
-    // SAFETY: a readable buffer.
-    let n = unsafe { libc::write(peer.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
-    assert_eq!(n, frame.len() as isize);
+    peer_sends_frame(&peer);
     em.run_with_timeout(1000).unwrap();
     assert_eq!(rx.used_idx(), 1);
     assert_eq!(rx.used(0).1, 72);
