@@ -97,18 +97,25 @@ pub trait VmControl: Send {
     fn state(&self) -> VmState;
     /// Applies a logger configuration (before start).
     fn configure_logger(&mut self, settings: &LoggerSettings) -> Result<(), ControlError>;
-    /// Writes the paused VM to `files` (`PUT /snapshot/create`).
-    fn snapshot(&mut self, files: &SnapshotFiles) -> Result<(), ControlError>;
+    /// Writes the paused VM to `files` (`PUT /snapshot/create`). The
+    /// default refuses: a control without snapshots answers 400.
+    fn snapshot(&mut self, files: &SnapshotFiles) -> Result<(), ControlError> {
+        let _ = files;
+        Err(ControlError::new("snapshots are not supported here"))
+    }
     /// Builds the VM from the snapshot in `files` and starts it, paused
     /// unless `resume` (`PUT /snapshot/load`, instead of `InstanceStart`);
     /// COM1 goes to `serial` when given. Like `start`, nothing is left
-    /// running on an error.
+    /// running on an error. The default refuses.
     fn load_snapshot(
         &mut self,
         files: SnapshotFiles,
         resume: bool,
         serial: Option<SerialConfig>,
-    ) -> Result<(), ControlError>;
+    ) -> Result<(), ControlError> {
+        let _ = (files, resume, serial);
+        Err(ControlError::new("snapshots are not supported here"))
+    }
     /// Writes pending metrics (`FlushMetrics`); ember has no metrics sink
     /// yet, so the default does nothing and succeeds, as Firecracker does
     /// without one.
