@@ -271,7 +271,19 @@ impl Path {
         // notification eventfd, serve, and again while the transport
         // signals it (a pass that stopped on its budget, src/virtio/pass.rs).
         let direct = match &mut self.via {
-            Via::Direct(blk) => !blk.process_queue(0).is_empty(),
+            // Again while the device says a pass stopped on its budget
+            // (time, bytes, chains) with work left, as the transport
+            // would re-signal the queue: on a busy or slow (debug) host a
+            // batch can outlast one pass.
+            Via::Direct(blk) => {
+                let mut notify = false;
+                loop {
+                    notify |= !blk.process_queue(0).is_empty();
+                    if blk.take_unfinished().is_empty() {
+                        break notify;
+                    }
+                }
+            }
             Via::Mmio(tr) => {
                 while tr.kicks[0].read().is_ok() {
                     tr.t.lock().unwrap().handle_queue_event(0);
