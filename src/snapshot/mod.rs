@@ -339,13 +339,19 @@ pub mod fuzzing {
         let e = |e: ember_devices::snapshot::RestoreError| e.to_string();
         fresh.com1.restore_state(&d.com1).map_err(e)?;
         for u in &d.extra_uarts {
-            Fresh::new().com1.restore_state(u).map_err(e)?;
+            fresh_uart().restore_state(u).map_err(e)?;
         }
         fresh.i8042.restore_state(&d.i8042).map_err(e)?;
         fresh.cmos.restore_state(&d.cmos).map_err(e)?;
         fresh.io.restore_state(&d.pci_config_io).map_err(e)?;
         fresh.root.lock().expect("fresh lock").restore_state(&d.pci_root).map_err(e)?;
         Ok(())
+    }
+
+    /// A freshly built UART writing nowhere.
+    fn fresh_uart() -> ember_devices::legacy::SerialDevice {
+        let irq = std::sync::Arc::new(vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"));
+        ember_devices::legacy::SerialDevice::new(irq, Box::new(std::io::sink()), None)
     }
 
     /// Freshly built legacy devices and an empty PCI root.
@@ -359,7 +365,7 @@ pub mod fuzzing {
 
     impl Fresh {
         fn new() -> Self {
-            use ember_devices::legacy::{Cmos, ExitLine, GuestExitRequest, SerialDevice, I8042};
+            use ember_devices::legacy::{Cmos, ExitLine, GuestExitRequest, I8042};
             use ember_devices::pci::bus::{MmioWindow, PciConfigIo, PciRoot, PciWindows, RecordingIoEvents};
             use std::sync::{Arc, Mutex};
             use vmm_sys_util::eventfd::EventFd;
@@ -376,7 +382,7 @@ pub mod fuzzing {
                 PciRoot::new(windows, Arc::new(RecordingIoEvents::default())).expect("a PCI root"),
             ));
             Fresh {
-                com1: SerialDevice::new(line(), Box::new(std::io::sink()), None),
+                com1: fresh_uart(),
                 i8042: I8042::new(Arc::new(NoExit), line(), line()),
                 cmos: Cmos::new(),
                 io: PciConfigIo::new(root.clone()),
@@ -392,7 +398,7 @@ pub mod fuzzing {
         let pci_root = f.root.lock().expect("fresh lock").save_state();
         devices::DeviceStates {
             com1: f.com1.save_state(),
-            extra_uarts: vec![Fresh::new().com1.save_state()],
+            extra_uarts: vec![fresh_uart().save_state()],
             i8042: f.i8042.save_state(),
             cmos: f.cmos.save_state(),
             pci_root,

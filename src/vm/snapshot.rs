@@ -15,7 +15,7 @@ use vm_memory::GuestMemoryMmap;
 use crate::config::{DiskConfig, NetConfig, SerialConfig, VirtioTransport, VmConfig};
 use crate::cpuid;
 use crate::memory::BackingFile;
-use crate::run_control::{PauseError, RunControl};
+use crate::run_control::RunControl;
 use crate::snapshot::devices::DeviceStates;
 use crate::snapshot::state::{Machine, SavedDisk, SavedNet};
 use crate::snapshot::{
@@ -192,9 +192,7 @@ impl SnapshotSource {
         match control.send_errand() {
             Ok(true) => {}
             Ok(false) => return Err(SnapshotError::NotPaused),
-            Err(PauseError::Ended) | Err(PauseError::Timeout { .. }) => {
-                return Err(SnapshotError::Unsupported("the VM has ended".into()))
-            }
+            Err(_) => return Err(SnapshotError::Unsupported("the VM has ended".into())),
         }
         let vcpus: Vec<VcpuState> = self.slots.collect(VCPU_STATE_TIMEOUT)?;
         let devices = (self.devices)()?;
