@@ -20,7 +20,7 @@ pub enum MemoryError {
         /// Requested size.
         size: u64,
         /// The underlying error.
-        source: vm_memory::mmap::FromRangesError,
+        source: std::io::Error,
     },
     /// KVM refused a memory slot.
     #[error("KVM_SET_USER_MEMORY_REGION failed for slot {slot} ({size} bytes at {addr:#x}): {source}")]
@@ -114,6 +114,119 @@ impl RamLayout {
     }
 }
 
+/// The huge-page size KVM maps guest memory with on x86-64 (a PMD).
+const HUGE_PAGE: usize = 2 << 20;
+
+/// Anonymous, private, lazily-populated memory for the `len` bytes of
+/// guest RAM at `gpa`, at a host address congruent to `gpa` modulo 2 MiB
+/// when the host allows.
+///
+/// Why: KVM maps a guest page with a 2 MiB page of its own (nested or
+/// extended page tables) only where the guest-physical and the host
+/// address agree modulo 2 MiB and the host backs the range with a huge
+/// page. `mmap` of anonymous memory does not align (Linux before 6.7), so
+/// an unaligned region makes every guest page a 4 KiB mapping, one nested
+/// page fault each: on the real-KVM lab's hosts (transparent huge pages
+/// `always`) a stock kernel's boot took seconds longer than with the
+/// aligned memory Firecracker maps (docs/performance.md).
+///
+/// How, without owning a raw mapping (vm-memory must own and unmap the
+/// region itself, as every clone of guest memory may outlive the VM's
+/// structures): a `PROT_NONE` reservation 2 MiB larger is mapped, the
+/// aligned `len` bytes in it are unmapped, and vm-memory's own `mmap`
+/// lands in that hole (the kernel places a mapping in the highest gap it
+/// fits, and the reservation was placed in the highest that fits it); the
+/// rest of the reservation is then unmapped. A thread that maps memory in
+/// between can take the hole: the region is then checked, and mapped
+/// again (three tries) before it is accepted unaligned, which costs only
+/// speed.
+fn anonymous_region(gpa: GuestAddress, len: usize) -> std::io::Result<GuestRegionMmap> {
+    let want = gpa.0 as usize % HUGE_PAGE;
+    let build = || {
+        MmapRegionBuilder::new(len)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    };
+    let mut region = None;
+    for _ in 0..3 {
+        let r = match Reservation::around(len, want) {
+            Some(hole) => {
+                let r = build();
+                drop(hole);
+                r?
+            }
+            None => build()?,
+        };
+        if r.as_ptr() as usize % HUGE_PAGE == want {
+            region = Some(r);
+            break;
+        }
+        region = Some(r);
+    }
+    let region = region.expect("at least one try");
+    if region.as_ptr() as usize % HUGE_PAGE != want {
+        log::debug!(
+            "guest RAM at {:#x} mapped at {:p}: not 2 MiB aligned (KVM maps it with 4 KiB pages)",
+            gpa.0,
+            region.as_ptr()
+        );
+    }
+    GuestRegionMmap::new(region, gpa)
+        .ok_or_else(|| std::io::Error::other(format!("a region of {len} bytes at {:#x} overflows", gpa.0)))
+}
+
+/// A `PROT_NONE` reservation of `len` + 2 MiB bytes with a hole of `len`
+/// bytes at the first address in it that is `want` modulo 2 MiB; dropping
+/// it unmaps what is left of the reservation (never the hole).
+struct Reservation {
+    /// The pieces of the reservation around the hole: (start, length).
+    pieces: [(usize, usize); 2],
+}
+
+impl Reservation {
+    /// `None` if the host refuses (then the caller maps without it).
+    fn around(len: usize, want: usize) -> Option<Reservation> {
+        let total = len.checked_add(HUGE_PAGE)?;
+        // SAFETY: a new anonymous PROT_NONE mapping at an address the
+        // kernel picks; it touches no existing memory.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                total,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return None;
+        }
+        let base = base as usize;
+        let hole = base + (want + HUGE_PAGE - base % HUGE_PAGE) % HUGE_PAGE;
+        // SAFETY: [hole, hole + len) lies inside the reservation just
+        // mapped (hole - base < 2 MiB), which nothing else uses.
+        unsafe { libc::munmap(hole as *mut libc::c_void, len) };
+        let end = base + total;
+        Some(Reservation { pieces: [(base, hole - base), (hole + len, end - (hole + len))] })
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        for &(start, len) in &self.pieces {
+            if len > 0 {
+                // SAFETY: each piece is part of the PROT_NONE reservation
+                // this value mapped and still owns (the hole between them
+                // is not touched); nothing else maps over a live mapping.
+                unsafe { libc::munmap(start as *mut libc::c_void, len) };
+            }
+        }
+    }
+}
+
 /// Guest RAM: the host mapping and its layout.
 #[derive(Debug)]
 pub struct GuestRam {
@@ -138,9 +251,19 @@ impl GuestRam {
     ///
     /// Pages are only backed by host memory once touched, so an idle guest
     /// costs what it has used, not what it was given.
+    ///
+    /// Each region's host address is congruent to its guest-physical
+    /// address modulo 2 MiB ([`anonymous_region`]), so that where the host
+    /// backs RAM with transparent huge pages, KVM can map the guest's
+    /// memory with 2 MiB pages too.
     pub fn create(layout: RamLayout) -> Result<Self, MemoryError> {
-        let mem = GuestMemoryMmap::from_ranges(&layout.ranges())
-            .map_err(|source| MemoryError::Mmap { size: layout.size(), source })?;
+        let err = |source| MemoryError::Mmap { size: layout.size(), source };
+        let regions = layout
+            .ranges()
+            .into_iter()
+            .map(|(addr, len)| anonymous_region(addr, len).map_err(err))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mem = GuestMemoryMmap::from_regions(regions).map_err(|e| err(std::io::Error::other(e.to_string())))?;
         Ok(GuestRam { layout, mem, backing_file: None })
     }
 
@@ -285,6 +408,7 @@ pub(crate) fn test_memory(size: u64) -> GuestMemoryMmap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vm_memory::{Address, Bytes};
 
     #[test]
     fn small_memory_is_one_range() {
@@ -303,6 +427,70 @@ mod tests {
         assert_eq!(l.high_size(), 2 << 30);
         assert_eq!(l.end(), 6 << 30);
         assert_eq!(RamLayout::new(128 << 20).end(), 128 << 20);
+    }
+
+    /// Each region's host address agrees with its guest-physical address
+    /// modulo 2 MiB (so KVM can use 2 MiB pages), for sizes that are and
+    /// are not multiples of 2 MiB and for RAM split around the MMIO hole,
+    /// and the memory is usable at both ends.
+    #[test]
+    fn guest_ram_is_2_mib_aligned_on_the_host() {
+        for size in [(128u64 << 20) + 4096, 256 << 20, 5 << 30] {
+            let ram = GuestRam::create(RamLayout::new(size)).unwrap();
+            for region in ram.mem.iter() {
+                let host = region.as_ptr() as usize;
+                let gpa = region.start_addr().0 as usize;
+                assert_eq!(host % HUGE_PAGE, gpa % HUGE_PAGE, "{size} bytes: {gpa:#x} mapped at {host:#x}");
+                let last = region.start_addr().unchecked_add(region.len() - 4);
+                ram.memory().write_obj(0x1234_5678u32, region.start_addr()).unwrap();
+                ram.memory().write_obj(0x9abc_def0u32, last).unwrap();
+                assert_eq!(ram.memory().read_obj::<u32>(region.start_addr()).unwrap(), 0x1234_5678);
+                assert_eq!(ram.memory().read_obj::<u32>(last).unwrap(), 0x9abc_def0);
+            }
+        }
+    }
+
+    /// The reservation leaves a hole of the asked size at the asked
+    /// alignment, and dropping it unmaps the rest: each piece can then be
+    /// mapped again with MAP_FIXED_NOREPLACE (which fails on a live
+    /// mapping).
+    #[test]
+    fn a_reservation_leaves_its_hole_and_nothing_else() {
+        for want in [0, 4096, HUGE_PAGE - 4096] {
+            let len = 8 << 20;
+            let r = Reservation::around(len, want).unwrap();
+            let [(a, a_len), (b, b_len)] = r.pieces;
+            let hole = a + a_len;
+            assert_eq!(hole % HUGE_PAGE, want);
+            assert_eq!(b, hole + len);
+            assert_eq!(a_len + b_len, HUGE_PAGE);
+            drop(r);
+            for (start, len) in [(a, a_len), (b, b_len)] {
+                if len == 0 {
+                    continue;
+                }
+                // SAFETY: maps only where nothing is mapped (NOREPLACE),
+                // and unmaps what it mapped.
+                let p = unsafe {
+                    libc::mmap(
+                        start as *mut libc::c_void,
+                        len,
+                        libc::PROT_NONE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                        -1,
+                        0,
+                    )
+                };
+                assert_eq!(
+                    p as usize,
+                    start,
+                    "piece {start:#x}+{len:#x} still mapped: {}",
+                    std::io::Error::last_os_error()
+                );
+                // SAFETY: the mapping just made.
+                unsafe { libc::munmap(p, len) };
+            }
+        }
     }
 
     #[test]
