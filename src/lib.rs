@@ -81,7 +81,7 @@ pub use run_control::PauseError;
 pub use seccomp::SeccompMode;
 pub use serial_capture::SerialCapture;
 pub use smoke::{Expectation, Modules, RootPlan, Smoke, SmokeError, SmokeReport, SmokeShare, Verdict};
-pub use vm::{RunningVm, Vm, VmHandle};
+pub use vm::{RunningVm, Vm, VmHandle, VmPrelude};
 
 /// Restores the terminal (if a [`Vm`] put it in raw mode) before the
 /// process dies of SIGTERM, SIGINT, SIGHUP or SIGQUIT, or panics. For

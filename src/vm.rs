@@ -6,9 +6,11 @@
 //! each, in the order that is cheapest on KVM:
 //!
 //! 1. the configuration is validated, once;
-//! 2. [`create_vm`]: `/dev/kvm`, the VM, the vCPU kick handler, and the
+//! 2. [`VmPrelude`]: `/dev/kvm`, the VM, the vCPU kick handler, and the
 //!    MSR filter that denies the PMU's MSRs: first, as setting it once
-//!    memory is registered costs an SRCU grace period (~12 ms here);
+//!    memory is registered costs an SRCU grace period (~12 ms here); KVM's
+//!    CPUID and MSR list. It needs no configuration, so it can be made
+//!    ahead ([`Vm::new_with`]);
 //! 3. guest RAM is created and registered with KVM ([`GuestRam`]), before
 //!    the irqchip: registering it after costs ~7.5 ms on the PVM hosts
 //!    ember is developed on, ~0.06 ms before;
@@ -29,7 +31,7 @@ use std::time::Duration;
 
 use ember_devices::legacy::{I8042Error, I8042};
 use ember_devices::virtio::net::{NetCounters, NetStats};
-use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{kvm_pit_config, CpuId, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -55,28 +57,59 @@ use crate::terminal::RawTerminal;
 use crate::vcpu::{self, SaveContext, StateSlots, Vcpu, VcpuRunner};
 use snapshot::SnapshotSource;
 
-/// Step 2: opens KVM, checks the vCPU count against it, creates the VM and
-/// denies it the PMU's MSRs.
-fn create_vm(config: &VmConfig) -> Result<(Kvm, VmFd), Error> {
-    let kvm = Kvm::new().map_err(Error::KvmOpen)?;
-    let max = kvm.get_max_vcpus();
-    if config.vcpus as usize > max {
-        return Err(Error::TooManyVcpus { requested: config.vcpus, max });
+/// Step 2: KVM and an empty VM, the part of a VM's construction that needs
+/// no configuration: `/dev/kvm` opened, the VM created, the vCPU kick
+/// handler installed, the PMU's MSRs denied, and what the later steps ask
+/// KVM (its CPUID, its MSR list) asked once.
+///
+/// [`Vm::new`] makes one itself; a caller that knows a VM is coming before
+/// it knows the VM's configuration (`ember serve`, while a client sends
+/// the configuration over the API) makes one ahead with
+/// [`VmPrelude::new`] and hands it to [`Vm::new_with`], which takes that
+/// much off the time from `InstanceStart` to the guest's first
+/// instruction (docs/api-socket.md has the figures).
+pub struct VmPrelude {
+    kvm: Kvm,
+    vm_fd: VmFd,
+    /// KVM's supported CPUID, completed from the host's.
+    cpuid: CpuId,
+    /// `KVM_CAP_TSC_DEADLINE_TIMER`.
+    tsc_deadline: bool,
+    save_ctx: SaveContext,
+}
+
+impl VmPrelude {
+    /// Opens `/dev/kvm`, creates the VM and denies it the PMU's MSRs: first,
+    /// as setting the MSR filter once memory is registered costs an SRCU
+    /// grace period (12.2 ms measured with strace here, against ~0.1 ms
+    /// on the fresh VM, most likely an expedited grace period, which SRCU
+    /// grants when nothing ran on it just before).
+    pub fn new() -> Result<VmPrelude, Error> {
+        let kvm = Kvm::new().map_err(Error::KvmOpen)?;
+        vcpu::install_kick_handler().map_err(io_err("installing the vCPU kick signal handler"))?;
+        let vm_fd = kvm.create_vm().map_err(kvm_err(None, "KVM_CREATE_VM"))?;
+        if kvm.check_extension(Cap::X86MsrFilter) {
+            vcpu::deny_msrs(&vm_fd, cpuid::PMU_MSR_RANGES)?;
+        } else {
+            log::debug!("KVM has no MSR filter: the guest's PMU probe reaches KVM");
+        }
+        let mut cpuid = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err(None, "KVM_GET_SUPPORTED_CPUID"))?;
+        cpuid::fill_from_host(&mut cpuid, cpuid::host_cpuid);
+        let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+        let save_ctx = SaveContext::new(&kvm);
+        Ok(VmPrelude { kvm, vm_fd, cpuid, tsc_deadline, save_ctx })
     }
-    vcpu::install_kick_handler().map_err(io_err("installing the vCPU kick signal handler"))?;
-    let vm = kvm.create_vm().map_err(kvm_err(None, "KVM_CREATE_VM"))?;
-    // The PMU's MSRs, denied to the guest (ember gives guests no PMU). Now,
-    // before anything else: KVM swaps the filter under SRCU and waits for
-    // a grace period; after guest RAM was registered that took 12.2 ms
-    // here (strace), ten times the rest of the start-up, and on the fresh
-    // VM ~0.1 ms (most likely an expedited grace period, which SRCU grants
-    // when nothing ran on it just before).
-    if kvm.check_extension(Cap::X86MsrFilter) {
-        vcpu::deny_msrs(&vm, cpuid::PMU_MSR_RANGES)?;
-    } else {
-        log::debug!("KVM has no MSR filter: the guest's PMU probe reaches KVM");
+
+    /// Checks `config`'s vCPU count against KVM's limit.
+    fn check(&self, config: &VmConfig) -> Result<(), Error> {
+        let max = self.kvm.get_max_vcpus();
+        if config.vcpus as usize > max {
+            return Err(Error::TooManyVcpus { requested: config.vcpus, max });
+        }
+        Ok(())
     }
-    Ok((kvm, vm))
 }
 
 /// Step 4: KVM's TSS and identity-map pages, the in-kernel irqchip (IOAPIC,
@@ -92,19 +125,11 @@ fn create_irqchip(vm: &VmFd) -> Result<(), Error> {
 
 /// Step 8: the vCPUs with their CPUID (no PMU: its MSRs were denied in
 /// step 2); the boot vCPU at the kernel's entry.
-fn create_vcpus(kvm: &Kvm, vm: &VmFd, count: u8, entry: Entry) -> Result<Vec<Vcpu>, Error> {
-    let mut supported = kvm
-        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm_err(None, "KVM_GET_SUPPORTED_CPUID"))?;
-    cpuid::fill_from_host(&mut supported, cpuid::host_cpuid);
-    let opts = CpuidOptions {
-        vcpus: count,
-        hide_cx16: cpuid::host_emulates_guests(),
-        tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
-    };
+fn create_vcpus(vm: &VmFd, supported: &CpuId, tsc_deadline: bool, count: u8, entry: Entry) -> Result<Vec<Vcpu>, Error> {
+    let opts = CpuidOptions { vcpus: count, hide_cx16: cpuid::host_emulates_guests(), tsc_deadline };
     let mut vcpus = Vec::with_capacity(count as usize);
     for id in 0..count {
-        let v = Vcpu::new(vm, id, &cpuid::for_vcpu(&supported, id, opts))?;
+        let v = Vcpu::new(vm, id, &cpuid::for_vcpu(supported, id, opts))?;
         if id == 0 {
             v.set_boot_entry(entry)?;
         }
@@ -119,6 +144,9 @@ fn create_vcpus(kvm: &Kvm, vm: &VmFd, count: u8, entry: Entry) -> Result<Vec<Vcp
 struct Machinery {
     kvm: Kvm,
     vm_fd: Arc<VmFd>,
+    cpuid: CpuId,
+    tsc_deadline: bool,
+    save_ctx: SaveContext,
     ram: GuestRam,
     exit: Arc<ExitSignal>,
     devices: DeviceManager,
@@ -127,9 +155,15 @@ struct Machinery {
 impl Machinery {
     fn build(
         config: &VmConfig,
+        prelude: Option<VmPrelude>,
         ram: impl FnOnce() -> Result<GuestRam, crate::memory::MemoryError>,
     ) -> Result<Machinery, Error> {
-        let (kvm, vm_fd) = create_vm(config)?;
+        let prelude = match prelude {
+            Some(p) => p,
+            None => VmPrelude::new()?,
+        };
+        prelude.check(config)?;
+        let VmPrelude { kvm, vm_fd, cpuid, tsc_deadline, save_ctx } = prelude;
         let vm_fd = Arc::new(vm_fd);
         // Before the irqchip: see the module documentation.
         let ram = ram()?;
@@ -139,7 +173,7 @@ impl Machinery {
         let mut devices = DeviceManager::new();
         devices.add_legacy_devices(&vm_fd, config, &exit)?;
         devices.add_virtio_devices(&vm_fd, ram.memory(), ram.layout(), config)?;
-        Ok(Machinery { kvm, vm_fd, ram, exit, devices })
+        Ok(Machinery { kvm, vm_fd, cpuid, tsc_deadline, save_ctx, ram, exit, devices })
     }
 }
 
@@ -165,18 +199,26 @@ impl Vm {
     /// Builds everything the VM needs (the steps in the module
     /// documentation), in the order that is cheapest on KVM.
     pub fn new(config: VmConfig) -> Result<Vm, Error> {
+        Vm::build(config, None)
+    }
+
+    /// [`Vm::new`] on a [`VmPrelude`] made ahead of the configuration.
+    pub fn new_with(config: VmConfig, prelude: VmPrelude) -> Result<Vm, Error> {
+        Vm::build(config, Some(prelude))
+    }
+
+    fn build(config: VmConfig, prelude: Option<VmPrelude>) -> Result<Vm, Error> {
         config.validate()?;
-        let Machinery { kvm, vm_fd, ram, exit, devices } =
-            Machinery::build(&config, || GuestRam::create(RamLayout::new(config.memory)))?;
+        let Machinery { kvm, vm_fd, cpuid, tsc_deadline, save_ctx, ram, exit, devices } =
+            Machinery::build(&config, prelude, || GuestRam::create(RamLayout::new(config.memory)))?;
 
         let boot = boot::load(&ram, &config)?;
         let cmdline = devices.kernel_cmdline(&config.cmdline, config.virtio_mmio_cmdline);
         machine::describe(&ram, &boot, &cmdline, config.vcpus, &devices.acpi_devices())?;
-        let vcpus = create_vcpus(&kvm, &vm_fd, config.vcpus, boot.entry())?;
+        let vcpus = create_vcpus(&vm_fd, &cpuid, tsc_deadline, config.vcpus, boot.entry())?;
         log::info!("kernel command line: {cmdline}");
         log::debug!("entry: {:?}, initrd: {:?}", boot.entry(), boot.initrd);
 
-        let save_ctx = SaveContext::new(&kvm);
         let machine = snapshot::machine_of(&config, &devices.macs, &cmdline);
         Ok(Vm {
             config,
@@ -200,13 +242,24 @@ impl Vm {
     /// saved state put in last (the irqchip, PIT and clock, then each
     /// vCPU, then the devices).
     pub fn restore(rc: RestoreConfig) -> Result<Vm, Error> {
+        Vm::restore_from(rc, None)
+    }
+
+    /// [`Vm::restore`] on a [`VmPrelude`] made ahead of the request.
+    pub fn restore_with(rc: RestoreConfig, prelude: VmPrelude) -> Result<Vm, Error> {
+        Vm::restore_from(rc, Some(prelude))
+    }
+
+    fn restore_from(rc: RestoreConfig, prelude: Option<VmPrelude>) -> Result<Vm, Error> {
         let host = crate::snapshot::CpuModel::host(cpuid::host_cpuid);
         let state = crate::snapshot::read_state(&rc.files.state, &host)?;
         let config = snapshot::config_for_restore(&state, &rc);
         config.validate()?;
         let mem_file = crate::snapshot::open_memory_file(&rc.files.memory, config.memory)?;
-        let Machinery { kvm, vm_fd, ram, exit, mut devices } =
-            Machinery::build(&config, || GuestRam::from_file(RamLayout::new(config.memory), &mem_file, rc.backing))?;
+        let Machinery { kvm, vm_fd, save_ctx, ram, exit, mut devices, .. } =
+            Machinery::build(&config, prelude, || {
+                GuestRam::from_file(RamLayout::new(config.memory), &mem_file, rc.backing)
+            })?;
         if devices.macs.iter().zip(&state.machine.nets).any(|(m, n)| *m != n.mac) {
             return Err(SnapshotError::Inconsistent("a NIC's MAC differs from the snapshot's".into()).into());
         }
@@ -218,7 +271,6 @@ impl Vm {
             vcpus.push(v);
         }
         devices.restore_states(&state.devices)?;
-        let save_ctx = SaveContext::new(&kvm);
         let cmdline = state.machine.cmdline.clone();
         let machine = state.machine;
         log::info!("restored from {}: {} vCPU(s), {} MiB", rc.files.state.display(), config.vcpus, config.memory >> 20);

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use ember::{BootProtocol, SerialCapture, SerialConfig, Vm, VmConfig, VmExit};
+use ember::{BootProtocol, SerialCapture, SerialConfig, Vm, VmConfig, VmExit, VmPrelude};
 
 #[test]
 fn capture_wait_and_stop() {
@@ -48,6 +48,34 @@ fn debug_exit_and_cmdline_through_the_api() {
     let exit = vm.run().unwrap();
     assert_eq!(exit, VmExit::DebugExit(0), "console: {}", console.text());
     assert!(console.text().contains("BOOT-STATE OK"));
+}
+
+/// A `VmPrelude` made before the configuration is known (as `ember serve`
+/// does while a client configures) gives the same machine: the boot-state
+/// guest checks its entry state, memory map and both vCPUs' CPUID topology.
+#[test]
+fn a_prelude_made_ahead_builds_the_same_vm() {
+    if !kvm_available() {
+        return;
+    }
+    let prelude = VmPrelude::new().expect("KVM and an empty VM");
+    let console = SerialCapture::new();
+    let mut config = VmConfig::new(guest("boot_state"));
+    config.memory = 128 << 20;
+    config.vcpus = 2;
+    config.boot = BootProtocol::Linux64;
+    config.debug_exit = true;
+    config.cmdline = "expect_entry=linux64 mem_mib=128 e820_exact=1 ncpus=2".into();
+    config.serial = SerialConfig::Capture(console.clone());
+    let exit = Vm::new_with(config, prelude).unwrap().run().unwrap();
+    assert_eq!(exit, VmExit::DebugExit(0), "console: {}", console.text());
+    assert!(console.text().contains("BOOT-STATE OK"));
+
+    // A bad configuration is refused as it is without a prelude.
+    let mut config = VmConfig::new(guest("hello"));
+    config.vcpus = 0;
+    let err = Vm::new_with(config, VmPrelude::new().unwrap()).err().expect("must fail");
+    assert!(err.is_usage(), "{err}");
 }
 
 #[test]

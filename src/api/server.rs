@@ -186,23 +186,48 @@ impl ApiServer {
     /// [`ApiThread`] is stopped. Returns once the thread has installed its
     /// seccomp filter.
     pub fn spawn<V: VmControl + 'static>(self, vm: V, options: ServeOptions) -> Result<ApiThread, ServerError> {
+        self.spawn_while(vm, options, || ()).map(|(t, ())| t)
+    }
+
+    /// [`ApiServer::spawn`], running `meanwhile` on this thread while the
+    /// new one installs its seccomp filter (`ember serve` makes its
+    /// [`crate::VmPrelude`] then); returns its result with the thread.
+    pub fn spawn_while<V: VmControl + 'static, T>(
+        self,
+        vm: V,
+        options: ServeOptions,
+        meanwhile: impl FnOnce() -> T,
+    ) -> Result<(ApiThread, T), ServerError> {
         let controller = match options.started {
             Some(config) => Controller::started(vm, options.id, config),
             None => Controller::new(vm, options.id, HostChecks::Now),
         };
-        let (thread, shutdown) = self.spawn_controller(controller, options.seccomp, drop)?;
-        Ok(ApiThread { thread, shutdown })
+        let (thread, shutdown, t) = self.spawn_controller_while(controller, options.seccomp, drop, meanwhile)?;
+        Ok((ApiThread { thread, shutdown }, t))
     }
 
     /// Runs `controller` on the `ember-api` thread, which installs the
     /// `seccomp` filter first; returns the thread, which ends with
     /// `finish(controller)`, once the filter is in place.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn spawn_controller<V: VmControl + 'static, R: Send + 'static>(
         self,
         controller: Controller<V>,
         seccomp: SeccompMode,
         finish: fn(Controller<V>) -> R,
     ) -> Result<(JoinHandle<R>, ShutdownHandle), ServerError> {
+        self.spawn_controller_while(controller, seccomp, finish, || ()).map(|(j, s, ())| (j, s))
+    }
+
+    /// [`ApiServer::spawn_controller`], running `meanwhile` here while the
+    /// thread installs its filter.
+    fn spawn_controller_while<V: VmControl + 'static, R: Send + 'static, T>(
+        self,
+        controller: Controller<V>,
+        seccomp: SeccompMode,
+        finish: fn(Controller<V>) -> R,
+        meanwhile: impl FnOnce() -> T,
+    ) -> Result<(JoinHandle<R>, ShutdownHandle, T), ServerError> {
         let bpf = seccomp::filter(ThreadKind::Api, seccomp, false)?;
         let shutdown = self.shutdown_handle();
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
@@ -222,8 +247,9 @@ impl ApiServer {
                 finish(controller)
             })
             .map_err(io_err("spawning the API thread"))?;
+        let t = meanwhile();
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok((thread, shutdown)),
+            Ok(Ok(())) => Ok((thread, shutdown, t)),
             Ok(Err(e)) => {
                 let _ = thread.join();
                 Err(e.into())

@@ -22,7 +22,7 @@ use ember::api::{
     parse_config_file, ApiServer, ControlError, Limits, LoggerSettings, ServeOptions, VmControl, VmState,
 };
 use ember::snapshot::{RestoreConfig, SnapshotFiles};
-use ember::{RunningVm, SerialConfig, Vm, VmConfig, VmHandle};
+use ember::{RunningVm, SerialConfig, Vm, VmConfig, VmHandle, VmPrelude};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::args::ServeArgs;
@@ -284,13 +284,24 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         from_file = Some((config, tx));
         options.started = Some(file);
     }
-    let api = match server.spawn(served, options) {
-        Ok(a) => a,
+    // Without a config file, KVM's part of the VM that needs no
+    // configuration (`VmPrelude`) is made while the API thread installs
+    // its filter, so `InstanceStart` does not wait for it; if it fails,
+    // `InstanceStart` tries again and reports the error.
+    let make_prelude = from_file.is_none();
+    let (api, prelude) = match server.spawn_while(served, options, || {
+        make_prelude.then(|| {
+            VmPrelude::new()
+                .map_err(|e| log::debug!("creating the VM ahead of InstanceStart: {e} (tried again then)"))
+                .ok()
+        })
+    }) {
+        Ok((a, p)) => (a, p.flatten()),
         Err(e) => return fail(e),
     };
     let mut running = None;
     if let Some((config, tx)) = from_file {
-        match start_vm(config) {
+        match start_vm(config, None) {
             Ok(vm) => {
                 let _ = tx.send(vm.handle());
                 running = Some(vm);
@@ -304,7 +315,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     }
     let vm = match running {
         Some(vm) => vm,
-        None => match serve_until_started(&jobs, &wake, &signals) {
+        None => match serve_until_started(&jobs, &wake, &signals, prelude) {
             Some(vm) => vm,
             None => {
                 api.stop();
@@ -319,8 +330,12 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     ExitCode::from(exit.status() as u8)
 }
 
-fn start_vm(config: VmConfig) -> Result<RunningVm, String> {
-    Vm::new(config).and_then(Vm::start).map_err(|e| e.to_string())
+fn start_vm(config: VmConfig, prelude: Option<VmPrelude>) -> Result<RunningVm, String> {
+    let vm = match prelude {
+        Some(p) => Vm::new_with(config, p),
+        None => Vm::new(config),
+    };
+    vm.and_then(Vm::start).map_err(|e| e.to_string())
 }
 
 pub(crate) fn apply_logger(settings: &LoggerSettings) -> Result<(), String> {
@@ -339,8 +354,14 @@ pub(crate) fn apply_logger(settings: &LoggerSettings) -> Result<(), String> {
 }
 
 /// Does the API thread's jobs until a VM has started (returned) or a stop
-/// signal arrives (`None`).
-fn serve_until_started(jobs: &Receiver<Job>, wake: &EventFd, signals: &OwnedFd) -> Option<RunningVm> {
+/// signal arrives (`None`). The first VM built starts from `prelude` (the
+/// VM made ahead, [`VmPrelude`]) when there is one.
+fn serve_until_started(
+    jobs: &Receiver<Job>,
+    wake: &EventFd,
+    signals: &OwnedFd,
+    mut prelude: Option<VmPrelude>,
+) -> Option<RunningVm> {
     loop {
         let ready = wait_readable(&[signals.as_raw_fd(), wake.as_raw_fd()], None);
         if ready[0] && take_signal(signals) {
@@ -350,7 +371,7 @@ fn serve_until_started(jobs: &Receiver<Job>, wake: &EventFd, signals: &OwnedFd) 
         let _ = wake.read();
         while let Ok(job) = jobs.try_recv() {
             match job {
-                Job::Start(config, reply) => match start_vm(*config) {
+                Job::Start(config, reply) => match start_vm(*config, prelude.take()) {
                     Ok(vm) => {
                         let _ = reply.send(Ok(vm.handle()));
                         return Some(vm);
@@ -363,7 +384,11 @@ fn serve_until_started(jobs: &Receiver<Job>, wake: &EventFd, signals: &OwnedFd) 
                     let _ = reply.send(apply_logger(&settings));
                 }
                 Job::Restore(rc, resume, reply) => {
-                    let vm = Vm::restore(*rc).and_then(|vm| if resume { vm.start() } else { vm.start_paused() });
+                    let vm = match prelude.take() {
+                        Some(p) => Vm::restore_with(*rc, p),
+                        None => Vm::restore(*rc),
+                    };
+                    let vm = vm.and_then(|vm| if resume { vm.start() } else { vm.start_paused() });
                     match vm {
                         Ok(vm) => {
                             let _ = reply.send(Ok(vm.handle()));
