@@ -29,12 +29,9 @@ fn capture_wait_and_stop() {
     assert_eq!(exit.status(), 0);
 }
 
-#[test]
-fn debug_exit_and_cmdline_through_the_api() {
-    if !kvm_available() {
-        return;
-    }
-    let console = SerialCapture::new();
+/// The boot-state guest (2 vCPUs, 128 MiB, the 64-bit Linux entry), which
+/// checks its entry state, memory map and CPUs, printing to `console`.
+fn boot_state_config(console: &SerialCapture) -> VmConfig {
     let mut config = VmConfig::new(guest("boot_state"));
     config.memory = 128 << 20;
     config.vcpus = 2;
@@ -42,6 +39,16 @@ fn debug_exit_and_cmdline_through_the_api() {
     config.debug_exit = true;
     config.cmdline = "expect_entry=linux64 mem_mib=128 e820_exact=1 ncpus=2".into();
     config.serial = SerialConfig::Capture(console.clone());
+    config
+}
+
+#[test]
+fn debug_exit_and_cmdline_through_the_api() {
+    if !kvm_available() {
+        return;
+    }
+    let console = SerialCapture::new();
+    let config = boot_state_config(&console);
     let vm = Vm::new(config).unwrap();
     assert_eq!(vm.cmdline(), "expect_entry=linux64 mem_mib=128 e820_exact=1 ncpus=2 pci=noearly");
     assert!(!vm.uses_pvh());
@@ -60,13 +67,7 @@ fn a_prelude_made_ahead_builds_the_same_vm() {
     }
     let prelude = VmPrelude::new().expect("KVM and an empty VM");
     let console = SerialCapture::new();
-    let mut config = VmConfig::new(guest("boot_state"));
-    config.memory = 128 << 20;
-    config.vcpus = 2;
-    config.boot = BootProtocol::Linux64;
-    config.debug_exit = true;
-    config.cmdline = "expect_entry=linux64 mem_mib=128 e820_exact=1 ncpus=2".into();
-    config.serial = SerialConfig::Capture(console.clone());
+    let config = boot_state_config(&console);
     let exit = Vm::new_with(config, prelude).unwrap().run().unwrap();
     assert_eq!(exit, VmExit::DebugExit(0), "console: {}", console.text());
     assert!(console.text().contains("BOOT-STATE OK"));
