@@ -34,6 +34,9 @@ const STEP_SLACK: Duration = Duration::from_secs(90);
 /// L1's runner prints a heartbeat every 15 s: this long without any console
 /// line means L1 itself stopped making progress.
 const L1_SILENCE: Duration = Duration::from_secs(100);
+/// Silence after which the harness presses a key in L1 ([`L1::poke`])
+/// before giving it up at [`L1_SILENCE`].
+const L1_POKE_AFTER: Duration = Duration::from_secs(35);
 /// L1 boots per group of steps: the first, and one more after each step
 /// that never reported.
 const MAX_BOOTS: usize = 3;
@@ -363,6 +366,9 @@ struct L1 {
     child: Child,
     events: Receiver<Event>,
     console: Arc<Mutex<Vec<String>>>,
+    /// QEMU's human monitor (scripts/lab boot puts it in the work
+    /// directory).
+    monitor: PathBuf,
 }
 
 impl L1 {
@@ -404,7 +410,15 @@ impl L1 {
                 let _ = tx.send(Event::Closed);
             });
         }
-        Ok(L1 { child, events, console })
+        Ok(L1 { child, events, console, monitor: work.join("qemu-monitor.sock") })
+    }
+
+    /// Presses and releases Shift on L1's keyboard through QEMU's monitor:
+    /// an interrupt in L1 that nothing reads. TCG's L1 stall (an expired
+    /// LAPIC timer's vector pending in IRR and never delivered,
+    /// docs/testing.md) ended on such a key press when tried by hand.
+    fn poke(&self) -> String {
+        monitor(&self.monitor, "sendkey shift")
     }
 
     /// The last `n` console lines, without the heartbeats.
@@ -857,17 +871,39 @@ impl Lab {
 
     fn wait_marker(&self, l1: &L1, until: Instant, want: impl Fn(&Marker) -> bool) -> Wait {
         let mut heard = Instant::now();
+        let mut poked = false;
         loop {
             let now = Instant::now();
             if now >= until {
                 return Wait::Deadline;
             }
-            if now.duration_since(heard) >= L1_SILENCE {
+            let quiet = now.duration_since(heard);
+            if quiet >= L1_SILENCE {
                 return Wait::Silent;
             }
-            let left = (until - now).min(L1_SILENCE - now.duration_since(heard));
+            if quiet >= L1_POKE_AFTER && !poked {
+                // Two heartbeats missed: most likely the stall. A key press
+                // gives TCG another interrupt to look at; a step that was
+                // only slow to print is not disturbed by it.
+                poked = true;
+                let answer = l1.poke();
+                eprintln!(
+                    "lab: L1 silent for {} s (no heartbeat); pressed a key through QEMU's monitor to wake it{}",
+                    quiet.as_secs(),
+                    if answer.is_empty() { String::new() } else { format!(" (monitor: {answer})") }
+                );
+            }
+            let next = if poked { L1_SILENCE } else { L1_POKE_AFTER };
+            let left = (until - now).min(next.saturating_sub(quiet)).max(Duration::from_millis(1));
             match l1.events.recv_timeout(left) {
                 Ok(Event::Line(line)) => {
+                    if poked {
+                        eprintln!(
+                            "lab: L1 printed again after the key press ({} s of silence)",
+                            heard.elapsed().as_secs()
+                        );
+                    }
+                    poked = false;
                     heard = Instant::now();
                     if let Some(m) = parse_marker(&line) {
                         if want(&m) {
