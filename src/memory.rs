@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
-use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::mmap::{MmapRegion, MmapRegionBuilder};
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap};
 
 use crate::layout::{FIRST_ADDR_PAST_32BITS, MMIO32_START};
@@ -142,31 +142,24 @@ const HUGE_PAGE: usize = 2 << 20;
 /// speed.
 fn anonymous_region(gpa: GuestAddress, len: usize) -> std::io::Result<GuestRegionMmap> {
     let want = gpa.0 as usize % HUGE_PAGE;
-    let build = || {
-        MmapRegionBuilder::new(len)
+    let try_once = || {
+        let hole = Reservation::around(len, want);
+        let region = MmapRegionBuilder::new(len)
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
-            .build()
-            .map_err(|e| std::io::Error::other(e.to_string()))
+            .build();
+        drop(hole);
+        region.map_err(|e| std::io::Error::other(e.to_string()))
     };
-    let mut region = None;
-    for _ in 0..3 {
-        let r = match Reservation::around(len, want) {
-            Some(hole) => {
-                let r = build();
-                drop(hole);
-                r?
-            }
-            None => build()?,
-        };
-        if r.as_ptr() as usize % HUGE_PAGE == want {
-            region = Some(r);
+    let aligned = |r: &MmapRegion| r.as_ptr() as usize % HUGE_PAGE == want;
+    let mut region = try_once()?;
+    for _ in 1..3 {
+        if aligned(&region) {
             break;
         }
-        region = Some(r);
+        region = try_once()?;
     }
-    let region = region.expect("at least one try");
-    if region.as_ptr() as usize % HUGE_PAGE != want {
+    if !aligned(&region) {
         log::debug!(
             "guest RAM at {:#x} mapped at {:p}: not 2 MiB aligned (KVM maps it with 4 KiB pages)",
             gpa.0,
