@@ -6,7 +6,8 @@
 //! `.text` of the static binary ends up mapped in the process, ~1.9 MiB of
 //! its RSS for as long as the VM lives (and of a dynamic build, most of
 //! libc's), although an idle VM then runs only its vCPU loop and event
-//! loop. [`CodePages::release`] unmaps those pages from the process with
+//! loop. [`CodePages::release`] (on the event loop, once the VM runs)
+//! unmaps those pages from the process with
 //! `MADV_DONTNEED`. Nothing is lost: they are clean pages of their files,
 //! they stay in the page cache (shared with every other process that maps
 //! them), and the code that runs afterwards maps its pages back on first
@@ -20,40 +21,40 @@
 //! everything while a debugger is attached (its breakpoints live in
 //! private copies of code pages).
 
-use std::fs;
+use std::fs::File;
+use std::io::Read;
 
-/// The process's releasable mappings: file-backed, private, not writable,
-/// with no private page.
-#[derive(Debug, Default)]
+/// `/proc/self/smaps` and `/proc/self/status`, opened while `/proc` is in
+/// reach (before a chroot and the seccomp filters) and read when the pages
+/// are given back: after the VM started, off the path to its first
+/// instruction (the event loop does it once every thread has passed the
+/// gate), so the mappings are read as they are then.
+#[derive(Debug)]
 pub(crate) struct CodePages {
-    ranges: Vec<(usize, usize)>,
+    smaps: File,
+    status: File,
 }
 
 impl CodePages {
-    /// Finds them in `/proc/self/smaps` (read now: after a chroot `/proc`
-    /// may be gone). Empty when `/proc` cannot be read or a debugger is
-    /// attached.
-    pub(crate) fn find() -> CodePages {
-        if traced() {
-            return CodePages::default();
-        }
-        match fs::read_to_string("/proc/self/smaps") {
-            Ok(smaps) => CodePages { ranges: releasable(&smaps) },
-            Err(_) => CodePages::default(),
-        }
+    /// Opens the two files; `None` when `/proc` cannot be read.
+    pub(crate) fn open() -> Option<CodePages> {
+        Some(CodePages { smaps: File::open("/proc/self/smaps").ok()?, status: File::open("/proc/self/status").ok()? })
     }
 
-    /// Bytes the mappings span.
-    pub(crate) fn span(&self) -> usize {
-        self.ranges.iter().map(|(start, end)| end - start).sum()
-    }
-
-    /// Unmaps their pages from this process (they come back on touch).
-    /// Makes no system call but `madvise`: it runs under the seccomp
+    /// Finds the releasable mappings now and unmaps their pages from this
+    /// process (they come back on touch); nothing while a debugger is
+    /// attached. Returns the bytes the mappings span. Makes no system call
+    /// but `read` and `madvise`: it runs under the event loop's seccomp
     /// filter.
-    pub(crate) fn release(&self) {
-        log::debug!("releasing {} KiB of code pages", self.span() >> 10);
-        for &(start, end) in &self.ranges {
+    pub(crate) fn release(mut self) -> usize {
+        let status = read_all(&mut self.status);
+        if traced(&status) {
+            return 0;
+        }
+        let ranges = releasable(&read_all(&mut self.smaps));
+        let span = ranges.iter().map(|(start, end)| end - start).sum::<usize>();
+        log::debug!("releasing {} KiB of code pages", span >> 10);
+        for (start, end) in ranges {
             // SAFETY: [start, end) is a whole private file mapping that is
             // neither writable nor holds a private page (checked in
             // `releasable`), so MADV_DONTNEED only drops clean file-backed
@@ -64,12 +65,29 @@ impl CodePages {
                 log::debug!("madvise(MADV_DONTNEED) on {start:#x}-{end:#x}: {}", std::io::Error::last_os_error());
             }
         }
+        span
     }
 }
 
+/// The file's text from its start, with `read` calls only (`read_to_string`
+/// would `statx` the file for a size hint, which the filter refuses);
+/// empty on an error.
+fn read_all(f: &mut File) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return String::new(),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A debugger (or any tracer) is attached: `TracerPid` is not 0.
-fn traced() -> bool {
-    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+fn traced(status: &str) -> bool {
     status.lines().find_map(|l| l.strip_prefix("TracerPid:")).is_some_and(|pid| pid.trim() != "0")
 }
 
@@ -174,11 +192,12 @@ mod tests {
         // This test binary's own code, its libraries' and their read-only
         // data: released, then the test goes on running (and formatting)
         // from them.
-        let pages = CodePages::find();
-        pages.release();
+        let pages = CodePages::open().expect("/proc is mounted");
+        let span = pages.release();
         assert_eq!(format!("{}", 6 * 7), "42");
-        // Under a debugger nothing is found; otherwise this binary has
+        // Under a debugger nothing is released; otherwise this binary has
         // at least its code.
-        assert!(traced() || pages.span() > 0, "{pages:?}");
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        assert!(traced(&status) || span > 0, "{span}");
     }
 }

@@ -10,7 +10,7 @@ pub use crate::event_loop::EventLoopError;
 pub use crate::irq_routing::RoutingError;
 pub use crate::jail::JailError;
 pub use crate::memory::MemoryError;
-pub use crate::seccomp::{SeccompError, ThreadKind};
+pub use crate::seccomp::{ProgramError, SeccompError, ThreadKind};
 pub use ember_devices::pci::PciError;
 pub use ember_devices::virtio::block::BlockError;
 pub use ember_devices::virtio::net::NetError;

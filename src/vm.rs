@@ -341,9 +341,11 @@ impl Vm {
         // thread.
         let filters =
             ThreadFilters::new(config.seccomp, vcpus.len() + 2, config.has_pci_devices(), !config.shares.is_empty())?;
-        // The code pages to give back once every thread runs, found while
-        // /proc is still in reach (before a chroot).
-        let code_pages = config.drop_code_pages.then(CodePages::find);
+        // The code pages to give back once every thread runs: their list
+        // is opened while /proc is still in reach (before a chroot), and
+        // read and acted on by the event loop once past the gate, while
+        // the guest starts.
+        let code_pages = if config.drop_code_pages { CodePages::open() } else { None };
         // Everything is open: drop privileges before any thread exists.
         if let Some(j) = &config.jail {
             j.enter()?;
@@ -366,6 +368,11 @@ impl Vm {
                     ev_control.leave();
                     return;
                 }
+                // Past the gate every thread has set itself up: the
+                // start-up code is done with.
+                if let Some(pages) = code_pages {
+                    pages.release();
+                }
                 event_loop.run()
             })
             .map_err(io_err("spawning the event loop thread"))?;
@@ -377,11 +384,6 @@ impl Vm {
         });
         if let Err(e) = filters.enter(ThreadKind::Vmm) {
             exit.request(VmExit::VmmError { message: format!("main thread: {e}") });
-        }
-        // Past the gate every thread has set itself up: the start-up code
-        // is done with.
-        if let Some(pages) = code_pages {
-            pages.release();
         }
         Ok(RunningVm {
             exit,

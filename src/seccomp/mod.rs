@@ -1,6 +1,8 @@
-//! seccomp filters: one allow-list per thread kind, built with rust-vmm's
-//! `seccompiler`, installed by each thread before the guest runs its first
-//! instruction (see docs/security.md for how the lists were derived).
+//! seccomp filters: one allow-list per thread kind, made into a BPF
+//! program by [`program`] (a binary search on the call number; rust-vmm's
+//! `seccompiler` installs it), installed by each thread before the guest
+//! runs its first instruction (see docs/security.md for how the lists were
+//! derived).
 //!
 //! * **vCPU threads** run `KVM_RUN`, dispatch port/MMIO exits to devices
 //!   (which may write the serial output, signal eventfds, and set TAP
@@ -21,13 +23,14 @@
 //! [`SeccompMode::Log`] the kernel logs the call (`SECCOMP_RET_LOG`, see
 //! `dmesg`/audit) and lets it run.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
-};
+use seccompiler::{BpfProgram, SeccompAction};
+
+mod program;
+pub use program::ProgramError;
+use program::{ArgCheck, ArgOp, Rules};
 
 /// What happens to a system call outside the allow-list.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -58,21 +61,13 @@ pub enum ThreadKind {
 /// Errors building or installing a filter.
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
-    /// seccompiler rejected the rules (a bug in the lists).
-    #[error("building the {kind:?} seccomp filter: {source}")]
-    Build {
-        /// Which filter.
-        kind: ThreadKind,
-        /// Why.
-        source: seccompiler::BackendError,
-    },
-    /// Compiling to BPF failed.
+    /// The list could not be made into a program (a bug in the lists).
     #[error("compiling the {kind:?} seccomp filter: {source}")]
     Compile {
         /// Which filter.
         kind: ThreadKind,
         /// Why.
-        source: seccompiler::BackendError,
+        source: ProgramError,
     },
     /// The kernel refused the filter.
     #[error("installing the seccomp filter on a {kind:?} thread: {source}")]
@@ -252,46 +247,30 @@ const API: &[i64] = &[
 /// The rules of `kind`; with `pci` (a device is on PCI) the vCPU threads
 /// may also move ioeventfds and replace the GSI routing table, which the
 /// guest's BAR moves and MSI-X table writes do from the vCPU thread.
-fn rules_for(kind: ThreadKind, pci: bool) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+fn rules_for(kind: ThreadKind, pci: bool) -> Rules {
+    let mut rules = Rules::new();
     for &nr in COMMON {
         rules.insert(nr, vec![]);
     }
-    let ioctl_eq = |req: u64| -> Result<SeccompRule, seccompiler::BackendError> {
-        SeccompRule::new(vec![SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, req)?])
-    };
+    let ioctl_eq = |req: u64| vec![ArgCheck::eq(1, req)];
     // Every thread: fcntl(fd, F_GETFD), which Rust's fd drop makes in debug
     // builds to check the fd is open; no other fcntl is made after start
     // (O_NONBLOCK and locks are set while devices are built).
-    rules.insert(libc::SYS_fcntl, vec![ioctl_eq(libc::F_GETFD as u64)?]);
+    rules.insert(libc::SYS_fcntl, vec![ioctl_eq(libc::F_GETFD as u64)]);
     // No executable memory after start: the allocator maps and protects
     // read/write (and PROT_NONE guard pages) only.
-    let no_exec = || -> Result<SeccompRule, seccompiler::BackendError> {
-        let exec = libc::PROT_EXEC as u64;
-        SeccompRule::new(vec![SeccompCondition::new(2, SeccompCmpArgLen::Dword, SeccompCmpOp::MaskedEq(exec), 0)?])
-    };
-    rules.insert(libc::SYS_mmap, vec![no_exec()?]);
-    rules.insert(libc::SYS_mprotect, vec![no_exec()?]);
+    let no_exec = || vec![ArgCheck { arg: 2, op: ArgOp::MaskedEq { mask: libc::PROT_EXEC as u32, value: 0 } }];
+    rules.insert(libc::SYS_mmap, vec![no_exec()]);
+    rules.insert(libc::SYS_mprotect, vec![no_exec()]);
     // Signals only within ember (the vCPU kick, raising a fatal signal on
     // itself): tgkill's first argument is ember's own pid.
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() } as u64;
-    rules.insert(
-        libc::SYS_tgkill,
-        vec![SeccompRule::new(vec![SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, pid)?])?],
-    );
+    rules.insert(libc::SYS_tgkill, vec![vec![ArgCheck::eq(0, pid)]]);
     // No thread may take over SIGSYS: a handler of its own would turn the
     // kill into a message and carry on. (ember's handler is installed
     // before the first filter.)
-    rules.insert(
-        libc::SYS_rt_sigaction,
-        vec![SeccompRule::new(vec![SeccompCondition::new(
-            0,
-            SeccompCmpArgLen::Dword,
-            SeccompCmpOp::Ne,
-            libc::SIGSYS as u64,
-        )?])?],
-    );
+    rules.insert(libc::SYS_rt_sigaction, vec![vec![ArgCheck { arg: 0, op: ArgOp::Ne(libc::SIGSYS as u32) }]]);
     let ioctls: Vec<u64> = match kind {
         ThreadKind::Vcpu => {
             let mut v = vec![KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, TUNSETOFFLOAD];
@@ -311,7 +290,7 @@ fn rules_for(kind: ThreadKind, pci: bool) -> Result<BTreeMap<i64, Vec<SeccompRul
                 }
                 // The file server duplicates descriptors it holds (a walk
                 // or an attach to the same file: `OwnedFd::try_clone`).
-                rules.entry(libc::SYS_fcntl).or_default().push(ioctl_eq(libc::F_DUPFD_CLOEXEC as u64)?);
+                rules.entry(libc::SYS_fcntl).or_default().push(ioctl_eq(libc::F_DUPFD_CLOEXEC as u64));
             }
             let mut v = TERMIOS.to_vec();
             v.push(TUNSETOFFLOAD);
@@ -328,8 +307,8 @@ fn rules_for(kind: ThreadKind, pci: bool) -> Result<BTreeMap<i64, Vec<SeccompRul
             VM_STATE_READS.to_vec()
         }
     };
-    rules.insert(libc::SYS_ioctl, ioctls.into_iter().map(ioctl_eq).collect::<Result<_, _>>()?);
-    Ok(rules)
+    rules.insert(libc::SYS_ioctl, ioctls.into_iter().map(ioctl_eq).collect());
+    rules
 }
 
 /// Builds the BPF program for `kind` under `mode` (`None` when off), for a
@@ -346,10 +325,8 @@ pub(crate) fn filter(kind: ThreadKind, mode: SeccompMode, pci: bool) -> Result<O
 /// The BPF program for `kind` (for a VM with devices on PCI when `pci`),
 /// `mismatch` for calls outside its list.
 fn compile(kind: ThreadKind, mismatch: SeccompAction, pci: bool) -> Result<BpfProgram, SeccompError> {
-    let rules = rules_for(kind, pci).map_err(|source| SeccompError::Build { kind, source })?;
-    let f = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)
-        .map_err(|source| SeccompError::Build { kind, source })?;
-    f.try_into().map_err(|source| SeccompError::Compile { kind, source })
+    program::compile(&rules_for(kind, pci), mismatch.into(), SeccompAction::Allow.into())
+        .map_err(|source| SeccompError::Compile { kind, source })
 }
 
 /// Installs `bpf` on the calling thread (and sets `no_new_privs`).
@@ -526,10 +503,24 @@ mod tests {
         }
     }
 
+    /// ember's own lists, every kind with and without PCI: the search
+    /// program decides every call (numbers 0..1024 and far ones; each
+    /// argument at the values the rules name and next to them) exactly as
+    /// seccompiler's program of the same list does.
+    #[test]
+    fn every_list_decides_like_seccompiler() {
+        for kind in [ThreadKind::Vcpu, ThreadKind::Vmm, ThreadKind::Events, ThreadKind::Api] {
+            for pci in [false, true] {
+                let cases = program::tests::assert_same_decisions(&rules_for(kind, pci));
+                assert!(cases > 20_000, "{kind:?} {cases}");
+            }
+        }
+    }
+
     #[test]
     fn vcpu_list_is_narrower() {
-        let v = rules_for(ThreadKind::Vcpu, false).unwrap();
-        let m = rules_for(ThreadKind::Vmm, false).unwrap();
+        let v = rules_for(ThreadKind::Vcpu, false);
+        let m = rules_for(ThreadKind::Vmm, false);
         assert!(!v.contains_key(&libc::SYS_pwrite64));
         assert!(m.contains_key(&libc::SYS_pwrite64));
         assert!(!v.contains_key(&libc::SYS_openat) && !m.contains_key(&libc::SYS_openat));
@@ -544,7 +535,7 @@ mod tests {
                 assert_eq!(r[&nr].len(), 1, "{nr} has one argument rule");
             }
         }
-        let e = rules_for(ThreadKind::Events, false).unwrap();
+        let e = rules_for(ThreadKind::Events, false);
         assert_eq!(e[&libc::SYS_fcntl].len(), 2, "F_GETFD, and F_DUPFD_CLOEXEC for the file server");
         assert!(SHARE.iter().all(|nr| e.contains_key(nr) && !m.contains_key(nr) && !v.contains_key(nr)));
         assert!(m.keys().all(|nr| e.contains_key(nr)));
@@ -699,9 +690,9 @@ mod tests {
 
     #[test]
     fn only_a_pci_vm_lets_vcpus_route_interrupts() {
-        let ioctl_rules = |pci| rules_for(ThreadKind::Vcpu, pci).unwrap()[&libc::SYS_ioctl].len();
+        let ioctl_rules = |pci| rules_for(ThreadKind::Vcpu, pci)[&libc::SYS_ioctl].len();
         assert_eq!(ioctl_rules(true), ioctl_rules(false) + 2);
-        let vmm = |pci| rules_for(ThreadKind::Vmm, pci).unwrap()[&libc::SYS_ioctl].len();
+        let vmm = |pci| rules_for(ThreadKind::Vmm, pci)[&libc::SYS_ioctl].len();
         assert_eq!(vmm(true), vmm(false), "the event loop never moves BARs or routes");
     }
 
@@ -711,15 +702,7 @@ mod tests {
     /// ones pass.
     #[test]
     fn argument_rules_refuse_exec_foreign_signals_and_sigsys() {
-        let rules = rules_for(ThreadKind::Vmm, false).unwrap();
-        let f = SeccompFilter::new(
-            rules,
-            SeccompAction::Errno(libc::EPERM as u32),
-            SeccompAction::Allow,
-            TargetArch::x86_64,
-        )
-        .unwrap();
-        let bpf: BpfProgram = f.try_into().unwrap();
+        let bpf = compile(ThreadKind::Vmm, SeccompAction::Errno(libc::EPERM as u32), false).unwrap();
         let r = std::thread::spawn(move || {
             seccompiler::apply_filter(&bpf).unwrap();
             // SAFETY: anonymous mappings and protection changes of them;
@@ -748,7 +731,7 @@ mod tests {
 
     #[test]
     fn the_api_thread_opens_files_for_snapshots_and_only_reads_vm_state() {
-        let a = rules_for(ThreadKind::Api, false).unwrap();
+        let a = rules_for(ThreadKind::Api, false);
         for nr in [libc::SYS_open, libc::SYS_socket, libc::SYS_execve, libc::SYS_clone, libc::SYS_epoll_wait] {
             assert!(!a.contains_key(&nr), "{nr}");
         }
