@@ -5,10 +5,16 @@
 //! it parks, so no queue or backend is served while the VM is paused.
 //! What arrives meanwhile (a queue notification, a frame on the TAP)
 //! stays readable in epoll, level-triggered, and is served after resume.
+//!
+//! The loop can also run one errand some time after it starts
+//! ([`EventLoop::with_errand`]): work that must not compete with the
+//! guest's first instructions for the host's cores (giving back the code
+//! pages, `code_pages`).
 
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::eventfd::EventFd;
@@ -68,11 +74,15 @@ pub enum EventLoopError {
     Io(#[from] std::io::Error),
 }
 
+/// Work the loop does once, a while after it starts.
+type Errand = (Duration, Box<dyn FnOnce() + Send>);
+
 /// A loop ready to run on its own thread.
 pub(crate) struct EventLoop {
     manager: EventManager<Subscriber>,
     done: Arc<AtomicBool>,
     control: Arc<RunControl>,
+    errand: Option<Errand>,
 }
 
 impl EventLoop {
@@ -92,16 +102,35 @@ impl EventLoop {
         for s in subscribers {
             manager.add_subscriber(s);
         }
-        Ok(EventLoop { manager, done, control })
+        Ok(EventLoop { manager, done, control, errand: None })
+    }
+
+    /// Runs `f` on the loop's thread once, at its first pass at least
+    /// `after` past the start of [`EventLoop::run`] (at the latest, `after`
+    /// plus one pass: the loop's wait times out then).
+    pub(crate) fn with_errand(mut self, after: Duration, f: impl FnOnce() + Send + 'static) -> Self {
+        self.errand = Some((after, Box::new(f)));
+        self
     }
 
     /// Serves events until the exit eventfd fires or the VMM asks the loop
     /// to stop; parks while the VM is paused.
     pub(crate) fn run(mut self) {
+        let mut errand = self.errand.take().map(|(after, f)| (Instant::now() + after, f));
         while !self.done.load(Ordering::SeqCst) {
-            if let Err(e) = self.manager.run_with_timeout(-1) {
+            let timeout = match &errand {
+                // Rounded up, so the wait does not end just short of it.
+                Some((at, _)) => at.saturating_duration_since(Instant::now()).as_micros().div_ceil(1000) as i32,
+                None => -1,
+            };
+            if let Err(e) = self.manager.run_with_timeout(timeout) {
                 log::error!("event loop failed: {e:?}");
                 break;
+            }
+            if errand.as_ref().is_some_and(|(at, _)| Instant::now() >= *at) {
+                if let Some((_, f)) = errand.take() {
+                    f();
+                }
             }
             match self.control.request() {
                 RunRequest::Run => {}
@@ -127,7 +156,6 @@ impl EventLoop {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicU64;
-    use std::time::{Duration, Instant};
 
     /// A device stand-in: counts what its eventfd delivered.
     struct Counter {
@@ -160,6 +188,32 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         false
+    }
+
+    /// The errand runs once, not before its time, with no event to wake
+    /// the loop; events meanwhile are served as usual.
+    #[test]
+    fn the_errand_runs_once_after_its_delay() {
+        let (exit, wake, notify) = (eventfd(), eventfd(), eventfd());
+        let seen = Arc::new(AtomicU64::new(0));
+        let device: Subscriber = Arc::new(Mutex::new(Counter { evt: notify.try_clone().unwrap(), seen: seen.clone() }));
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let r = ran.clone();
+        let start = Instant::now();
+        let ev = EventLoop::new(&exit, &wake, Arc::new(RunControl::new(1)), vec![device])
+            .unwrap()
+            .with_errand(Duration::from_millis(150), move || r.lock().unwrap().push(start.elapsed()));
+        let t = std::thread::spawn(move || ev.run());
+        notify.write(1).unwrap();
+        assert!(wait_until(|| seen.load(Ordering::SeqCst) == 1));
+        assert!(wait_until(|| !ran.lock().unwrap().is_empty()), "the errand never ran");
+        notify.write(1).unwrap();
+        assert!(wait_until(|| seen.load(Ordering::SeqCst) == 2));
+        exit.write(1).unwrap();
+        t.join().unwrap();
+        let ran = ran.lock().unwrap();
+        assert_eq!(ran.len(), 1);
+        assert!(ran[0] >= Duration::from_millis(150), "ran after {:?}", ran[0]);
     }
 
     #[test]

@@ -341,10 +341,9 @@ impl Vm {
         // thread.
         let filters =
             ThreadFilters::new(config.seccomp, vcpus.len() + 2, config.has_pci_devices(), !config.shares.is_empty())?;
-        // The code pages to give back once every thread runs: their list
-        // is opened while /proc is still in reach (before a chroot), and
-        // read and acted on by the event loop once past the gate, while
-        // the guest starts.
+        // The code pages to give back once the VM runs: their list is
+        // opened while /proc is still in reach (before a chroot), and read
+        // and acted on by the event loop, [`CODE_PAGES_AFTER`] the start.
         let code_pages = if config.drop_code_pages { CodePages::open() } else { None };
         // Everything is open: drop privileges before any thread exists.
         if let Some(j) = &config.jail {
@@ -357,7 +356,12 @@ impl Vm {
         let control = Arc::new(if paused { RunControl::paused(members) } else { RunControl::new(members) });
         let event_wake = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
             .map_err(io_err("creating the event loop's wake-up eventfd"))?;
-        let event_loop = EventLoop::new(exit.eventfd(), &event_wake, control.clone(), subscribers)?;
+        let mut event_loop = EventLoop::new(exit.eventfd(), &event_wake, control.clone(), subscribers)?;
+        if let Some(pages) = code_pages {
+            event_loop = event_loop.with_errand(CODE_PAGES_AFTER, move || {
+                pages.release();
+            });
+        }
         let (ev_filters, ev_exit, ev_control) = (filters.clone(), exit.clone(), control.clone());
         let event_thread = std::thread::Builder::new()
             .name("ember-events".into())
@@ -367,11 +371,6 @@ impl Vm {
                     ev_exit.request(VmExit::VmmError { message: format!("event loop thread: {e}") });
                     ev_control.leave();
                     return;
-                }
-                // Past the gate every thread has set itself up: the
-                // start-up code is done with.
-                if let Some(pages) = code_pages {
-                    pages.release();
                 }
                 event_loop.run()
             })
@@ -449,6 +448,13 @@ fn spawn_vcpus(
     }
     threads
 }
+
+/// When the event loop gives back the code pages, after the VM started:
+/// late enough to leave the host's cores to the guest's first
+/// instructions and to `InstanceStart`'s answer (on a 2-core host the
+/// event loop doing it at once delayed both), early enough for an idle
+/// VM's RSS to drop within a blink.
+const CODE_PAGES_AFTER: Duration = Duration::from_millis(100);
 
 /// How long [`VmHandle::pause`] waits for every thread to park.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);

@@ -103,7 +103,65 @@ pub fn round_trip(s: &mut UnixStream, req: &[u8], buf: &mut Vec<u8>) -> u16 {
     }
 }
 
-/// Connects to the API socket at `path` as soon as it accepts.
+/// Waits for API sockets to appear in one directory without timer
+/// wake-ups: an inotify watch on the directory, made once and kept (an
+/// inotify instance's close waits for an SRCU grace period, several
+/// milliseconds here, which would land inside the measured boot).
+pub struct SocketWatch {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl SocketWatch {
+    /// A watch for names created in (or moved into) `dir`.
+    pub fn new(dir: &Path) -> SocketWatch {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        use std::os::unix::ffi::OsStrExt;
+        let cdir = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+        // SAFETY: inotify_init1 has no preconditions; the fd is owned below.
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+        assert!(fd >= 0, "inotify_init1: {}", std::io::Error::last_os_error());
+        // SAFETY: `fd` is a new descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: a valid inotify fd and a NUL-terminated path.
+        let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), cdir.as_ptr(), libc::IN_CREATE | libc::IN_MOVED_TO) };
+        assert!(wd >= 0, "inotify_add_watch {}: {}", dir.display(), std::io::Error::last_os_error());
+        SocketWatch { fd }
+    }
+
+    fn drain(&self) {
+        use std::os::fd::AsRawFd;
+        let mut buf = [0u8; 4096];
+        // SAFETY: reads into a local buffer from our non-blocking fd.
+        while unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+    }
+
+    /// Connects to `path` (in the watched directory) once it accepts:
+    /// sleeps on the watch while it does not exist, yields while it exists
+    /// but does not accept yet (bound, not yet listening). Events from
+    /// before the call are only a reason to try once more. Panics 10 s
+    /// after `since`.
+    pub fn connect(&self, path: &Path, since: Instant) -> UnixStream {
+        use std::os::fd::AsRawFd;
+        loop {
+            match UnixStream::connect(path) {
+                Ok(s) => return s,
+                Err(e) if since.elapsed() >= Duration::from_secs(10) => {
+                    panic!("the API socket never became ready: {e}")
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                    // SAFETY: one valid pollfd.
+                    unsafe { libc::poll(&mut pfd, 1, 100) };
+                    self.drain();
+                }
+                Err(_) => std::thread::yield_now(),
+            }
+        }
+    }
+}
+
+/// Connects to the API socket at `path` as soon as it accepts, trying
+/// every 20 µs.
 pub fn connect_polled(path: &Path, since: Instant) -> UnixStream {
     loop {
         match UnixStream::connect(path) {
