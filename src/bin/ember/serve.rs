@@ -284,24 +284,21 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         from_file = Some((config, tx));
         options.started = Some(file);
     }
-    // Without a config file, KVM's part of the VM that needs no
-    // configuration (`VmPrelude`) is made while the API thread installs
-    // its filter, so `InstanceStart` does not wait for it; if it fails,
-    // `InstanceStart` tries again and reports the error.
-    let make_prelude = from_file.is_none();
-    let (api, prelude) = match server.spawn_while(served, options, || {
-        make_prelude.then(|| {
-            VmPrelude::new()
-                .map_err(|e| log::debug!("creating the VM ahead of InstanceStart: {e} (tried again then)"))
-                .ok()
-        })
+    // KVM's part of the VM that needs no configuration (`VmPrelude`) is
+    // made while the API thread installs its filter, so neither the config
+    // file's VM nor `InstanceStart` waits for it; if it fails, the VM's
+    // build tries again and reports the error.
+    let (api, mut prelude) = match server.spawn_while(served, options, || {
+        VmPrelude::new()
+            .map_err(|e| log::debug!("creating the VM ahead of its configuration: {e} (tried again then)"))
+            .ok()
     }) {
-        Ok((a, p)) => (a, p.flatten()),
+        Ok(ap) => ap,
         Err(e) => return fail(e),
     };
     let mut running = None;
     if let Some((config, tx)) = from_file {
-        match start_vm(config, None) {
+        match start_vm(config, prelude.take()) {
             Ok(vm) => {
                 let _ = tx.send(vm.handle());
                 running = Some(vm);
