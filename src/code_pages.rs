@@ -6,7 +6,7 @@
 //! `.text` of the static binary ends up mapped in the process, ~1.9 MiB of
 //! its RSS for as long as the VM lives (and of a dynamic build, most of
 //! libc's), although an idle VM then runs only its vCPU loop and event
-//! loop. [`CodePages::release`] (on the event loop, once the VM runs)
+//! loop. [`CodePages::release`] (on the event loop, 100 ms after start)
 //! unmaps those pages from the process with
 //! `MADV_DONTNEED`. Nothing is lost: they are clean pages of their files,
 //! they stay in the page cache (shared with every other process that maps
@@ -26,9 +26,9 @@ use std::io::Read;
 
 /// `/proc/self/smaps` and `/proc/self/status`, opened while `/proc` is in
 /// reach (before a chroot and the seccomp filters) and read when the pages
-/// are given back: after the VM started, off the path to its first
-/// instruction (the event loop does it once every thread has passed the
-/// gate), so the mappings are read as they are then.
+/// are given back: by the event loop, 100 ms after the VM started (off the
+/// path to its first instruction), so the mappings are read as they are
+/// then.
 #[derive(Debug)]
 pub(crate) struct CodePages {
     smaps: File,
