@@ -369,6 +369,8 @@ struct L1 {
     /// QEMU's human monitor (scripts/lab boot puts it in the work
     /// directory).
     monitor: PathBuf,
+    /// Key presses so far ([`L1::poke`]): each answered a stall.
+    pokes: std::cell::Cell<u32>,
 }
 
 impl L1 {
@@ -410,7 +412,7 @@ impl L1 {
                 let _ = tx.send(Event::Closed);
             });
         }
-        Ok(L1 { child, events, console, monitor: work.join("qemu-monitor.sock") })
+        Ok(L1 { child, events, console, monitor: work.join("qemu-monitor.sock"), pokes: Default::default() })
     }
 
     /// Presses and releases Shift on L1's keyboard through QEMU's monitor:
@@ -418,6 +420,7 @@ impl L1 {
     /// LAPIC timer's vector pending in IRR and never delivered,
     /// docs/testing.md) ended on such a key press when tried by hand.
     fn poke(&self) -> String {
+        self.pokes.set(self.pokes.get() + 1);
         monitor(&self.monitor, "sendkey shift")
     }
 
@@ -781,6 +784,7 @@ impl Lab {
                     }
                 }
                 let began = Instant::now();
+                let pokes_before = l1.pokes.get();
                 let end_by = (began + step.timeout + STEP_SLACK).min(self.deadline);
                 let ended = self.wait_marker(&l1, end_by, |m| matches!(m, Marker::End { .. }));
                 remaining.remove(0);
@@ -801,6 +805,23 @@ impl Lab {
                                 let r = Report { name: full_name(step), outcome: Outcome::Ok, secs };
                                 print_result(&r);
                                 reports.push(r);
+                            }
+                            Err(why) if l1.pokes.get() > pokes_before && !rerun.contains(&step.name) => {
+                                // L1 stalled during the step and a key press
+                                // woke it: its guests saw the stall too (their
+                                // clocks jumped ~35 s: RCU stall warnings,
+                                // soft lockups), so the run says nothing about
+                                // the step. Once more in a fresh L1, as after a
+                                // stall that no key press ended.
+                                rerun.push(step.name);
+                                eprintln!(
+                                    "lab: {} failed after L1 stalled during it (a key press woke L1); running the step again in a fresh L1. The failure was:\n{}",
+                                    step.name,
+                                    tail_lines(&why, 20)
+                                );
+                                l1.kill();
+                                remaining.insert(0, step);
+                                break;
                             }
                             Err(why) => {
                                 let diagnostics = std::fs::read_to_string(run.path("diagnostics.txt"))
