@@ -46,8 +46,11 @@ pub(crate) struct ArgCheck {
 }
 
 impl ArgCheck {
-    /// Argument `arg` equal to `v`.
+    /// Argument `arg` equal to `v`, which must fit in 32 bits: only the
+    /// low 32 bits are compared, so a larger value in a list is a mistake
+    /// (caught by the unit tests, which build every list).
     pub(crate) fn eq(arg: u8, v: u64) -> Self {
+        debug_assert!(v <= u64::from(u32::MAX), "argument {arg} compared with {v:#x}, wider than 32 bits");
         ArgCheck { arg, op: ArgOp::Eq(v as u32) }
     }
 }
@@ -449,6 +452,15 @@ pub(crate) mod tests {
         assert_eq!(compile(&r, 0, 1), Err(ProgramError::Argument { nr: 5, arg: 6 }));
         let r: Rules = (0..3000i64).map(|nr| (nr, vec![vec![ArgCheck::eq(0, 1)]])).collect();
         assert!(matches!(compile(&r, 0, 1), Err(ProgramError::TooLong(_))));
+    }
+
+    /// A value the 32-bit comparison would cut is a list mistake, not a
+    /// silent truncation (debug builds, where the tests run).
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "wider than 32 bits")]
+    fn wide_values_are_a_list_mistake() {
+        ArgCheck::eq(1, 1 << 32);
     }
 
     /// The kernel takes the program and applies it: a call outside the

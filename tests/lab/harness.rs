@@ -813,14 +813,11 @@ impl Lab {
                                 // soft lockups), so the run says nothing about
                                 // the step. Once more in a fresh L1, as after a
                                 // stall that no key press ended.
-                                rerun.push(step.name);
-                                eprintln!(
-                                    "lab: {} failed after L1 stalled during it (a key press woke L1); running the step again in a fresh L1. The failure was:\n{}",
-                                    step.name,
+                                let said = format!(
+                                    "failed after L1 stalled during it (a key press woke L1); running the step again in a fresh L1. The failure was:\n{}",
                                     tail_lines(&why, 20)
                                 );
-                                l1.kill();
-                                remaining.insert(0, step);
+                                again_in_fresh_l1(&mut l1, &mut rerun, &mut remaining, step, &said);
                                 break;
                             }
                             Err(why) => {
@@ -843,16 +840,13 @@ impl Lab {
                         // interrupt pending while halted (docs/testing.md,
                         // stalls). The step runs once more, from its start,
                         // in a fresh L1, and says so; a second stall fails it.
-                        rerun.push(step.name);
-                        eprintln!(
-                            "lab: L1 stalled during {} (no heartbeat for {} s); killed it, running the step again in a fresh L1\nL1's console (last {CONSOLE_TAIL} lines):\n{}{}",
-                            step.name,
+                        let said = format!(
+                            "L1 stalled during the step (no heartbeat for {} s); killed it, running the step again in a fresh L1\nL1's console (last {CONSOLE_TAIL} lines):\n{}{}",
                             L1_SILENCE.as_secs(),
                             l1.tail(CONSOLE_TAIL),
                             l1.state(lane)
                         );
-                        l1.kill();
-                        remaining.insert(0, step);
+                        again_in_fresh_l1(&mut l1, &mut rerun, &mut remaining, step, &said);
                         break;
                     }
                     other => {
@@ -972,6 +966,22 @@ impl Wait {
             ),
         }
     }
+}
+
+/// A step whose run said nothing about it because L1 stalled: says why
+/// (`said`), remembers that the step had its second chance, kills L1 and
+/// puts the step first again for the next L1.
+fn again_in_fresh_l1<'a>(
+    l1: &mut L1,
+    rerun: &mut Vec<&'a str>,
+    remaining: &mut Vec<&'a Step>,
+    step: &'a Step,
+    said: &str,
+) {
+    eprintln!("lab: {}: {said}", step.name);
+    rerun.push(step.name);
+    l1.kill();
+    remaining.insert(0, step);
 }
 
 fn tail_lines(text: &str, n: usize) -> String {
